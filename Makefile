@@ -1,0 +1,40 @@
+# goc-study: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.goc-installed
+export MPLBACKEND := Agg
+
+.PHONY: help setup study test lint train-tiny train-classifier clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the project (torch 2.14.1 from this machine's disk)
+
+study: setup ## set up and run the study on the embedded tiny-digits model (writes figures/)
+	$(BIN)/goc tiny-report
+
+test: setup ## lint and run the test suite
+	$(BIN)/ruff check goc_utils tests
+	$(BIN)/python -m pytest -q
+
+lint: setup ## ruff lint only
+	$(BIN)/ruff check goc_utils tests
+
+train-tiny: setup ## (re)train the embedded tiny-digits DiT; resumes from runs/train_tiny
+	$(BIN)/goc train-tiny
+
+train-classifier: setup ## (re)train the digits classifier used as the tiny study's judge
+	$(BIN)/goc train-classifier
+
+clean: ## remove the virtual environment and scratch runs
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,31 @@
+"""Exceptions with one-line, actionable messages.
+
+Every error a user can cause (bad preset, wrong checkpoint, malformed argument, missing
+file) is raised as a :class:`GocError` subclass whose message names the bad value and
+the fix. The ``goc`` command prints the message on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class GocError(Exception):
+    """Base class for user-facing errors of goc-study."""
+
+
+class UnknownPresetError(GocError, KeyError):
+    """A model preset name that is not registered in :data:`goc_utils.models.DiT_models`."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(GocError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+class VAEError(GocError):
+    """A VAE that cannot be loaded (no local copy and no network, wrong folder)."""
+
+
+class InvalidArgumentError(GocError, ValueError):
+    """A numeric or structural argument outside its valid range."""

@@ -1,0 +1,1 @@
+"""Metrics of the study (feature extractors and scores)."""

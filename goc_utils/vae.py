@@ -1,0 +1,87 @@
+"""The Stable Diffusion VAE used by DiT's latent presets (``sd-vae-ft-ema`` / ``-mse``).
+
+Loaded through diffusers' ``AutoencoderKL.from_pretrained`` from a local folder or a hub
+id. Nothing is downloaded when ``HF_HUB_OFFLINE=1``; without a local copy and without
+network the error names the folder to put the files in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from goc_utils import paths
+from goc_utils.errors import VAEError
+
+LATENT_SCALE = 0.18215
+"""Latents are ``scale * vae.encode(x).mean``; samples are decoded from ``latents / scale``."""
+
+VAE_HUB_IDS = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
+
+
+def local_vae_dir(hub_id: str) -> Path:
+    """Where the project looks for a hand-placed copy of a hub VAE: ``data/vae/<name>``."""
+    return paths.DATA_DIR / "vae" / hub_id.rsplit("/", 1)[-1]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
+    """Load a VAE from ``"ema"`` / ``"mse"``, a local folder or a hub id; eval mode on ``device``.
+
+    Lookup order for a hub id: ``data/vae/<name>/``, the Hugging Face cache, then the hub
+    (unless ``HF_HUB_OFFLINE=1``).
+
+    Example:
+        >>> vae = load_vae("/path/to/sd-vae-ft-ema")  # doctest: +SKIP
+    """
+    from diffusers import AutoencoderKL
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    hub_id = VAE_HUB_IDS.get(spec, spec)
+    as_path = Path(hub_id).expanduser()
+    if as_path.exists():
+        if not (as_path / "config.json").is_file():
+            raise VAEError(
+                f"VAE folder {str(as_path)!r} has no config.json; it must hold a diffusers AutoencoderKL "
+                "(config.json + diffusion_pytorch_model.safetensors)"
+            )
+        try:
+            vae = AutoencoderKL.from_pretrained(str(as_path))
+        except Exception as exc:  # noqa: BLE001 - report any reader failure in one line
+            raise VAEError(f"cannot load the VAE in {str(as_path)!r}: {str(exc).splitlines()[0][:200]}") from None
+        return vae.to(device).eval()
+    local = local_vae_dir(hub_id)
+    if (local / "config.json").is_file():
+        return load_vae(str(local), device)
+    folder = str(local.relative_to(paths.PROJECT_ROOT)) if local.is_relative_to(paths.PROJECT_ROOT) else str(local)
+    advice = (
+        f"download it where there is network (huggingface-cli download {hub_id} --local-dir {folder}) "
+        f"and put the files in {folder}/ or pass --vae PATH"
+    )
+    if "/" not in hub_id:
+        raise VAEError(f"VAE {spec!r} is neither 'ema', 'mse', a folder nor a hub id; {advice}")
+    try:
+        vae = AutoencoderKL.from_pretrained(hub_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not in the cache: try the hub below
+        if _offline():
+            raise VAEError(f"VAE {hub_id!r} is not available offline (HF_HUB_OFFLINE=1); {advice}") from None
+        try:
+            vae = AutoencoderKL.from_pretrained(hub_id)
+        except Exception:  # noqa: BLE001 - network failures come in many types
+            raise VAEError(
+                f"cannot fetch VAE {hub_id!r} (no local copy and the hub is unreachable); {advice}"
+            ) from None
+    return vae.to(device).eval()
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """``(N, 4, h, w)`` latents -> images ``(N, 3, 8h, 8w)`` in ~[-1, 1], decoded in batches."""
+    outs = [vae.decode(chunk / LATENT_SCALE).sample for chunk in torch.split(latents, batch_size)]
+    return torch.cat(outs, dim=0)
