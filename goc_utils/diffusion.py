@@ -126,11 +126,12 @@ class GaussianDiffusion:
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # log of the posterior variance, with the t = 0 entry (0) replaced by the t = 1 value
+        # log of the posterior variance, with the t = 0 entry (0) replaced by the t = 1 value;
+        # a 1-step chain (where ADM leaves this table empty and fails) uses log(beta).
         self.posterior_log_variance_clipped = (
             np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
             if len(self.posterior_variance) > 1
-            else np.array([], dtype=np.float64)
+            else np.log(betas)
         )
         self.log_betas = np.log(betas)
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)

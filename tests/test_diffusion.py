@@ -240,3 +240,9 @@ def test_training_loss_terms():
     kl = d._vb_bits_per_dim(perfect, x0, x_t, t)
     assert torch.all(kl[1:] < 1e-3)
     assert torch.allclose(d.p_mean_variance(perfect, x_t, t)["mean"][1:], true_mean[1:], atol=1e-4)
+
+
+def test_single_step_chain_samples():
+    d = create_diffusion("1")
+    out = d.sample_loop(lambda x, t, y, step: torch.zeros(1, 2, 4, 4), torch.randn(1, 1, 4, 4), torch.zeros(1).long())
+    assert torch.isfinite(out).all()
