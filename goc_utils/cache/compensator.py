@@ -1,0 +1,117 @@
+"""Compensators: what a reused unit returns.
+
+A compensator keeps a small per-unit state (keyed by ``(block, unit)``) and answers two
+calls from the engine at step ``s``:
+
+* ``computed(key, step, value)``: the unit was recomputed and produced ``value``;
+* ``reuse(key, step) -> value``: the unit is reused; return its approximation.
+
+``release(key)`` drops a unit's state once the schedule never reuses it again, and
+``reset()`` clears everything before a run. A compensator never knows about schedules.
+New compensators are one file plus one :func:`register_compensator` line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from goc_utils.errors import InvalidArgumentError
+
+UnitKey = tuple[int, int]
+"""``(block index, unit)`` with unit 0 = attention branch, 1 = MLP branch."""
+
+
+class Compensator:
+    """Base class; subclasses override :meth:`computed` and :meth:`reuse`."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self.state: dict[UnitKey, list] = {}
+
+    def reset(self) -> None:
+        """Forget every stored tensor (called by the engine before each run)."""
+        self.state.clear()
+
+    def release(self, key: UnitKey) -> None:
+        """Drop the state of one unit (it will not be reused again in this run)."""
+        self.state.pop(key, None)
+
+    def computed(self, key: UnitKey, step: int, value: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def reuse(self, key: UnitKey, step: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def stored_tensors(self) -> int:
+        """Number of tensors currently held (memory accounting in tests and benchmarks)."""
+        return sum(len(values) for values in self.state.values())
+
+
+@dataclass
+class ReuseConfig:
+    """Plain reuse (FORA / Learning-to-Cache as published): a reused unit returns its last output.
+
+    No fields: the state is one tensor per unit that the schedule reuses later.
+    """
+
+
+class ReuseCompensator(Compensator):
+    """Return the previous step's output unchanged."""
+
+    name = "none"
+
+    def __init__(self, config: ReuseConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ReuseConfig()
+
+    def computed(self, key: UnitKey, step: int, value: torch.Tensor) -> None:
+        self.state[key] = [value]
+
+    def reuse(self, key: UnitKey, step: int) -> torch.Tensor:
+        return self.state[key][-1]
+
+
+@dataclass
+class CompensatorSpec:
+    """A registered compensator: its config class and constructor."""
+
+    config_cls: type
+    build: Callable[..., Compensator]
+    options: dict = field(default_factory=dict)
+
+
+COMPENSATORS: dict[str, CompensatorSpec] = {"none": CompensatorSpec(ReuseConfig, ReuseCompensator)}
+"""Compensators by name (``none``, ``goc``, ``taylor``)."""
+
+
+def register_compensator(name: str, config_cls: type) -> Callable[[type], type]:
+    """Class decorator adding a compensator to :data:`COMPENSATORS`."""
+
+    def add(cls: type) -> type:
+        COMPENSATORS[name] = CompensatorSpec(config_cls, cls)
+        return cls
+
+    return add
+
+
+def build_compensator(name: str, **options) -> Compensator:
+    """Build a compensator by name from keyword options of its config dataclass.
+
+    Example:
+        >>> build_compensator("goc", weight=1.2, correction_steps=(3, 5, 7, 9)).name
+        'goc'
+    """
+    from goc_utils.cache import goc, taylor  # noqa: F401 - registration side effect
+
+    if name not in COMPENSATORS:
+        raise InvalidArgumentError(f"unknown compensator {name!r}; choose one of: {', '.join(COMPENSATORS)}")
+    spec = COMPENSATORS[name]
+    try:
+        config = spec.config_cls(**options)
+    except TypeError as exc:
+        raise InvalidArgumentError(f"bad options for compensator {name!r}: {exc}") from None
+    return spec.build(config)

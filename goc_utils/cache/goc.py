@@ -1,0 +1,96 @@
+"""GOC's Cached Gradient Propagation (Qiu et al., ICCV 2025), with the reference semantics.
+
+Per unit, a queue of the last two *used* outputs (used = computed, or reused-and-corrected).
+At a reused unit at step ``s``:
+
+* if ``s`` is a correction step and two outputs are queued:
+  ``out = used[s-1] + w * (used[s-1] - used[s-2])``;
+* otherwise ``out = used[s-1]`` (plain reuse);
+
+and ``out`` is queued as ``used[s]``. With FORA's alternating pattern the "gradient"
+``used[s-1] - used[s-2]`` is (fresh output) - (previous cached approximation). Steps not
+listed in ``correction_steps`` are the inflection steps where the correction is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from goc_utils.cache.compensator import Compensator, UnitKey, register_compensator
+from goc_utils.errors import InvalidArgumentError
+
+
+@dataclass
+class GOCConfig:
+    """Options of the GOC compensator.
+
+    Attributes:
+        weight: w, the gradient weight. A float (the paper: 1.2 with FORA, 0.8 with
+            Learning-to-Cache), a mapping ``step -> w`` (per-step weights), or an array
+            ``(steps, depth, 2)`` (per-unit weights; our extension). Default 1.2.
+        correction_steps: steps at which reused units are corrected (the paper's DDIM-20
+            lists: ``(3, 5, 7, 9)`` for fora-25, ``(3, 5, 7, 9, 11, 13, 15, 19)`` for fora-50
+            and L2C). None corrects at every reused step.
+    """
+
+    weight: float | Mapping[int, float] | np.ndarray = 1.2
+    correction_steps: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.correction_steps, str):
+            raise InvalidArgumentError(
+                f"GOC correction steps {self.correction_steps!r} must be resolved to a list of steps first "
+                "('auto' needs a priors file: see `goc priors`)"
+            )
+        if self.correction_steps is not None:
+            steps = [int(s) for s in self.correction_steps]
+            if any(s < 0 for s in steps):
+                raise InvalidArgumentError(f"GOC correction steps must be >= 0 (got {list(self.correction_steps)})")
+            self.correction_steps = tuple(sorted(set(steps)))
+        if isinstance(self.weight, (int, float)) and not np.isfinite(self.weight):
+            raise InvalidArgumentError(f"GOC weight must be a finite number (got {self.weight})")
+
+    def weight_at(self, step: int, key: UnitKey) -> float:
+        """w for one unit at one step."""
+        if isinstance(self.weight, Mapping):
+            return float(self.weight.get(step, 0.0))
+        if isinstance(self.weight, np.ndarray):
+            return float(self.weight[step, key[0], key[1]])
+        return float(self.weight)
+
+
+@register_compensator("goc", GOCConfig)
+class GOCCompensator(Compensator):
+    """Cached Gradient Propagation: reuse plus ``w`` times the last step-to-step change."""
+
+    name = "goc"
+
+    def __init__(self, config: GOCConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or GOCConfig()
+        steps = self.config.correction_steps
+        self._correct = None if steps is None else frozenset(steps)
+
+    def _queue(self, key: UnitKey, value: torch.Tensor) -> None:
+        queue = self.state.setdefault(key, [])
+        queue.append(value)
+        if len(queue) > 2:
+            del queue[0]
+
+    def computed(self, key: UnitKey, step: int, value: torch.Tensor) -> None:
+        self._queue(key, value)
+
+    def reuse(self, key: UnitKey, step: int) -> torch.Tensor:
+        queue = self.state[key]
+        previous = queue[-1]
+        corrects = self._correct is None or step in self._correct
+        if corrects and len(queue) == 2:
+            out = previous + self.config.weight_at(step, key) * (previous - queue[0])
+        else:
+            out = previous
+        self._queue(key, out)
+        return out

@@ -1,0 +1,74 @@
+"""Learning-to-Cache (Ma et al., 2024): a learned router per sampling step, thresholded.
+
+Checkpoint format (the official one): ``{'routers': state_dict}`` of a ``ModuleList`` of
+routers, keys ``'{k}.prob'``, each a vector of ``2 * depth`` logits (unit ``2i`` = attention
+of block i, ``2i + 1`` = MLP). Semantics, as in the reference implementation:
+
+* scores are ``sigmoid(logits)``; a unit is recomputed where ``score > thres`` and reused otherwise;
+* reuse happens only at the second step of each pair of steps (odd ``s``); even steps recompute all;
+* router ``k`` belongs to the k-th timestep of the ascending respaced list, so sampling
+  step ``s`` (0 = noisiest) uses router ``N - 1 - s``.
+
+The official files also pickle ``opt`` and an ``argparse.Namespace``: they are read with
+``weights_only=True`` and that one class allow-listed, never unrestricted.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from goc_utils.cache.schedule import CacheSchedule, ScheduleError, register_schedule
+
+L2C_CORRECTION_STEPS_DDIM20 = (3, 5, 7, 9, 11, 13, 15, 19)
+
+
+def load_router_logits(path: str | Path) -> np.ndarray:
+    """Router logits ``(num_routers, 2 * depth)`` float32 from an official-format checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScheduleError(f"router file {str(path)!r} does not exist; pass --router PATH (an L2C router .pt)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
+        raise ScheduleError(
+            f"cannot read router file {str(path)!r} ({str(exc).strip().splitlines()[0][:120]}); "
+            "expected Learning-to-Cache's {'routers': state_dict} checkpoint"
+        ) from None
+    routers = obj.get("routers") if isinstance(obj, dict) else None
+    keys = sorted(routers, key=lambda k: int(k.split(".")[0])) if isinstance(routers, dict) else []
+    if not keys or any(not k.endswith(".prob") for k in keys):
+        raise ScheduleError(f"router file {str(path)!r} has no 'routers' entry with '<k>.prob' tensors")
+    if [int(k.split(".")[0]) for k in keys] != list(range(len(keys))):
+        raise ScheduleError(f"router file {str(path)!r}: router indices are not 0..{len(keys) - 1}")
+    return np.stack([routers[k].detach().float().numpy().reshape(-1) for k in keys])
+
+
+def router_mask(logits: np.ndarray, thres: float) -> np.ndarray:
+    """``(steps, depth, 2)`` recompute mask from router logits ``(steps, 2 * depth)``."""
+    steps = logits.shape[0]
+    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    recompute = scores[::-1] > thres  # sampling step s uses router N - 1 - s
+    recompute[0::2] = True  # only the second step of each pair reuses
+    return recompute.reshape(steps, -1, 2)
+
+
+@register_schedule("l2c")
+def l2c(steps: int, depth: int, router: str | Path | None = None, thres: float = 0.1) -> CacheSchedule:
+    """Learning-to-Cache schedule from an official-format router file at threshold ``thres``."""
+    if router is None:
+        raise ScheduleError("the l2c schedule needs --router PATH (a Learning-to-Cache router checkpoint)")
+    if not 0.0 <= thres <= 1.0:
+        raise ScheduleError(f"router threshold must be in [0, 1] (got {thres})")
+    logits = load_router_logits(router)
+    if logits.shape != (steps, 2 * depth):
+        raise ScheduleError(
+            f"router {Path(router).name!r} has {logits.shape[0]} routers of {logits.shape[1]} units, but the run "
+            f"needs {steps} routers of {2 * depth} units ({steps} steps, {depth} blocks): use a router trained for it"
+        )
+    reference = L2C_CORRECTION_STEPS_DDIM20 if steps == 20 else None
+    return CacheSchedule(router_mask(logits, thres), name=f"l2c@{thres:g}", reference_correction_steps=reference)

@@ -1,0 +1,62 @@
+"""Schedules from a file: one row per step, one column per block (or per unit).
+
+Formats: ``.json`` (a list of rows), ``.csv`` (comma-separated 0/1, ``#`` comments), ``.npy``.
+Values: 1 / true = recompute, 0 / false = reuse. With ``depth`` columns a value applies to
+both units of the block; with ``2 * depth`` columns, column ``2i`` is the attention branch
+of block i and ``2i + 1`` its MLP branch (the Learning-to-Cache unit order).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from goc_utils.cache.schedule import CacheSchedule, ScheduleError, register_schedule
+
+
+def read_matrix(path: str | Path) -> np.ndarray:
+    """Read a 2-D 0/1 matrix from JSON, CSV or NPY."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScheduleError(f"schedule matrix {str(path)!r} does not exist; pass --matrix PATH (.json/.csv/.npy)")
+    try:
+        if path.suffix == ".npy":
+            matrix = np.load(path, allow_pickle=False)
+        elif path.suffix == ".json":
+            matrix = np.asarray(json.loads(path.read_text()))
+        elif path.suffix == ".csv":
+            matrix = np.loadtxt(path, delimiter=",", comments="#", ndmin=2)
+        else:
+            raise ScheduleError(f"schedule matrix {str(path)!r}: unknown format; use .json, .csv or .npy")
+    except ScheduleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a malformed file
+        raise ScheduleError(f"cannot parse schedule matrix {str(path)!r}: {str(exc).splitlines()[0][:120]}") from None
+    if matrix.ndim != 2 or not np.isin(matrix, (0, 1)).all():
+        raise ScheduleError(
+            f"schedule matrix {str(path)!r} must be a 2-D table of 0/1 (rows = steps), got shape {matrix.shape}"
+        )
+    return matrix.astype(bool)
+
+
+@register_schedule("matrix")
+def matrix(steps: int, depth: int, path: str | Path | None = None, table: np.ndarray | None = None) -> CacheSchedule:
+    """Schedule from a file (``path``) or an in-memory 0/1 table (``table``), rows = steps."""
+    if (path is None) == (table is None):
+        raise ScheduleError("the matrix schedule needs exactly one of --matrix PATH or a table")
+    values = read_matrix(path) if path is not None else np.asarray(table).astype(bool)
+    name = f"matrix:{Path(path).name}" if path is not None else "matrix"
+    if values.shape[1] == depth:
+        mask = np.repeat(values[:, :, None], 2, axis=2)
+    elif values.shape[1] == 2 * depth:
+        mask = values.reshape(values.shape[0], depth, 2)
+    else:
+        raise ScheduleError(
+            f"schedule {name!r} has {values.shape[1]} columns; a {depth}-block model needs {depth} (blocks) "
+            f"or {2 * depth} (units)"
+        )
+    schedule = CacheSchedule(mask, name=name)
+    schedule.check_fits(steps, depth)
+    return schedule

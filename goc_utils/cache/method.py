@@ -1,0 +1,67 @@
+"""A caching method = a schedule with its options + a compensator with its options.
+
+:class:`CacheMethod` is what the CLI flags, notebooks and (later) method strings build;
+:meth:`CacheMethod.engine` turns it into a :class:`~goc_utils.cache.engine.CacheEngine`
+for a model and step count, filling the published defaults (GOC's w = 1.2 with FORA and
+0.8 with Learning-to-Cache; the schedule's reference correction steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from goc_utils.cache.compensator import build_compensator
+from goc_utils.cache.engine import CacheEngine
+from goc_utils.cache.schedule import CacheSchedule, ScheduleError, build_schedule
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.models import DiT
+
+GOC_REFERENCE_WEIGHT = {"fora": 1.2, "fora-25": 1.2, "fora-50": 1.2, "matrix": 1.2, "l2c": 0.8}
+"""GOC's published w per host schedule (FORA 1.2, Learning-to-Cache 0.8)."""
+
+
+@dataclass
+class CacheMethod:
+    """Schedule + compensator, by name with options.
+
+    Attributes:
+        schedule: ``none``, ``fora``, ``fora-25``, ``fora-50``, ``matrix`` or ``l2c``.
+        schedule_options: builder options (``interval``, ``start``, ``stop``, ``path``, ``router``, ``thres``).
+        compensator: ``none`` (plain reuse), ``goc`` or ``taylor``.
+        compensator_options: config options (``weight``, ``correction_steps``, ``order``); GOC's
+            missing ``weight`` / ``correction_steps`` take the published values for the schedule.
+    """
+
+    schedule: str = "none"
+    schedule_options: dict = field(default_factory=dict)
+    compensator: str = "none"
+    compensator_options: dict = field(default_factory=dict)
+
+    def build_schedule(self, steps: int, depth: int) -> CacheSchedule:
+        return build_schedule(self.schedule, steps, depth, **self.schedule_options)
+
+    def engine(self, model: DiT, steps: int) -> CacheEngine:
+        """A fresh engine for ``model`` sampling ``steps`` steps."""
+        schedule = self.build_schedule(steps, model.depth)
+        options = dict(self.compensator_options)
+        if self.compensator != "none" and schedule.reused_units == 0:
+            raise InvalidArgumentError(
+                f"compensator {self.compensator!r} needs a schedule that reuses units; "
+                f"schedule {schedule.name!r} recomputes everything (choose --cache fora-50, l2c, ...)"
+            )
+        if self.compensator == "goc":
+            options.setdefault("weight", GOC_REFERENCE_WEIGHT.get(self.schedule, 1.2))
+            if options.get("correction_steps") == "auto":
+                raise InvalidArgumentError(
+                    "--goc-steps auto needs inflection steps from a priors file, which this version cannot "
+                    "compute yet; give the steps explicitly (e.g. --goc-steps 3,5,7,9)"
+                )
+            options.setdefault("correction_steps", schedule.reference_correction_steps)
+            bad = [s for s in options["correction_steps"] or () if not 0 <= int(s) < steps]
+            if bad:
+                raise ScheduleError(f"GOC correction step {bad[0]} is outside the run's steps 0..{steps - 1}")
+        return CacheEngine(model, schedule, build_compensator(self.compensator, **options))
+
+    def label(self) -> str:
+        """Short name such as ``fora-50+goc``."""
+        return self.schedule if self.compensator == "none" else f"{self.schedule}+{self.compensator}"

@@ -1,0 +1,122 @@
+"""Cache schedules: which units are recomputed at which sampling step.
+
+A schedule is a boolean mask of shape ``(steps, depth, 2)``: entry ``[s, i, u]`` is True
+when unit ``u`` (0 = attention branch, 1 = MLP branch) of block ``i`` is recomputed at
+step ``s`` (0 = noisiest) and False when its output is reused (then a compensator decides
+what the reused unit returns). A schedule never knows about compensators.
+
+Builders live one per file (``fora.py``, ``matrix.py``, ``l2c.py``) and register here in
+:data:`SCHEDULES`; :func:`build_schedule` turns a name plus options into a schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from goc_utils.errors import InvalidArgumentError
+
+
+class ScheduleError(InvalidArgumentError):
+    """A malformed schedule or one that does not fit the model / step count."""
+
+
+@dataclass
+class CacheSchedule:
+    """Which units are recomputed (True) or reused (False) at each step.
+
+    Attributes:
+        mask: bool array ``(steps, depth, 2)``; ``mask[s, i, 0]`` attention, ``[s, i, 1]`` MLP of block i.
+        name: human-readable description (``"fora-50"``, ``"l2c@0.1"``...).
+        reference_correction_steps: GOC correction steps published with this schedule, or None.
+    """
+
+    mask: np.ndarray
+    name: str = "custom"
+    reference_correction_steps: tuple[int, ...] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        mask = np.asarray(self.mask)
+        if mask.ndim != 3 or mask.shape[2] != 2:
+            raise ScheduleError(f"schedule {self.name!r} has shape {mask.shape}; expected (steps, depth, 2)")
+        self.mask = mask.astype(bool)
+        if not self.mask[0].all():
+            raise ScheduleError(f"schedule {self.name!r} reuses units at step 0, where nothing is cached yet")
+
+    @property
+    def steps(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def depth(self) -> int:
+        return self.mask.shape[1]
+
+    def check_fits(self, steps: int, depth: int) -> None:
+        """Raise a one-line :class:`ScheduleError` naming both shapes if the schedule does not fit."""
+        if self.mask.shape[:2] != (steps, depth):
+            raise ScheduleError(
+                f"schedule {self.name!r} has shape {self.mask.shape} (steps, depth, 2) but the run needs "
+                f"({steps}, {depth}, 2): build it for {steps} steps and a {depth}-block model"
+            )
+
+    @property
+    def reused_units(self) -> int:
+        """Number of reused unit-steps."""
+        return int((~self.mask).sum())
+
+    @property
+    def cache_ratio(self) -> float:
+        """Fraction of unit-steps reused (by units)."""
+        return self.reused_units / self.mask.size
+
+    def cache_ratio_macs(self, unit_macs: tuple[float, float]) -> float:
+        """Fraction of branch MACs skipped, given the MACs of an (attention, MLP) branch."""
+        weights = np.asarray(unit_macs, dtype=np.float64)
+        total = self.mask.shape[0] * self.mask.shape[1] * weights.sum()
+        return float(((~self.mask) * weights).sum() / total)
+
+    def reuse_steps(self) -> list[int]:
+        """Steps at which at least one unit is reused."""
+        return [int(s) for s in np.flatnonzero(~self.mask.all(axis=(1, 2)))]
+
+    def last_reuse_step(self) -> np.ndarray:
+        """``(depth, 2)`` int array: last step at which each unit is reused, -1 if never."""
+        reused = ~self.mask
+        steps = np.arange(self.steps)[:, None, None]
+        return np.where(reused, steps, -1).max(axis=0)
+
+
+def none_schedule(steps: int, depth: int) -> CacheSchedule:
+    """Recompute everything (the un-cached model)."""
+    return CacheSchedule(np.ones((steps, depth, 2), dtype=bool), name="none")
+
+
+ScheduleBuilder = Callable[..., CacheSchedule]
+SCHEDULES: dict[str, ScheduleBuilder] = {"none": none_schedule}
+"""Schedule builders by name: ``builder(steps, depth, **options) -> CacheSchedule``."""
+
+
+def register_schedule(name: str) -> Callable[[ScheduleBuilder], ScheduleBuilder]:
+    """Decorator adding a builder to :data:`SCHEDULES` (one line per new schedule file)."""
+
+    def add(builder: ScheduleBuilder) -> ScheduleBuilder:
+        SCHEDULES[name] = builder
+        return builder
+
+    return add
+
+
+def build_schedule(name: str, steps: int, depth: int, **options) -> CacheSchedule:
+    """Build a registered schedule.
+
+    Example:
+        >>> build_schedule("fora", steps=20, depth=12, interval=2).cache_ratio
+        0.5
+    """
+    from goc_utils.cache import fora, l2c, matrix  # noqa: F401 - registration side effect
+
+    if name not in SCHEDULES:
+        raise ScheduleError(f"unknown cache schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
+    return SCHEDULES[name](steps, depth, **options)

@@ -1,0 +1,74 @@
+"""Multiply-accumulate (MAC) counts of a DiT forward, per unit, per step and per schedule.
+
+Counts follow the DiT paper's "Gflops" (which are MACs): linear layers and the two
+attention matmuls; normalisation, activations and elementwise ops are not counted. For one
+image with T tokens of width D and MLP ratio r:
+
+* attention branch: qkv ``3TD^2`` + scores ``T^2 D`` + attention x values ``T^2 D`` + proj ``TD^2``;
+* MLP branch: ``2 r T D^2``;
+* adaLN modulation of a block: ``6 D^2`` (always computed, also when both branches are reused);
+* outside the blocks: patch embedding, timestep MLP, final adaLN and projection.
+
+DiT-XL/2 at 256 px: 118.6 G per forward; 1.51 G per attention branch, 2.72 G per MLP branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from goc_utils.cache.schedule import CacheSchedule
+from goc_utils.models import DiT
+
+
+@dataclass(frozen=True)
+class MACs:
+    """MACs of one forward of one image, split by where they are spent."""
+
+    attention_branch: int
+    mlp_branch: int
+    adaln_per_block: int
+    outside_blocks: int
+    depth: int
+
+    @property
+    def per_block(self) -> int:
+        return self.attention_branch + self.mlp_branch + self.adaln_per_block
+
+    @property
+    def forward(self) -> int:
+        return self.depth * self.per_block + self.outside_blocks
+
+    @property
+    def units(self) -> tuple[int, int]:
+        """``(attention, MLP)`` branch MACs: the weights of :meth:`CacheSchedule.cache_ratio_macs`."""
+        return self.attention_branch, self.mlp_branch
+
+
+def model_macs(model: DiT) -> MACs:
+    """MAC counts of one forward of one image through ``model`` (works on the meta device)."""
+    t, d = model.num_tokens, model.hidden_size
+    hidden = int(d * model.mlp_ratio)
+    patch_in = model.patch_size**2 * model.in_channels
+    patch_out = model.patch_size**2 * model.out_channels
+    freq = model.t_embedder.frequency_embedding_size
+    outside = t * patch_in * d + (freq * d + d * d) + 2 * d * d + t * d * patch_out
+    return MACs(
+        attention_branch=4 * t * d * d + 2 * t * t * d,
+        mlp_branch=2 * t * d * hidden,
+        adaln_per_block=6 * d * d,
+        outside_blocks=outside,
+        depth=model.depth,
+    )
+
+
+def schedule_macs(macs: MACs, schedule: CacheSchedule) -> int:
+    """MACs of a whole sampling run of one image under ``schedule`` (one forward per step)."""
+    computed_attention = int(schedule.mask[:, :, 0].sum())
+    computed_mlp = int(schedule.mask[:, :, 1].sum())
+    fixed = schedule.steps * (macs.outside_blocks + macs.depth * macs.adaln_per_block)
+    return fixed + computed_attention * macs.attention_branch + computed_mlp * macs.mlp_branch
+
+
+def theoretical_speedup(macs: MACs, schedule: CacheSchedule) -> float:
+    """MACs(no cache) / MACs(schedule); classifier-free guidance doubles both, so it cancels."""
+    return schedule.steps * macs.forward / schedule_macs(macs, schedule)
