@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -78,9 +79,75 @@ def _check_writable(path: Path, flag: str) -> Path:
 # --------------------------------------------------------------------------------------
 
 
+def _parse_range(text: str) -> tuple[int, int | None]:
+    """``"a:b"`` -> (a, b); ``"a:"`` -> (a, None)."""
+    try:
+        start, stop = text.split(":")
+        return int(start or 0), (int(stop) if stop else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"malformed step range {text!r}; use a:b, e.g. 2:18") from None
+
+
+def _parse_steps(text: str) -> list[int] | str:
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"malformed step list {text!r}; use e.g. 3,5,7,9 or auto") from None
+
+
+def cache_method_from_args(args: argparse.Namespace):
+    """Build a :class:`~goc_utils.cache.method.CacheMethod` from ``goc sample`` flags (one-line errors)."""
+    from goc_utils.cache.method import CacheMethod
+
+    def _only_with(flag: str, value, needed: bool, requirement: str) -> None:
+        if value is not None and not needed:
+            raise InvalidArgumentError(f"{flag} needs {requirement}")
+
+    _only_with("--fora-interval", args.fora_interval, args.cache == "fora", "--cache fora")
+    _only_with("--fora-range", args.fora_range, args.cache == "fora", "--cache fora")
+    _only_with("--matrix", args.matrix, args.cache == "matrix", "--cache matrix")
+    _only_with("--router", args.router, args.cache == "l2c", "--cache l2c")
+    _only_with("--router-thres", args.router_thres, args.cache == "l2c", "--cache l2c")
+    _only_with("--goc-weight", args.goc_weight, args.compensator == "goc", "--compensator goc")
+    _only_with("--goc-steps", args.goc_steps, args.compensator == "goc", "--compensator goc")
+    _only_with("--taylor-order", args.taylor_order, args.compensator == "taylor", "--compensator taylor")
+    options: dict = {}
+    if args.cache == "fora":
+        interval = 2 if args.fora_interval is None else args.fora_interval
+        if interval < 1:
+            raise InvalidArgumentError(f"--fora-interval must be >= 1 (got {interval})")
+        options["interval"] = interval
+        if args.fora_range is not None:
+            options["start"], options["stop"] = args.fora_range
+    elif args.cache == "matrix":
+        if args.matrix is None:
+            raise InvalidArgumentError("--cache matrix needs --matrix PATH (.json/.csv/.npy, rows = steps)")
+        options["path"] = args.matrix
+    elif args.cache == "l2c":
+        if args.router is None:
+            raise InvalidArgumentError("--cache l2c needs --router PATH (a Learning-to-Cache router checkpoint)")
+        thres = 0.1 if args.router_thres is None else args.router_thres
+        if not 0.0 <= thres <= 1.0:
+            raise InvalidArgumentError(f"--router-thres must be in [0, 1] (got {thres})")
+        options.update(router=args.router, thres=thres)
+    comp: dict = {}
+    if args.goc_weight is not None:
+        if not math.isfinite(args.goc_weight):
+            raise InvalidArgumentError(f"--goc-weight must be a finite number (got {args.goc_weight})")
+        comp["weight"] = args.goc_weight
+    if args.goc_steps is not None:
+        comp["correction_steps"] = args.goc_steps
+    if args.taylor_order is not None:
+        comp["order"] = args.taylor_order
+    return CacheMethod(args.cache, options, args.compensator, comp)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
+    from goc_utils.macs import model_macs, theoretical_speedup
     from goc_utils.models import load_model, preset_info
     from goc_utils.sampling import class_labels, generate, save_samples_npz
     from goc_utils.viz import save_image_grid
@@ -92,6 +159,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--steps must be >= 1 (got {args.steps})")
     if not args.cfg_scale >= 0:
         raise InvalidArgumentError(f"--cfg-scale must be a number >= 0 (got {args.cfg_scale}); 1.0 disables guidance")
+    method = cache_method_from_args(args)
     device = _resolve_device(args.device)
     torch.set_grad_enabled(False)
     model = load_model(args.model, args.ckpt, args.image_size, device)
@@ -101,6 +169,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             f"class id {bad[0]} is out of range for {args.model}; use 0..{model.num_classes - 1}"
         )
+    engine = method.engine(model, args.steps)
     vae = None
     if info.latent:
         from goc_utils.vae import load_vae
@@ -115,6 +184,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         cfg_scale=args.cfg_scale,
         vae=vae,
+        forward=engine.forward,
         progress=True,
     )
     elapsed = time.perf_counter() - started
@@ -122,6 +192,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     save_image_grid(result.images, out, nrow=nrow, upscale=args.upscale or (4 if not info.latent else 1))
     if npz is not None:
         save_samples_npz(npz, result)
+    schedule, macs = engine.schedule, model_macs(model)
+    print(
+        f"cache {method.label()} ({schedule.name}): {100 * schedule.cache_ratio:.1f}% of unit-steps reused, "
+        f"{100 * schedule.cache_ratio_macs(macs.units):.1f}% of branch MACs, "
+        f"theoretical speedup {theoretical_speedup(macs, schedule):.3f}x"
+    )
     print(
         f"sampled {len(labels)} images ({args.model}, {args.sampler}-{args.steps}, cfg {args.cfg_scale}, "
         f"seed {args.seed}) in {elapsed:.2f} s ({len(labels) / elapsed:.1f} images/s) -> {out}"
@@ -161,6 +237,32 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-npz", default=None, help="also write arr_0 (uint8 NHWC), labels, final (float32)")
     p.add_argument("--upscale", type=int, default=None, help="grid pixel upscaling (default 4 for pixel presets)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i] (default auto)")
+    g = p.add_argument_group("feature caching (schedule x compensator)")
+    g.add_argument(
+        "--cache",
+        choices=["none", "fora", "fora-25", "fora-50", "matrix", "l2c"],
+        default="none",
+        help="which units are reused when (default none)",
+    )
+    g.add_argument("--fora-interval", type=int, default=None, help="fora: refresh every N steps (default 2)")
+    g.add_argument("--fora-range", type=_parse_range, default=None, help="fora: cache only in steps a:b")
+    g.add_argument("--matrix", default=None, help="matrix: 0/1 table (.json/.csv/.npy), rows = steps, 1 = recompute")
+    g.add_argument("--router", default=None, help="l2c: Learning-to-Cache router checkpoint")
+    g.add_argument("--router-thres", type=_float, default=None, help="l2c: recompute where score > T (default 0.1)")
+    g.add_argument(
+        "--compensator",
+        choices=["none", "goc", "taylor"],
+        default="none",
+        help="what a reused unit returns: none = previous output (default), goc, taylor",
+    )
+    g.add_argument("--goc-weight", type=_float, default=None, help="goc: w (default 1.2 with FORA, 0.8 with L2C)")
+    g.add_argument(
+        "--goc-steps",
+        type=_parse_steps,
+        default=None,
+        help="goc: correction steps, e.g. 3,5,7,9 (default: the paper's list for the schedule)",
+    )
+    g.add_argument("--taylor-order", type=int, default=None, help="taylor: forecast order k (default 1)")
     p.set_defaults(func=cmd_sample)
 
 
@@ -173,6 +275,7 @@ def model_info(name: str, image_size: int | None = None) -> dict:
     """Architecture facts of a preset, built on the meta device (no memory, no weights)."""
     import torch
 
+    from goc_utils.macs import model_macs
     from goc_utils.models import count_parameters, create_model, preset_info
 
     info = preset_info(name)
@@ -193,6 +296,13 @@ def model_info(name: str, image_size: int | None = None) -> dict:
         "latent": info.latent,
         "image_size": image_size or info.default_image_size,
     }
+    macs = model_macs(model)
+    out.update(
+        macs_forward=macs.forward,
+        macs_attention_branch=macs.attention_branch,
+        macs_mlp_branch=macs.mlp_branch,
+        macs_adaln_per_block=macs.adaln_per_block,
+    )
     if info.checkpoint is not None:
         out["checkpoint"] = str(info.checkpoint)
     return out
@@ -286,6 +396,76 @@ def cmd_tiny_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from goc_utils.bench import format_table, rows_as_dicts, run_bench
+    from goc_utils.models import create_model, load_model
+
+    device = _resolve_device(args.device)
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.random_weights:
+        torch.manual_seed(0)
+        model = create_model(args.model, args.image_size).to(device).eval()
+    else:
+        model = load_model(args.model, args.ckpt, args.image_size, device)
+    methods = [m for m in args.methods.split(",") if m]
+    if args.router is None:
+        dropped = [m for m in methods if m.startswith("l2c")]
+        methods = [m for m in methods if not m.startswith("l2c")]
+        if dropped:
+            print(f"(skipping {', '.join(dropped)}: no --router given)")
+    rows = run_bench(
+        model,
+        methods,
+        steps=args.steps,
+        batch=args.batch,
+        cfg_scale=args.cfg_scale,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        router=args.router,
+        thres=args.router_thres,
+    )
+    header = (
+        f"goc bench: {args.model}{' (random weights)' if args.random_weights else ''}, {device}, "
+        f"DDIM-{args.steps}, batch {args.batch}, cfg {args.cfg_scale}, {args.repeats} repeats"
+    )
+    if args.json:
+        print(json.dumps({"setup": header, "rows": rows_as_dicts(rows)}, indent=2))
+    else:
+        print(header)
+        print(format_table(rows))
+    return 0
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    from goc_utils.bench import DEFAULT_METHODS
+
+    p = sub.add_parser(
+        "bench",
+        help="latency of caching methods vs MACs-theoretical speedup",
+        description="Time sampling under each caching method (warm-up, then repeats).",
+    )
+    p.add_argument("--model", default="tiny-digits", help="preset (default tiny-digits)")
+    p.add_argument("--ckpt", default=None, help="weights (default: committed weights of the preset)")
+    p.add_argument("--random-weights", action="store_true", help="DiT-initialised random weights (timing only)")
+    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the preset's)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated schedule[+compensator]")
+    p.add_argument("--router", default=None, help="L2C router for the l2c methods (skipped without one)")
+    p.add_argument("--router-thres", type=_float, default=0.1, help="L2C threshold (default 0.1)")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    p.add_argument("--batch", type=int, default=1, help="images per run (default 1; CFG doubles it)")
+    p.add_argument("--cfg-scale", type=_float, default=4.0, help="guidance scale (default 4.0)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_bench)
+
+
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tiny-report",
@@ -310,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_info_parser(sub)
     add_train_parsers(sub)
     add_report_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -151,3 +151,59 @@ def test_console_script_entry_point():
         check=True,
     )
     assert json.loads(result.stdout)["params"] > 0
+
+
+def test_info_prints_macs(capsys):
+    _, out, _ = _run(["info", "--model", "DiT-XL/2"], capsys)
+    info = json.loads(out)
+    assert abs(info["macs_forward"] / 118.6e9 - 1) < 0.005
+    assert info["macs_attention_branch"] < info["macs_mlp_branch"]
+
+
+def test_sample_with_cache_reports_its_ratio(tmp_path, tiny_ckpt, capsys):
+    code, stdout, err = _run(
+        [
+            "sample",
+            "--ckpt",
+            str(tiny_ckpt),
+            "--steps",
+            "20",
+            "--classes",
+            "1",
+            "--cache",
+            "fora-50",
+            "--compensator",
+            "goc",
+            "--out",
+            str(tmp_path / "g.png"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "fora-50+goc" in stdout and "50.0% of unit-steps reused" in stdout and "theoretical speedup" in stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--goc-weight", "1.2"], "--goc-weight needs --compensator goc"),
+        (["--compensator", "goc"], "needs a schedule that reuses units"),
+        (["--cache", "fora", "--fora-interval", "-2"], "--fora-interval must be >= 1"),
+        (["--cache", "fora", "--fora-range", "x"], "malformed step range"),
+        (["--cache", "l2c"], "--cache l2c needs --router"),
+        (["--cache", "l2c", "--router", "ROUTER20"], "needs 20 routers of 24 units"),
+        (["--cache", "l2c", "--router", "ROUTER20", "--router-thres", "2"], "--router-thres must be in [0, 1]"),
+        (["--cache", "fora-50", "--router", "ROUTER20"], "--router needs --cache l2c"),
+        (["--cache", "fora-50", "--compensator", "goc", "--goc-steps", "auto"], "--goc-steps auto"),
+        (["--cache", "fora-50", "--compensator", "goc", "--goc-steps", "3,40"], "step 40 is outside"),
+        (["--cache", "matrix"], "--cache matrix needs --matrix"),
+    ],
+)
+def test_bad_cache_options_are_one_line(argv, message, tiny_ckpt, tmp_path, capsys):
+    from goc_utils.paths import PROJECT_ROOT
+
+    router = str(PROJECT_ROOT.parent / "shared" / "reference" / "l2c" / "DDIM20_router.pt")
+    argv = [router if a == "ROUTER20" else a for a in argv]
+    code, _, err = _run(["sample", "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "g.png")] + argv, capsys)
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1

@@ -3,7 +3,8 @@
 Interval N refreshes at steps with ``s % N == 0`` inside an optional step range
 ``[start, stop)``; outside the range every step recomputes. The paper's DDIM-20 reference
 matrices: ``fora-25`` reuses all blocks at steps 1, 3, 5, 7, 9 ("matrix3", 25% of
-block-steps) and ``fora-50`` at every odd step (50%).
+block-steps) and ``fora-50`` at every odd step (50%). Their published GOC correction steps
+are attached for DDIM-20 only; other step counts correct at every reused step by default.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ def fora(steps: int, depth: int, interval: int = 2, start: int = 0, stop: int | 
 def fora_50(steps: int, depth: int) -> CacheSchedule:
     """Reuse all blocks at every odd step (GOC's 50% FORA experiment on DDIM-20)."""
     schedule = fora(steps, depth, interval=2)
-    return CacheSchedule(schedule.mask, "fora-50", FORA_50_CORRECTION_STEPS)
+    return CacheSchedule(schedule.mask, "fora-50", FORA_50_CORRECTION_STEPS if steps == 20 else None)
 
 
 @register_schedule("fora-25")
 def fora_25(steps: int, depth: int) -> CacheSchedule:
     """Reuse all blocks at odd steps of the first half (1, 3, 5, 7, 9 for DDIM-20: "matrix3", 25%)."""
     schedule = fora(steps, depth, interval=2, start=0, stop=steps // 2)
-    return CacheSchedule(schedule.mask, "fora-25", FORA_25_CORRECTION_STEPS)
+    return CacheSchedule(schedule.mask, "fora-25", FORA_25_CORRECTION_STEPS if steps == 20 else None)

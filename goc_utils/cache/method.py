@@ -62,6 +62,23 @@ class CacheMethod:
                 raise ScheduleError(f"GOC correction step {bad[0]} is outside the run's steps 0..{steps - 1}")
         return CacheEngine(model, schedule, build_compensator(self.compensator, **options))
 
+    @classmethod
+    def parse(cls, text: str, router: str | None = None, thres: float = 0.1) -> CacheMethod:
+        """``"schedule[+compensator]"`` -> method, e.g. ``"fora-50+goc"``, ``"l2c+taylor"``, ``"none"``.
+
+        ``l2c`` takes its router file and threshold from the arguments.
+        """
+        parts = text.strip().split("+")
+        if len(parts) > 2 or not parts[0]:
+            raise InvalidArgumentError(f"malformed method {text!r}; use schedule[+compensator], e.g. fora-50+goc")
+        schedule, compensator = parts[0], parts[1] if len(parts) == 2 else "none"
+        options: dict = {}
+        if schedule == "l2c":
+            if router is None:
+                raise InvalidArgumentError(f"method {text!r} needs a Learning-to-Cache router: pass --router PATH")
+            options = {"router": router, "thres": thres}
+        return cls(schedule, options, compensator)
+
     def label(self) -> str:
         """Short name such as ``fora-50+goc``."""
         return self.schedule if self.compensator == "none" else f"{self.schedule}+{self.compensator}"

@@ -61,8 +61,6 @@ class TaylorCompensator(Compensator):
         table = [value for _, value in history]
         last_step, out = steps[-1], table[-1]
         for order in range(1, len(table)):
-            table = [
-                (table[i + 1] - table[i]) / float(steps[i + order] - steps[i]) for i in range(len(table) - 1)
-            ]
+            table = [(table[i + 1] - table[i]) / float(steps[i + order] - steps[i]) for i in range(len(table) - 1)]
             out = out + table[-1] * float(step - last_step) ** order
         return out

@@ -1,0 +1,326 @@
+"""Cache engine: schedules, compensators, exactness invariants and parity with a naive reference loop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from goc_utils.cache import CacheEngine, ScheduleError, build_compensator, build_schedule
+from goc_utils.cache.method import CacheMethod
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.macs import model_macs, theoretical_speedup
+from goc_utils.models import create_model
+from goc_utils.sampling import generate
+from tests.conftest import small_dit
+
+REF = "/work/shared/reference/l2c"
+FORA_50_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
+
+
+def _shared_ref(name: str):
+    from goc_utils.paths import PROJECT_ROOT
+
+    path = PROJECT_ROOT.parent / "shared" / "reference" / "l2c" / name
+    if not path.is_file():
+        pytest.fail(f"reference router {path} is missing (../shared must sit beside the checkout)")
+    return path
+
+
+def _run(model, schedule=None, compensator=None, seed=0, steps=20, cfg=4.0, labels=(1, 2)):
+    forward = None
+    if schedule is not None:
+        forward = CacheEngine(model, schedule, compensator).forward
+    return generate(model, list(labels), seed=seed, steps=steps, cfg_scale=cfg, forward=forward).final
+
+
+def _router_file(path, logits: np.ndarray):
+    routers = {f"{k}.prob": torch.tensor(row, dtype=torch.float32) for k, row in enumerate(logits)}
+    torch.save({"routers": routers, "opt": {}, "args": argparse.Namespace(model="x")}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_dit(depth=4, seed=1)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_official_l2c_routers_cache_ratios():
+    s20 = build_schedule("l2c", 20, 28, router=_shared_ref("DDIM20_router.pt"), thres=0.1)
+    assert (s20.reused_units, s20.mask.size) == (248, 1120)
+    assert round(100 * s20.cache_ratio, 1) == 22.1
+    s50 = build_schedule("l2c", 50, 28, router=_shared_ref("DDIM50_router.pt"), thres=0.1)
+    assert (s50.reused_units, s50.mask.size) == (664, 2800)
+    assert s20.mask[0::2].all() and s50.mask[0::2].all()  # only odd steps reuse
+
+
+def test_l2c_uses_router_n_minus_1_minus_s(tmp_path):
+    logits = np.full((4, 6), 5.0)
+    logits[0, 3] = -5.0  # router 0 -> sampling step 3, block 1 MLP
+    logits[2, 0] = -5.0  # router 2 -> sampling step 1, block 0 attention
+    schedule = build_schedule("l2c", 4, 3, router=_router_file(tmp_path / "r.pt", logits), thres=0.5)
+    assert set(zip(*np.nonzero(~schedule.mask), strict=True)) == {(3, 1, 1), (1, 0, 0)}
+
+
+def test_fora_reference_schedules():
+    assert build_schedule("fora-25", 20, 4).reuse_steps() == [1, 3, 5, 7, 9]
+    assert build_schedule("fora-50", 20, 4).reuse_steps() == list(range(1, 20, 2))
+    assert build_schedule("fora-25", 20, 4).cache_ratio == 0.25
+    s = build_schedule("fora", 20, 4, interval=3, start=2, stop=11)
+    assert s.reuse_steps() == [2 + i for i in range(9) if (2 + i) % 3]
+    assert build_schedule("fora", 10, 4, interval=1).reused_units == 0
+
+
+def test_matrix_files_per_block_and_per_unit(tmp_path):
+    table = np.ones((5, 3), dtype=int)
+    table[2, 1] = 0
+    (tmp_path / "m.json").write_text(json.dumps(table.tolist()))
+    np.savetxt(tmp_path / "m.csv", table, fmt="%d", delimiter=",")
+    np.save(tmp_path / "m.npy", table)
+    for name in ("m.json", "m.csv", "m.npy"):
+        s = build_schedule("matrix", 5, 3, path=tmp_path / name)
+        assert set(zip(*np.nonzero(~s.mask), strict=True)) == {(2, 1, 0), (2, 1, 1)}
+    units = np.ones((5, 6), dtype=int)
+    units[3, 5] = 0
+    np.save(tmp_path / "u.npy", units)
+    s = build_schedule("matrix", 5, 3, path=tmp_path / "u.npy")
+    assert set(zip(*np.nonzero(~s.mask), strict=True)) == {(3, 2, 1)}
+
+
+@pytest.mark.parametrize(
+    "builder, kwargs, match",
+    [
+        ("matrix", {"steps": 6, "depth": 3}, r"shape \(5, 3, 2\).*needs \(6, 3, 2\)"),
+        ("matrix", {"steps": 5, "depth": 4}, "needs 4 \\(blocks\\) or 8 \\(units\\)"),
+        ("fora", {"steps": 10, "depth": 3, "interval": -1}, "interval must be >= 1"),
+        ("fora", {"steps": 10, "depth": 3, "start": 4, "stop": 20}, "range 4:20"),
+        ("l2c", {"steps": 20, "depth": 12, "router": f"{REF}/DDIM20_router.pt"}, "needs 20 routers of 24 units"),
+        ("l2c", {"steps": 50, "depth": 28, "router": f"{REF}/DDIM20_router.pt"}, "needs 50 routers"),
+        ("l2c", {"steps": 20, "depth": 28, "router": f"{REF}/DDIM20_router.pt", "thres": 1.5}, "in \\[0, 1\\]"),
+        ("nope", {"steps": 10, "depth": 3}, "unknown cache schedule"),
+    ],
+)
+def test_schedule_errors_are_one_line(builder, kwargs, match, tmp_path):
+    np.save(tmp_path / "m.npy", np.ones((5, 3), dtype=int))
+    if builder == "matrix":
+        kwargs = kwargs | {"path": tmp_path / "m.npy"}
+    with pytest.raises(ScheduleError, match=match) as info:
+        build_schedule(builder, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_malformed_matrix_and_router_files(tmp_path):
+    (tmp_path / "bad.json").write_text("[[1, 2], [1, 1]]")
+    with pytest.raises(ScheduleError, match="0/1"):
+        build_schedule("matrix", 2, 2, path=tmp_path / "bad.json")
+    (tmp_path / "zero.json").write_text("[[0, 1], [1, 1]]")
+    with pytest.raises(ScheduleError, match="step 0"):
+        build_schedule("matrix", 2, 2, path=tmp_path / "zero.json")
+    (tmp_path / "r.pt").write_bytes(b"garbage")
+    with pytest.raises(ScheduleError, match="cannot read router"):
+        build_schedule("l2c", 2, 2, router=tmp_path / "r.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "w.pt")
+    with pytest.raises(ScheduleError, match="no 'routers'"):
+        build_schedule("l2c", 2, 2, router=tmp_path / "w.pt")
+
+
+# ------------------------------------------------------------------------------ exactness
+
+
+def test_schedule_none_equals_plain_model(model):
+    assert torch.equal(_run(model, build_schedule("none", 20, model.depth)), _run(model))
+
+
+def test_fora_interval_1_equals_none(model):
+    plain = _run(model)
+    for comp in ("none", "goc"):
+        schedule = build_schedule("fora", 20, model.depth, interval=1)
+        assert torch.equal(_run(model, schedule, build_compensator(comp)), plain)
+
+
+@pytest.mark.parametrize("name", ["fora-25", "fora-50", "l2c"])
+def test_goc_with_zero_weight_equals_its_host(model, name, tmp_path):
+    options = {}
+    if name == "l2c":
+        rng = np.random.default_rng(0)
+        options = {"router": _router_file(tmp_path / "r.pt", rng.normal(-1, 2, (20, 2 * model.depth))), "thres": 0.3}
+    schedule = build_schedule(name, 20, model.depth, **options)
+    assert schedule.reused_units > 0
+    host = _run(model, schedule, build_compensator("none"))
+    goc = _run(model, schedule, build_compensator("goc", weight=0.0, correction_steps=None))
+    assert torch.equal(goc, host)
+    assert not torch.equal(host, _run(model))
+
+
+def test_l2c_threshold_zero_reuses_nothing(model, tmp_path):
+    logits = np.random.default_rng(1).normal(0, 3, (20, 2 * model.depth))
+    schedule = build_schedule("l2c", 20, model.depth, router=_router_file(tmp_path / "r.pt", logits), thres=0.0)
+    assert schedule.reused_units == 0
+    assert torch.equal(_run(model, schedule, build_compensator("goc", weight=1.0)), _run(model))
+
+
+def test_goc_with_one_queued_value_is_plain_reuse(model):
+    schedule = build_schedule("fora-50", 20, model.depth)
+    only_step_1 = build_compensator("goc", weight=5.0, correction_steps=(1,))  # step 1 has only step 0 queued
+    assert torch.equal(_run(model, schedule, only_step_1), _run(model, schedule, build_compensator("none")))
+
+
+def test_taylor_order_0_is_plain_reuse(model):
+    schedule = build_schedule("fora-25", 20, model.depth)
+    assert torch.equal(
+        _run(model, schedule, build_compensator("taylor", order=0)), _run(model, schedule, build_compensator("none"))
+    )
+
+
+def test_taylor_forecast_matches_taylorseer_finite_differences():
+    linear = build_compensator("taylor", order=1)
+    for s in (0, 2, 5):
+        linear.computed((0, 0), s, torch.tensor([3.0 - 2.0 * s], dtype=torch.float64))
+    assert linear.reuse((0, 0), 7).item() == pytest.approx(3.0 - 14.0)  # exact on a line
+    quadratic = build_compensator("taylor", order=2)
+    values = {0: 1.0, 2: 4.0, 4: 2.0}
+    for s, v in values.items():
+        quadratic.computed((0, 0), s, torch.tensor([v], dtype=torch.float64))
+    d1 = (values[4] - values[2]) / 2  # first derivative estimate, interval N = 2
+    d2 = (values[4] - 2 * values[2] + values[0]) / 2**2  # second derivative estimate
+    assert quadratic.reuse((0, 0), 5).item() == pytest.approx(values[4] + d1 * 1 + d2 / 2 * 1**2)
+
+
+def test_goc_formula_on_a_toy_queue():
+    comp = build_compensator("goc", weight=0.5, correction_steps=(2, 3))
+    comp.computed((1, 1), 0, torch.tensor([1.0]))
+    comp.computed((1, 1), 1, torch.tensor([3.0]))
+    assert comp.reuse((1, 1), 2).item() == 3.0 + 0.5 * (3.0 - 1.0)  # 4.0, queued as used[2]
+    assert comp.reuse((1, 1), 3).item() == 4.0 + 0.5 * (4.0 - 3.0)  # gradient uses the corrected value
+    assert comp.reuse((1, 1), 4).item() == 4.5  # not a correction step: plain reuse of used[3]
+
+
+def test_engine_resets_between_runs_and_handles_cfg(model):
+    schedule = build_schedule("fora-50", 20, model.depth)
+    engine = CacheEngine(model, schedule, build_compensator("goc", weight=1.2, correction_steps=FORA_50_STEPS))
+    a = generate(model, [3, 4], seed=5, steps=20, cfg_scale=4.0, forward=engine.forward).final
+    b = generate(model, [3, 4], seed=5, steps=20, cfg_scale=4.0, forward=engine.forward).final
+    assert torch.equal(a, b)
+
+
+def test_engine_memory_holds_only_what_can_be_reused(model):
+    table = np.ones((20, 2 * model.depth), dtype=bool)
+    table[5, 0] = False  # only block 0's attention is ever reused, at step 5
+    schedule = build_schedule("matrix", 20, model.depth, table=table)
+    for name, expected in (("none", 1), ("goc", 2), ("taylor", 2)):
+        engine = CacheEngine(model, schedule, build_compensator(name))
+        generate(model, [1], steps=20, forward=engine.forward)
+        assert engine.peak_stored_tensors == expected, name
+        assert engine.compensator.stored_tensors() == 0  # released after its last reuse
+    engine = CacheEngine(model, build_schedule("fora-50", 20, model.depth), build_compensator("goc"))
+    generate(model, [1], steps=20, forward=engine.forward)
+    assert engine.peak_stored_tensors <= 2 * 2 * model.depth
+
+
+# ---------------------------------------------------------------- parity with a naive loop
+
+
+def _naive_goc_forward(model, reused, weight, correction_steps):
+    """The reference semantics written out by hand: a dict of per-unit lists, nothing from the engine."""
+    used: dict = {}
+
+    def forward(x, t, y, step):
+        if step == 0:
+            used.clear()
+
+        def unit_fn(block, unit, compute):
+            history = used.setdefault((block, unit), [])
+            if reused(step, block, unit):
+                previous = history[-1]
+                if step in correction_steps and len(history) >= 2:
+                    out = previous + weight * (previous - history[-2])
+                else:
+                    out = previous
+            else:
+                out = compute()
+            history.append(out)
+            return out
+
+        return model(x, t, y, unit_fn=unit_fn)
+
+    return forward
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(3)
+    model = create_model("tiny-digits").eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "adaLN_modulation" in name or "final_layer.linear" in name:
+                param.normal_(0, 0.03)
+    return model
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("case", ["fora-25", "fora-50", "l2c"])
+def test_engine_matches_the_naive_reference_loop(tiny_model, case, seed, tmp_path):
+    depth = tiny_model.depth
+    if case == "fora-25":
+        reused, weight, steps = (lambda s, b, u: s in (1, 3, 5, 7, 9)), 1.2, (3, 5, 7, 9)
+        schedule = build_schedule("fora-25", 20, depth)
+    elif case == "fora-50":
+        reused, weight, steps = (lambda s, b, u: s % 2 == 1), 1.2, FORA_50_STEPS
+        schedule = build_schedule("fora-50", 20, depth)
+    else:
+        logits = np.random.default_rng(seed).normal(-1.0, 2.0, (20, 2 * depth))
+        scores = 1 / (1 + np.exp(-logits))
+
+        def reused(s, b, u):
+            return s % 2 == 1 and not scores[20 - 1 - s, 2 * b + u] > 0.1
+
+        weight, steps = 0.8, FORA_50_STEPS
+        schedule = build_schedule("l2c", 20, depth, router=_router_file(tmp_path / "r.pt", logits), thres=0.1)
+    naive = generate(
+        tiny_model,
+        [1, 7, 9],
+        seed=seed,
+        steps=20,
+        cfg_scale=4.0,
+        forward=_naive_goc_forward(tiny_model, reused, weight, steps),
+    ).final
+    engine = CacheEngine(tiny_model, schedule, build_compensator("goc", weight=weight, correction_steps=steps))
+    ours = generate(tiny_model, [1, 7, 9], seed=seed, steps=20, cfg_scale=4.0, forward=engine.forward).final
+    assert (ours - naive).abs().max().item() <= 1e-6
+    assert not torch.equal(ours, generate(tiny_model, [1, 7, 9], seed=seed, steps=20, cfg_scale=4.0).final)
+
+
+# ---------------------------------------------------------------------- method and MACs
+
+
+def test_cache_method_fills_published_defaults(model, tmp_path):
+    engine = CacheMethod("fora-50", {}, "goc").engine(model, 20)
+    assert engine.compensator.config.weight == 1.2 and engine.compensator.config.correction_steps == FORA_50_STEPS
+    engine = CacheMethod("fora-25", {}, "goc").engine(model, 20)
+    assert engine.compensator.config.correction_steps == (3, 5, 7, 9)
+    with pytest.raises(InvalidArgumentError, match="needs a schedule that reuses"):
+        CacheMethod("none", {}, "goc").engine(model, 20)
+    with pytest.raises(InvalidArgumentError, match="auto"):
+        CacheMethod("fora-50", {}, "goc", {"correction_steps": "auto"}).engine(model, 20)
+    with pytest.raises(ScheduleError, match="outside the run's steps"):
+        CacheMethod("fora-50", {}, "goc", {"correction_steps": [25]}).engine(model, 20)
+
+
+def test_dit_xl2_macs():
+    with torch.device("meta"):
+        macs = model_macs(create_model("DiT-XL/2"))
+    assert abs(macs.forward / 118.6e9 - 1) < 0.005
+    assert abs(macs.attention_branch / 1.51e9 - 1) < 0.005 and abs(macs.mlp_branch / 2.72e9 - 1) < 0.005
+    assert abs(macs.adaln_per_block / 0.008e9 - 1) < 0.01
+    assert theoretical_speedup(macs, build_schedule("none", 20, 28)) == 1.0
+    fora50 = build_schedule("fora-50", 20, 28)
+    expected = 20 * macs.forward / (20 * macs.forward - 10 * 28 * (macs.attention_branch + macs.mlp_branch))
+    assert theoretical_speedup(macs, fora50) == pytest.approx(expected)
+    l2c = build_schedule("l2c", 20, 28, router=_shared_ref("DDIM20_router.pt"))
+    assert l2c.cache_ratio_macs(macs.units) != l2c.cache_ratio  # MLP units weigh 1.8x attention units
