@@ -340,6 +340,56 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_router(args: argparse.Namespace) -> int:
+    import torch
+
+    from goc_utils.cache.l2c import router_mask
+    from goc_utils.cache.l2c_training import (
+        RouterTrainConfig,
+        image_folder_batches,
+        save_router,
+        tensor_batches,
+        train_router,
+    )
+    from goc_utils.cache.schedule import CacheSchedule
+    from goc_utils.macs import model_macs
+    from goc_utils.models import load_model, preset_info
+
+    out = _check_writable(Path(args.out), "--out")
+    config = RouterTrainConfig(
+        steps=args.steps,
+        train_steps=args.train_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        l1=args.l1,
+        seed=args.seed,
+    )
+    device = _resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, args.ckpt, args.image_size, device)
+    if preset_info(args.model).latent:
+        if args.data is None:
+            raise InvalidArgumentError(f"{args.model} routers train on images: pass --data DIR (ImageNet-style folder)")
+        from goc_utils.vae import load_vae
+
+        image_size = args.image_size or preset_info(args.model).default_image_size
+        batches = image_folder_batches(args.data, image_size, load_vae(args.vae, device), device)
+    else:
+        from goc_utils.data import load_digits_tensors
+
+        batches = tensor_batches(*load_digits_tensors())
+    logits, opt_state = train_router(model, batches, config)
+    save_router(out, logits, opt_state, config, args.model)
+    schedule = CacheSchedule(router_mask(logits.numpy(), 0.1), name="l2c@0.1")
+    macs = model_macs(model)
+    print(
+        f"router -> {out}: at thres 0.1 it reuses {schedule.reused_units} of {schedule.mask.size} unit-steps "
+        f"({100 * schedule.cache_ratio:.1f}%; {100 * schedule.cache_ratio_macs(macs.units):.1f}% of branch MACs)"
+    )
+    return 0
+
+
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from goc_utils.training import train_digits_classifier
 
@@ -364,6 +414,27 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None, help="checkpoints and log (default runs/train_tiny)")
     p.add_argument("--out", default=None, help="exported EMA weights (default data/tiny_digits_dit_ema.safetensors)")
     p.set_defaults(func=cmd_train_tiny)
+
+    p = sub.add_parser(
+        "train-router",
+        help="train Learning-to-Cache routers (L2C objective, frozen DiT)",
+        description="Train one router per sampling step; writes L2C's official checkpoint format.",
+    )
+    p.add_argument("--model", default="tiny-digits", help="preset (default tiny-digits)")
+    p.add_argument("--ckpt", default=None, help="DiT weights (default: committed weights of the preset)")
+    p.add_argument("--image-size", type=int, default=None, help="pixels (latent presets)")
+    p.add_argument("--vae", default="ema", help="latent presets: ema | mse | folder | hub id")
+    p.add_argument("--data", default=None, help="latent presets: ImageNet-style image folder")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps the routers are for (default 20)")
+    p.add_argument("--train-steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--lr", type=_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--l1", type=_float, default=5e-6, help="weight of the sum of router scores (default 5e-6)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--out", required=True, help="router checkpoint to write (.pt)")
+    p.set_defaults(func=cmd_train_router)
 
     p = sub.add_parser(
         "train-classifier",

@@ -324,3 +324,27 @@ def test_dit_xl2_macs():
     assert theoretical_speedup(macs, fora50) == pytest.approx(expected)
     l2c = build_schedule("l2c", 20, 28, router=_shared_ref("DDIM20_router.pt"))
     assert l2c.cache_ratio_macs(macs.units) != l2c.cache_ratio  # MLP units weigh 1.8x attention units
+
+
+# ------------------------------------------------------------------------ router training
+
+
+def test_router_training_writes_the_official_format_and_leaves_the_dit_frozen(model, tmp_path):
+    from goc_utils.cache.l2c import load_router_logits
+    from goc_utils.cache.l2c_training import RouterTrainConfig, save_router, tensor_batches, train_router
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(32, 1, 8, 8).clamp(-1, 1), torch.randint(0, 10, (32,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = RouterTrainConfig(steps=4, train_steps=25, batch_size=4, lr=0.5, l1=1.0, seed=0)
+    init = torch.sigmoid(torch.randn(4, 2 * model.depth, generator=torch.Generator().manual_seed(0)))
+    logits, opt_state = train_router(model, tensor_batches(images, labels), config, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert logits.shape == (4, 2 * model.depth) and logits.abs().max() <= 5
+    trained = torch.sigmoid(logits)
+    assert trained[[0, 2]].sum() < init[[0, 2]].sum()  # routers of the reuse steps (even indices) learn to reuse
+    assert torch.equal(trained[[1, 3]], init[[1, 3]])  # routers of always-computed steps are never trained
+    path = save_router(tmp_path / "r.pt", logits, opt_state, config, "small")
+    assert np.allclose(load_router_logits(path), logits.numpy())
+    schedule = build_schedule("l2c", 4, model.depth, router=path, thres=0.5)
+    assert schedule.mask[0::2].all()
