@@ -3,7 +3,8 @@
 For each method (schedule x compensator) the same sampling run is timed after warm-up;
 reported: median and spread (min-max) of the wall time, the MACs-theoretical speedup over
 no cache, the measured speedup, their ratio, and for compensated methods the overhead over
-their host schedule with plain reuse. Targets (README): measured >= 90% of theoretical for
+their host schedule with plain reuse, and the RMSE of the final samples against the
+un-cached run with the same noise (model space). Targets (README): measured >= 90% of theoretical for
 DiT-XL/2 at fora-50; GOC overhead <= 2% (the paper reports about 2%).
 """
 
@@ -40,6 +41,7 @@ class BenchRow:
     min_s: float
     max_s: float
     theoretical_speedup: float
+    rmse_vs_none: float | None = None
     measured_speedup: float = 1.0
     overhead_vs_host: float | None = None
 
@@ -71,6 +73,7 @@ def run_bench(
     labels = [i % model.num_classes for i in range(batch)]
     macs = model_macs(model)
     rows: dict[str, BenchRow] = {}
+    reference = None
     for text in tqdm(methods, desc="bench", disable=not progress):
         method = CacheMethod.parse(text, router=router, thres=thres)
         engine = method.engine(model, steps)
@@ -78,10 +81,12 @@ def run_bench(
         for i in range(warmup + repeats):
             _sync(device)
             start = time.perf_counter()
-            generate(model, labels, seed=0, steps=steps, cfg_scale=cfg_scale, forward=engine.forward)
+            final = generate(model, labels, seed=0, steps=steps, cfg_scale=cfg_scale, forward=engine.forward).final
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
+        if text == "none":
+            reference = final
         schedule = engine.schedule
         rows[text] = BenchRow(
             method=text,
@@ -91,6 +96,7 @@ def run_bench(
             min_s=min(times),
             max_s=max(times),
             theoretical_speedup=theoretical_speedup(macs, schedule),
+            rmse_vs_none=None if reference is None else float(((final - reference) ** 2).mean().sqrt()),
         )
     baseline = rows.get("none")
     for row in rows.values():
@@ -106,15 +112,15 @@ def format_table(rows: list[BenchRow]) -> str:
     """Markdown table of a benchmark."""
     lines = [
         "| method | cached units | cached MACs | median s | min-max s | theor. speedup | measured speedup "
-        "| measured/theor. | overhead vs host |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| measured/theor. | overhead vs host | final RMSE vs none |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         overhead = "" if r.overhead_vs_host is None else f"{100 * r.overhead_vs_host:+.1f}%"
         lines.append(
             f"| {r.method} | {100 * r.cache_ratio:.1f}% | {100 * r.cache_ratio_macs:.1f}% | {r.median_s:.4f} | "
             f"{r.min_s:.4f}-{r.max_s:.4f} | {r.theoretical_speedup:.3f}x | {r.measured_speedup:.3f}x | "
-            f"{100 * r.efficiency:.0f}% | {overhead} |"
+            f"{100 * r.efficiency:.0f}% | {overhead} | {'' if r.rmse_vs_none is None else f'{r.rmse_vs_none:.4f}'} |"
         )
     return "\n".join(lines)
 
