@@ -14,16 +14,15 @@ from goc_utils.cache.method import CacheMethod
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.macs import model_macs, theoretical_speedup
 from goc_utils.models import create_model
+from goc_utils.paths import PROJECT_ROOT
 from goc_utils.sampling import generate
 from tests.conftest import small_dit
 
-REF = "/work/shared/reference/l2c"
+REF = str(PROJECT_ROOT.parent / "shared" / "reference" / "l2c")  # ../shared beside the checkout, as in CI
 FORA_50_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
 
 
 def _shared_ref(name: str):
-    from goc_utils.paths import PROJECT_ROOT
-
     path = PROJECT_ROOT.parent / "shared" / "reference" / "l2c" / name
     if not path.is_file():
         pytest.fail(f"reference router {path} is missing (../shared must sit beside the checkout)")
