@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.goc-installed
 export MPLBACKEND := Agg
 
-.PHONY: help setup study test lint train-tiny train-classifier clean
+.PHONY: help setup study smoke lab test lint train-tiny train-classifier clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -22,6 +22,13 @@ setup: $(STAMP) ## create .venv and install the project (torch 2.14.1 from this 
 
 study: setup ## set up and run the study on the embedded tiny-digits model (writes figures/)
 	$(BIN)/goc tiny-report
+	$(BIN)/goc notebooks --preset tiny
+
+smoke: setup ## run every notebook in smoke mode (as the tests do)
+	$(BIN)/goc notebooks --preset tiny --smoke
+
+lab: setup ## open the notebooks in JupyterLab with the project's environment
+	$(BIN)/jupyter lab notebooks/
 
 test: setup ## lint and run the test suite
 	$(BIN)/ruff check goc_utils tests

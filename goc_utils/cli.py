@@ -27,20 +27,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _parse_classes(text: str) -> list[int]:
     """``"207,992,387"`` or ``"0-9"`` (inclusive ranges) -> class ids."""
-    classes: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                classes.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                classes.append(int(part))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"malformed class list {text!r}; use e.g. 3,5,7 or 0-9") from None
-    if not classes:
-        raise argparse.ArgumentTypeError(f"empty class list {text!r}; use e.g. 3,5,7 or 0-9")
-    return classes
+    from goc_utils.study import parse_classes
+
+    try:
+        return parse_classes(text)
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _float(text: str) -> float:
@@ -537,6 +529,31 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from goc_utils.notebooks import load_params_file, run_notebooks
+
+    only = [o.strip() for o in args.only.split(",")] if args.only else None
+    started = time.perf_counter()
+    done = run_notebooks(args.preset, args.smoke, load_params_file(args.params), only)
+    for path, seconds in done:
+        print(f"{path.name}: {seconds:.1f} s -> {path}")
+    print(f"{len(done)} notebooks in {time.perf_counter() - started:.1f} s; figures in figures/")
+    return 0
+
+
+def add_notebooks_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "notebooks",
+        help="run the study notebooks headless (papermill)",
+        description="Execute notebooks/NN_*.ipynb in order; executed copies go to runs/notebooks/.",
+    )
+    p.add_argument("--preset", choices=["tiny", "xl"], default="tiny", help="tiny (embedded model) or xl (DiT-XL/2)")
+    p.add_argument("--smoke", action="store_true", help="fast mode (few samples), as in the tests")
+    p.add_argument("--params", default=None, help="YAML file of parameter overrides (e.g. ckpt and vae for xl)")
+    p.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
+    p.set_defaults(func=cmd_notebooks)
+
+
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tiny-report",
@@ -562,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parsers(sub)
     add_report_parser(sub)
     add_bench_parser(sub)
+    add_notebooks_parser(sub)
     return parser
 
 

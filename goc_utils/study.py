@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +80,97 @@ def tiny_digits_report(
     csv = ["cfg_scale,samples,agreement"] + [f"{r.cfg_scale:g},{r.samples},{r.agreement:.4f}" for r in rows]
     (out_dir / "00_tiny_agreement.csv").write_text("\n".join(csv) + "\n")
     return rows
+
+
+@dataclass
+class StudyParams:
+    """Parameters shared by the study notebooks (the ``parameters`` cell's values, checked).
+
+    Attributes:
+        model: preset name (``tiny-digits``, ``DiT-XL/2``, ...).
+        ckpt: DiT weights; None = the preset's committed weights.
+        vae: latent presets: ``ema`` | ``mse`` | folder | hub id.
+        image_size: pixels; None = the preset's default.
+        steps: DDIM steps.
+        cfg_scale: classifier-free guidance scale (>= 0).
+        seed: noise seed.
+        smoke: fast mode for CI (fewer samples).
+        device: ``auto`` | ``cpu`` | ``cuda``.
+    """
+
+    model: str = "tiny-digits"
+    ckpt: str | None = None
+    vae: str = "ema"
+    image_size: int | None = None
+    steps: int = 20
+    cfg_scale: float = 4.0
+    seed: int = 0
+    smoke: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from goc_utils.errors import InvalidArgumentError
+        from goc_utils.models import check_preset
+
+        expected = {
+            "model": str,
+            "vae": str,
+            "steps": int,
+            "cfg_scale": (int, float),
+            "seed": int,
+            "smoke": bool,
+            "device": str,
+            "ckpt": (str, type(None)),
+            "image_size": (int, type(None)),
+        }
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, expected[f.name]) or (expected[f.name] is int and isinstance(value, bool)):
+                raise InvalidArgumentError(
+                    f"parameter {f.name}={value!r} has type {type(value).__name__}; expected {f.type}"
+                )
+        check_preset(self.model)
+        if self.steps < 1:
+            raise InvalidArgumentError(f"parameter steps must be >= 1 (got {self.steps})")
+        if not self.cfg_scale >= 0:
+            raise InvalidArgumentError(f"parameter cfg_scale must be >= 0 (got {self.cfg_scale})")
+
+    @property
+    def torch_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def load_model(self):
+        """The DiT in eval mode on the chosen device."""
+        return load_model(self.model, self.ckpt, self.image_size, self.torch_device)
+
+    def load_vae(self):
+        """The VAE for latent presets, None for pixel presets."""
+        from goc_utils.models import preset_info
+
+        if not preset_info(self.model).latent:
+            return None
+        from goc_utils.vae import load_vae
+
+        return load_vae(self.vae, self.torch_device)
+
+
+def parse_classes(text: str) -> list[int]:
+    """``"207,360"`` or ``"0-9"`` -> class ids (one-line error when malformed)."""
+    from goc_utils.errors import InvalidArgumentError
+
+    classes: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                classes.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                classes.append(int(part))
+        except ValueError:
+            raise InvalidArgumentError(f"malformed class list {text!r}; use e.g. 3,5,7 or 0-9") from None
+    if not classes:
+        raise InvalidArgumentError(f"empty class list {text!r}; use e.g. 3,5,7 or 0-9")
+    return classes

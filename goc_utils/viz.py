@@ -36,6 +36,53 @@ def save_image_grid(images: np.ndarray, path: str | Path, nrow: int, upscale: in
     return path
 
 
+def sample_grid_figure(
+    images: np.ndarray,
+    labels: Sequence[int],
+    nrow: int,
+    title: str | None = None,
+    predicted: Sequence[int] | None = None,
+):
+    """A matplotlib figure of uint8 samples ``(N, H, W, C)``, read row by row.
+
+    With ``predicted`` (a classifier's verdicts), a red ``label→prediction`` marks each
+    sample whose predicted class differs from its label.
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    rows = -(-n // nrow)
+    size = 0.6 if images.shape[1] <= 32 else 1.6
+    fig, axes = plt.subplots(rows, nrow, figsize=(size * nrow + 0.4, (size + 0.06) * rows + (0.5 if title else 0.2)))
+    axes = np.atleast_2d(axes)
+    cmap = "gray" if images.shape[-1] == 1 else None
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        image = images[i, ..., 0] if images.shape[-1] == 1 else images[i]
+        ax.imshow(image, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+        if predicted is not None and int(predicted[i]) != int(labels[i]):
+            ax.set_title(f"{labels[i]}→{predicted[i]}", fontsize=6, color="crimson", pad=1)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3, h_pad=0.6)
+    return fig
+
+
+def save_figure(fig, name_or_path: str | Path, dpi: int = 150) -> Path:
+    """Save ``fig`` as PNG and PDF: a bare name goes to ``figures/<name>.png|.pdf``."""
+    from goc_utils import paths
+
+    path = Path(name_or_path)
+    if path.suffix != ".png":
+        path = paths.figure_path(str(name_or_path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    fig.savefig(path.with_suffix(".pdf"))
+    return path
+
+
 def save_labelled_grid(
     images: np.ndarray,
     labels: Sequence[int],
@@ -44,40 +91,10 @@ def save_labelled_grid(
     title: str | None = None,
     predicted: Sequence[int] | None = None,
 ) -> Path:
-    """A matplotlib figure of samples with their class (and, if given, a classifier's verdict).
-
-    Rows are read left to right; a red label marks a sample whose predicted class differs.
-    Saved as ``path`` (PNG) and the same name with ``.pdf``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    """:func:`sample_grid_figure` saved as PNG + PDF and closed (for scripts)."""
     import matplotlib.pyplot as plt
 
-    n = len(images)
-    rows = -(-n // nrow)
-    fig, axes = plt.subplots(rows, nrow, figsize=(0.6 * nrow + 0.4, 0.66 * rows + (0.5 if title else 0.2)))
-    axes = np.atleast_2d(axes)
-    cmap = "gray" if images.shape[-1] == 1 else None
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i >= n:
-            continue
-        ax.imshow(
-            images[i, ..., 0] if images.shape[-1] == 1 else images[i],
-            cmap=cmap,
-            vmin=0,
-            vmax=255,
-            interpolation="nearest",
-        )
-        if predicted is not None and int(predicted[i]) != int(labels[i]):
-            ax.set_title(f"{labels[i]}→{predicted[i]}", fontsize=6, color="crimson", pad=1)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    fig.savefig(path.with_suffix(".pdf"))
+    fig = sample_grid_figure(images, labels, nrow, title, predicted)
+    out = save_figure(fig, path)
     plt.close(fig)
-    return path
+    return out

@@ -1,0 +1,95 @@
+"""Headless execution of the study notebooks with papermill: ``goc notebooks``.
+
+Notebooks ``notebooks/NN_name.ipynb`` run in order; executed copies go to
+``runs/notebooks/`` (git-ignored) and figures to ``figures/``. Parameters come from a
+preset (``tiny`` = the embedded model, the default; ``xl`` = DiT-XL/2, which needs
+checkpoint paths from ``--params``), ``--smoke`` (fast CI runs) and an optional YAML file.
+A failing notebook is reported as one line naming the notebook and the cell.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from goc_utils import paths
+from goc_utils.errors import GocError, InvalidArgumentError
+
+PRESETS: dict[str, dict] = {
+    "tiny": {"model": "tiny-digits"},
+    "xl": {"model": "DiT-XL/2", "image_size": 256, "device": "cuda"},
+}
+"""Parameter overrides per study preset."""
+
+
+class NotebookError(GocError):
+    """A notebook failed; the message names the notebook, the cell and the error."""
+
+
+def study_notebooks(only: list[str] | None = None) -> list[Path]:
+    """The ordered study notebooks, optionally filtered by number prefix (``["01", "03"]``)."""
+    notebooks = sorted(p for p in paths.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = {o.zfill(2) for o in only}
+        unknown = wanted - {p.name[:2] for p in notebooks}
+        if unknown:
+            raise InvalidArgumentError(
+                f"no notebook numbered {', '.join(sorted(unknown))}; have {', '.join(p.name[:2] for p in notebooks)}"
+            )
+        notebooks = [p for p in notebooks if p.name[:2] in wanted]
+    return notebooks
+
+
+def load_params_file(path: str | Path | None) -> dict:
+    """Parameters from a YAML file (a mapping of parameter name -> value)."""
+    if path is None:
+        return {}
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgumentError(f"params file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise InvalidArgumentError(f"params file {str(path)!r} must hold a mapping of parameter: value")
+    return data
+
+
+def run_notebooks(
+    preset: str = "tiny",
+    smoke: bool = False,
+    params: dict | None = None,
+    only: list[str] | None = None,
+    output_dir: Path | None = None,
+    progress: bool = True,
+) -> list[tuple[Path, float]]:
+    """Execute the notebooks in order; return ``(executed copy, seconds)`` per notebook."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    if preset not in PRESETS:
+        raise InvalidArgumentError(f"unknown study preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    parameters = dict(PRESETS[preset]) | {"smoke": smoke, "interactive": False} | (params or {})
+    output_dir = Path(output_dir or paths.EXECUTED_NOTEBOOKS_DIR)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    for notebook in study_notebooks(only):
+        started = time.perf_counter()
+        target = output_dir / notebook.name
+        try:
+            papermill.execute_notebook(
+                str(notebook),
+                str(target),
+                parameters=parameters,
+                kernel_name="python3",
+                cwd=str(paths.NOTEBOOKS_DIR),
+                progress_bar=progress,
+                log_output=False,
+            )
+        except PapermillExecutionError as exc:
+            raise NotebookError(
+                f"{notebook.name} failed in cell {exc.exec_count}: {exc.ename}: {str(exc.evalue).splitlines()[0]} "
+                f"(executed copy: {target})"
+            ) from None
+        done.append((target, time.perf_counter() - started))
+    return done

@@ -1,0 +1,50 @@
+"""Study notebooks: committed without outputs, thin, and runnable headless in smoke mode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from goc_utils.notebooks import NotebookError, run_notebooks, study_notebooks
+
+NOTEBOOKS = study_notebooks()
+
+
+def test_there_are_study_notebooks():
+    assert NOTEBOOKS and all(p.name[:2].isdigit() for p in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_is_clean_and_thin(path):
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    assert cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith("# ")
+    code = [c for c in cells if c["cell_type"] == "code"]
+    for cell in code:
+        assert cell.get("outputs", []) == [] and cell.get("execution_count") is None, "strip outputs before commit"
+        assert not any(line.lstrip().startswith("def ") for line in cell["source"]), "no functions in notebooks"
+    assert "widgets" not in nb.get("metadata", {}), "strip widget state"
+    assert "import" in "".join(code[0]["source"])
+    assert code[1].get("metadata", {}).get("tags") == ["parameters"]
+    assert "smoke: bool" in "".join(code[1]["source"])
+
+
+@pytest.mark.slow
+def test_notebooks_run_in_smoke_mode(tmp_path, monkeypatch):
+    monkeypatch.setenv("GOC_FIGURES_DIR", str(tmp_path / "figures"))
+    done = run_notebooks("tiny", smoke=True, output_dir=tmp_path / "executed", progress=False)
+    assert [p.name for p, _ in done] == [p.name for p in NOTEBOOKS]
+    assert (tmp_path / "figures" / "01_samples.png").is_file()
+
+
+def test_wrong_parameter_type_names_notebook_and_cell(tmp_path, monkeypatch):
+    monkeypatch.setenv("GOC_FIGURES_DIR", str(tmp_path / "figures"))
+    with pytest.raises(
+        NotebookError, match=r"01_load_dit.ipynb failed in cell \d+: InvalidArgumentError: parameter steps"
+    ):
+        run_notebooks("tiny", smoke=True, params={"steps": "many"}, only=["01"], output_dir=tmp_path, progress=False)
+    with pytest.raises(NotebookError, match="unknown model preset 'DiT-XXL/2'"):
+        run_notebooks(
+            "tiny", smoke=True, params={"model": "DiT-XXL/2"}, only=["01"], output_dir=tmp_path, progress=False
+        )
