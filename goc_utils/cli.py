@@ -198,20 +198,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_arguments(p: argparse.ArgumentParser, vae: bool = True) -> None:
+    """The flags every model-running command shares: preset, weights, VAE, image size, device."""
+    p.add_argument("--model", default="tiny-digits", help="preset: tiny-digits, DiT-XL/2, ... (default tiny-digits)")
+    p.add_argument(
+        "--ckpt",
+        default=None,
+        help="DiT weights (.pt / train.py checkpoint / .safetensors); "
+        "default: the preset's committed weights (tiny-digits)",
+    )
+    if vae:
+        p.add_argument("--vae", default="ema", help="latent presets: ema | mse | local folder | hub id (default ema)")
+    p.add_argument("--image-size", type=int, default=None, help="pixels (256 or 512 for DiT-XL/2; 8 for tiny-digits)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i] (default auto)")
+
+
 def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sample",
         help="sample a class-conditional image grid (and an ADM-format npz)",
         description="Sample images from a DiT preset with DiT's sampler and classifier-free guidance.",
     )
-    p.add_argument("--model", default="tiny-digits", help="preset: tiny-digits, DiT-XL/2, ... (default tiny-digits)")
-    p.add_argument(
-        "--ckpt",
-        default=None,
-        help="DiT weights (.pt / train.py checkpoint / .safetensors); default: the committed weights of tiny-digits",
-    )
-    p.add_argument("--vae", default="ema", help="latent presets: ema | mse | local folder | hub id (default ema)")
-    p.add_argument("--image-size", type=int, default=None, help="pixels (256 or 512 for DiT-XL/2; 8 for tiny-digits)")
+    _add_model_arguments(p)
     p.add_argument("--steps", type=int, default=20, help="sampling steps after respacing (default 20)")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
     p.add_argument(
@@ -228,7 +236,6 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="samples.png", help="grid PNG to write (default samples.png)")
     p.add_argument("--save-npz", default=None, help="also write arr_0 (uint8 NHWC), labels, final (float32)")
     p.add_argument("--upscale", type=int, default=None, help="grid pixel upscaling (default 4 for pixel presets)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i] (default auto)")
     g = p.add_argument_group("feature caching (schedule x compensator)")
     g.add_argument(
         "--cache",
@@ -412,10 +419,7 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
         help="train Learning-to-Cache routers (L2C objective, frozen DiT)",
         description="Train one router per sampling step; writes L2C's official checkpoint format.",
     )
-    p.add_argument("--model", default="tiny-digits", help="preset (default tiny-digits)")
-    p.add_argument("--ckpt", default=None, help="DiT weights (default: committed weights of the preset)")
-    p.add_argument("--image-size", type=int, default=None, help="pixels (latent presets)")
-    p.add_argument("--vae", default="ema", help="latent presets: ema | mse | folder | hub id")
+    _add_model_arguments(p)
     p.add_argument("--data", default=None, help="latent presets: ImageNet-style image folder")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps the routers are for (default 20)")
     p.add_argument("--train-steps", type=int, default=2000, help="optimiser steps (default 2000)")
@@ -424,7 +428,6 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--l1", type=_float, default=5e-6, help="weight of the sum of router scores (default 5e-6)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--out", required=True, help="router checkpoint to write (.pt)")
     p.set_defaults(func=cmd_train_router)
 
@@ -511,10 +514,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         help="latency of caching methods vs MACs-theoretical speedup",
         description="Time sampling under each caching method (warm-up, then repeats).",
     )
-    p.add_argument("--model", default="tiny-digits", help="preset (default tiny-digits)")
-    p.add_argument("--ckpt", default=None, help="weights (default: committed weights of the preset)")
+    _add_model_arguments(p, vae=False)
     p.add_argument("--random-weights", action="store_true", help="DiT-initialised random weights (timing only)")
-    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the preset's)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated schedule[+compensator]")
     p.add_argument("--router", default=None, help="L2C router for the l2c methods (skipped without one)")
     p.add_argument("--router-thres", type=_float, default=0.1, help="L2C threshold (default 0.1)")
@@ -524,7 +525,6 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
 
