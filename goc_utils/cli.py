@@ -42,6 +42,10 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
+def _weight(text: str) -> float | str:
+    return "auto" if text.strip() == "auto" else _float(text)
+
+
 def _resolve_device(name: str) -> str:
     import torch
 
@@ -126,7 +130,7 @@ def cache_method_from_args(args: argparse.Namespace):
         options.update(router=args.router, thres=thres)
     comp: dict = {}
     if args.goc_weight is not None:
-        if not math.isfinite(args.goc_weight):
+        if args.goc_weight != "auto" and not math.isfinite(args.goc_weight):
             raise InvalidArgumentError(f"--goc-weight must be a finite number (got {args.goc_weight})")
         comp["weight"] = args.goc_weight
     if args.goc_steps is not None:
@@ -134,6 +138,31 @@ def cache_method_from_args(args: argparse.Namespace):
     if args.taylor_order is not None:
         comp["order"] = args.taylor_order
     return CacheMethod(args.cache, options, args.compensator, comp)
+
+
+def _priors_for(args: argparse.Namespace, method):
+    """The priors a GOC 'auto' option needs (checked against the run), else None."""
+    if "auto" not in (method.compensator_options.get("weight"), method.compensator_options.get("correction_steps")):
+        if args.priors is not None:
+            raise InvalidArgumentError("--priors needs --goc-steps auto or --goc-weight auto")
+        return None
+    from goc_utils.priors import PriorStats, check_compatible, default_priors_path
+
+    path = Path(args.priors) if args.priors else default_priors_path(args.model, args.steps, args.cfg_scale)
+    stats = PriorStats.load(path)
+    check_compatible(
+        {
+            "model": args.model,
+            "steps": args.steps,
+            "cfg_scale": args.cfg_scale,
+            "depth": stats.depth,
+            "tokens": stats.tokens,
+            "hidden": stats.hidden,
+        },
+        stats.header(),
+        f"use priors {str(path)!r}",
+    )
+    return stats
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -161,7 +190,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             f"class id {bad[0]} is out of range for {args.model}; use 0..{model.num_classes - 1}"
         )
-    engine = method.engine(model, args.steps)
+    engine = method.engine(model, args.steps, _priors_for(args, method))
     vae = None
     if info.latent:
         from goc_utils.vae import load_vae
@@ -185,6 +214,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if npz is not None:
         save_samples_npz(npz, result)
     schedule, macs = engine.schedule, model_macs(model)
+    config = getattr(engine.compensator, "config", None)
+    if method.compensator == "goc" and isinstance(config.weight, float):
+        steps = "every reused step" if config.correction_steps is None else ",".join(map(str, config.correction_steps))
+        print(f"GOC: w = {config.weight:.4g}, correction steps {steps}")
     print(
         f"cache {method.label()} ({schedule.name}): {100 * schedule.cache_ratio:.1f}% of unit-steps reused, "
         f"{100 * schedule.cache_ratio_macs(macs.units):.1f}% of branch MACs, "
@@ -254,12 +287,23 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
         default="none",
         help="what a reused unit returns: none = previous output (default), goc, taylor",
     )
-    g.add_argument("--goc-weight", type=_float, default=None, help="goc: w (default 1.2 with FORA, 0.8 with L2C)")
+    g.add_argument(
+        "--goc-weight",
+        type=_weight,
+        default=None,
+        help="goc: w, or auto (least squares on priors; default 1.2 with FORA, 0.8 with L2C)",
+    )
     g.add_argument(
         "--goc-steps",
         type=_parse_steps,
         default=None,
-        help="goc: correction steps, e.g. 3,5,7,9 (default: the paper's list for the schedule)",
+        help="goc: correction steps, e.g. 3,5,7,9, or auto (inflection-aware, from priors; default: the paper's "
+        "list for the schedule)",
+    )
+    g.add_argument(
+        "--priors",
+        default=None,
+        help="goc auto: priors file (default data/priors/<model>_ddim<steps>_cfg<cfg>.safetensors)",
     )
     g.add_argument("--taylor-order", type=int, default=None, help="taylor: forecast order k (default 1)")
     p.set_defaults(func=cmd_sample)
@@ -554,6 +598,137 @@ def add_notebooks_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_notebooks)
 
 
+def cmd_priors(args: argparse.Namespace) -> int:
+    import torch
+
+    from goc_utils.priors import PriorStats, default_priors_path, extract_priors
+
+    out = Path(args.out) if args.out else None
+    if args.merge:
+        if out is None:
+            raise InvalidArgumentError("--merge needs --out PATH for the merged file")
+        _check_writable(out, "--out")
+        stats = PriorStats.load(args.merge[0])
+        for other in args.merge[1:]:
+            stats.merge(PriorStats.load(other))
+        stats.save(out)
+        print(f"merged {len(args.merge)} files ({stats.count} samples) -> {out}")
+        return 0
+    out = _check_writable(out or default_priors_path(args.model, args.steps, args.cfg_scale), "--out")
+    if args.steps < 1 or args.per_class < 1 or not args.cfg_scale >= 0:
+        raise InvalidArgumentError("--steps and --per-class must be >= 1 and --cfg-scale >= 0")
+    device = _resolve_device(args.device)
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model_from_args(args, device)
+    classes = list(range(model.num_classes)) if args.classes == "all" else _parse_classes(args.classes)
+    started = time.perf_counter()
+    stats = extract_priors(
+        model,
+        args.model,
+        classes,
+        seeds=list(range(args.per_class)),
+        steps=args.steps,
+        cfg_scale=args.cfg_scale,
+        batch_size=args.batch_size,
+    )
+    stats.save(out)
+    print(
+        f"priors of {stats.count} samples ({args.model}, DDIM-{args.steps}, cfg {args.cfg_scale:g}) in "
+        f"{time.perf_counter() - started:.1f} s -> {out}"
+    )
+    return 0
+
+
+def load_model_from_args(args: argparse.Namespace, device: str):
+    from goc_utils.models import load_model
+
+    return load_model(args.model, args.ckpt, args.image_size, device)
+
+
+def cmd_inflections(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from goc_utils.cache.method import GOC_REFERENCE_WEIGHT
+    from goc_utils.priors import PriorStats, calibrate_weight, inflection_steps, simulate_goc, unit_macs_weights
+    from goc_utils.priors import weighted_error as total_error
+
+    stats = PriorStats.load(args.priors)
+    options = {"router": args.router, "thres": args.router_thres} if args.schedule == "l2c" else {}
+    from goc_utils.cache.schedule import build_schedule
+
+    schedule = build_schedule(args.schedule, stats.steps, stats.depth, **options)
+    uw = unit_macs_weights(stats)
+    if args.weight == "auto":
+        probe = calibrate_weight(stats, schedule, None, "global", uw)
+    else:
+        probe = GOC_REFERENCE_WEIGHT.get(args.schedule, 1.2) if args.weight is None else args.weight
+    correct, inflections, _ = inflection_steps(stats, schedule, probe, uw)
+    weight = calibrate_weight(stats, schedule, correct, args.granularity, uw) if args.weight == "auto" else probe
+    plain, goc = total_error(simulate_goc(stats, schedule, weight, correct), uw)
+    ref_steps = schedule.reference_correction_steps
+    print(
+        f"priors: {stats.model}, DDIM-{stats.steps}, cfg {stats.cfg_scale:g}, {stats.count} samples; "
+        f"schedule {schedule.name} (reuses at steps {schedule.reuse_steps()})"
+    )
+    print(f"correction steps: {','.join(map(str, correct)) or '(none)'}")
+    print(f"inflection steps (correction skipped): {','.join(map(str, inflections)) or '(none)'}")
+    if isinstance(weight, np.ndarray):
+        per_step = {s: round(float(weight[s][weight[s] != 0].mean()), 3) for s in correct if (weight[s] != 0).any()}
+        print(f"weight ({args.granularity}): mean per step {per_step}")
+    else:
+        print(f"weight: {weight:.4f}" + (" (least squares)" if args.weight == "auto" else ""))
+    print(
+        f"predicted error (MACs-weighted relative L2, summed over reused units): plain reuse {plain:.3f} -> "
+        f"GOC {goc:.3f} ({100 * (goc / plain - 1):+.1f}%)"
+    )
+    if ref_steps is not None:
+        ref_weight = GOC_REFERENCE_WEIGHT.get(args.schedule, 1.2)
+        _, ref = total_error(simulate_goc(stats, schedule, ref_weight, ref_steps), uw)
+        print(
+            f"paper's hand-set steps {','.join(map(str, ref_steps))} with w={ref_weight}: GOC {ref:.3f} "
+            f"({100 * (ref / plain - 1):+.1f}%)"
+        )
+    return 0
+
+
+def add_priors_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "priors",
+        help="extract block-feature priors (streaming statistics of un-cached sampling)",
+        description="Un-cached sampling per (class, seed), statistics accumulated on the fly.",
+    )
+    _add_model_arguments(p, vae=False)
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    p.add_argument("--classes", default="all", help="all | 0-99 | 3,5 (default all)")
+    p.add_argument("--per-class", type=int, default=1, help="samples (seeds 0..K-1) per class (default 1)")
+    p.add_argument("--cfg-scale", type=_float, default=4.0, help="guidance scale (default 4.0, the paper's)")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per sampling batch (default 16)")
+    p.add_argument("--out", default=None, help="priors file (default data/priors/<model>_ddim<steps>_cfg<cfg>...)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="FILE", help="merge shard files into --out instead")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_priors)
+
+    p = sub.add_parser(
+        "inflections",
+        help="inflection-aware GOC steps and weight from a priors file",
+        description="Replay GOC on the prior trajectory: correction steps, weight, predicted error.",
+    )
+    p.add_argument("priors", help="priors file from `goc priors`")
+    p.add_argument("--schedule", choices=["fora-25", "fora-50", "l2c"], default="fora-50", help="host schedule")
+    p.add_argument("--router", default=None, help="l2c: router checkpoint")
+    p.add_argument("--router-thres", type=_float, default=0.1, help="l2c: threshold (default 0.1)")
+    p.add_argument("--weight", type=_weight, default=None, help="w, or auto (least squares); default the paper's")
+    p.add_argument(
+        "--granularity",
+        choices=["global", "step", "unit"],
+        default="global",
+        help="auto weight: one w, one per step, or one per unit (default global)",
+    )
+    p.set_defaults(func=cmd_inflections)
+
+
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tiny-report",
@@ -580,6 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_bench_parser(sub)
     add_notebooks_parser(sub)
+    add_priors_parsers(sub)
     return parser
 
 

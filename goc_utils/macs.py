@@ -44,17 +44,23 @@ class MACs:
         return self.attention_branch, self.mlp_branch
 
 
+def branch_macs(tokens: int, hidden: int, mlp_ratio: float = 4.0) -> tuple[int, int]:
+    """``(attention branch, MLP branch)`` MACs for one image with T tokens of width D."""
+    t, d = tokens, hidden
+    return 4 * t * d * d + 2 * t * t * d, 2 * t * d * int(d * mlp_ratio)
+
+
 def model_macs(model: DiT) -> MACs:
     """MAC counts of one forward of one image through ``model`` (works on the meta device)."""
     t, d = model.num_tokens, model.hidden_size
-    hidden = int(d * model.mlp_ratio)
+    attention, mlp = branch_macs(t, d, model.mlp_ratio)
     patch_in = model.patch_size**2 * model.in_channels
     patch_out = model.patch_size**2 * model.out_channels
     freq = model.t_embedder.frequency_embedding_size
     outside = t * patch_in * d + (freq * d + d * d) + 2 * d * d + t * d * patch_out
     return MACs(
-        attention_branch=4 * t * d * d + 2 * t * t * d,
-        mlp_branch=2 * t * d * hidden,
+        attention_branch=attention,
+        mlp_branch=mlp,
         adaln_per_block=6 * d * d,
         outside_blocks=outside,
         depth=model.depth,

@@ -78,6 +78,7 @@ def generate(
     forward: Callable[..., torch.Tensor] | None = None,
     progress: bool = False,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> SampleResult:
     """Sample one image per label, reproducibly.
 
@@ -85,7 +86,8 @@ def generate(
     runs with DiT's classifier-free guidance when ``cfg_scale != 1`` (batch ``[z, z]``,
     labels ``[y, null]``) and the plain model otherwise. ``steps`` is a respacing spec
     (``20``, ``"ddim20"``, ``"250"``). ``forward(x, t, y, step=s)`` replaces the model
-    call (cache engines); ``callback(s, x)`` sees the batch after every step.
+    call (cache engines); ``callback(s, x)`` sees the batch after every step. ``noise``
+    ``(N, C, H, W)`` replaces the seeded draw (per-sample seeding by the caller).
 
     Example:
         >>> from goc_utils.models import load_model
@@ -96,7 +98,10 @@ def generate(
     diffusion = create_diffusion(steps, learn_sigma=model.learn_sigma)  # rejects steps < 1
     check_sampling_args(model, labels, diffusion.num_timesteps, cfg_scale)
     device = next(model.parameters()).device
-    noise = draw_noise(model, len(labels), seed, device)
+    if noise is None:
+        noise = draw_noise(model, len(labels), seed, device)
+    elif tuple(noise.shape) != (len(labels), model.in_channels, model.input_size, model.input_size):
+        raise InvalidArgumentError(f"noise has shape {tuple(noise.shape)}; expected one (C, H, W) draw per label")
     y = torch.tensor([int(c) for c in labels], device=device, dtype=torch.long)
     forward = forward or plain_forward(model)
     if cfg_scale != 1.0:

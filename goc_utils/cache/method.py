@@ -40,8 +40,12 @@ class CacheMethod:
     def build_schedule(self, steps: int, depth: int) -> CacheSchedule:
         return build_schedule(self.schedule, steps, depth, **self.schedule_options)
 
-    def engine(self, model: DiT, steps: int) -> CacheEngine:
-        """A fresh engine for ``model`` sampling ``steps`` steps."""
+    def engine(self, model: DiT, steps: int, priors=None) -> CacheEngine:
+        """A fresh engine for ``model`` sampling ``steps`` steps.
+
+        ``priors`` (a :class:`~goc_utils.priors.PriorStats`) resolves GOC's ``"auto"``
+        correction steps and weight.
+        """
         schedule = self.build_schedule(steps, model.depth)
         options = dict(self.compensator_options)
         if self.compensator != "none" and schedule.reused_units == 0:
@@ -51,12 +55,15 @@ class CacheMethod:
             )
         if self.compensator == "goc":
             options.setdefault("weight", GOC_REFERENCE_WEIGHT.get(self.schedule, 1.2))
-            if options.get("correction_steps") == "auto":
-                raise InvalidArgumentError(
-                    "--goc-steps auto needs inflection steps from a priors file, which this version cannot "
-                    "compute yet; give the steps explicitly (e.g. --goc-steps 3,5,7,9)"
-                )
             options.setdefault("correction_steps", schedule.reference_correction_steps)
+            if "auto" in (options["weight"], options["correction_steps"]):
+                if priors is None:
+                    raise InvalidArgumentError(
+                        "GOC 'auto' steps / weight need a priors file: create one with `goc priors` (or pass --priors)"
+                    )
+                from goc_utils.priors import resolve_goc_auto
+
+                options = resolve_goc_auto(priors, schedule, options)
             bad = [s for s in options["correction_steps"] or () if not 0 <= int(s) < steps]
             if bad:
                 raise ScheduleError(f"GOC correction step {bad[0]} is outside the run's steps 0..{steps - 1}")

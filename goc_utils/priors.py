@@ -1,0 +1,494 @@
+"""Prior knowledge for GOC: streaming block-feature statistics of un-cached sampling.
+
+**Extraction.** During un-cached sampling every block's attention-branch output, MLP-branch
+output (both before gating) and block output hidden state is observed at every step (the
+conditional half of the CFG batch). Statistics are accumulated on the fly, in float64, so
+memory does not grow with the number of classes and no per-class file is written:
+
+* ``mean``: per (step, block, kind) mean feature ``(T, D)`` (kind 0 = attention branch,
+  1 = MLP branch, 2 = block output);
+* ``abs_mean`` / ``l2``: per (step, block, kind) mean over samples of ``mean|x|`` and ``||x||_2``;
+* ``adjacent_cos`` / ``adjacent_rel_l1``: per (step >= 1, block, kind) mean over samples of
+  ``cos(x_s, x_{s-1})`` and ``||x_s - x_{s-1}||_1 / ||x_{s-1}||_1``.
+
+The protocol defaults to the paper's: one sample per class, seed 0 (every class starts
+from the same noise, as the reference script seeds each class run with 0), cfg 4.0,
+DDIM-20, no cache. Runs can be split into class shards and merged.
+
+**Analysis.** From a priors file: step x step similarity matrices of the mean features,
+gradients ``g_s = F_s - F_{s-1}`` and their direction consistency ``cos(g_s, g_{s-1})``,
+and a simulation of GOC's queue on the prior trajectory for a schedule and weight w,
+which yields the inflection-aware correction steps and a least-squares w (see
+:func:`inflection_steps` and :func:`calibrate_weight`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from goc_utils import paths
+from goc_utils.cache.engine import CacheEngine
+from goc_utils.cache.schedule import CacheSchedule, none_schedule
+from goc_utils.errors import GocError, InvalidArgumentError
+from goc_utils.models import DiT
+from goc_utils.sampling import draw_noise, generate
+
+KINDS = ("attention", "mlp", "block")
+"""Feature kinds recorded per block: the two cacheable units and the block output."""
+
+PRIORS_FORMAT = "goc-priors/1"
+
+
+class PriorsError(GocError):
+    """A priors file that is missing, corrupt, or made for another model / step count / cfg."""
+
+
+@dataclass
+class PriorStats:
+    """Streaming accumulator of block-feature statistics (float64 sums; see module docstring).
+
+    Attributes:
+        model: preset name the features come from.
+        steps: sampling steps N; cfg_scale: guidance scale; depth, tokens, hidden: model shape.
+        classes, seeds: the (class, seed) pairs seen, in order.
+    """
+
+    model: str
+    steps: int
+    cfg_scale: float
+    depth: int
+    tokens: int
+    hidden: int
+    classes: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        shape = (self.steps, self.depth, len(KINDS))
+        self.count = 0
+        self.sum_feature = np.zeros(shape + (self.tokens, self.hidden), dtype=np.float64)
+        self.sum_abs = np.zeros(shape, dtype=np.float64)
+        self.sum_l2 = np.zeros(shape, dtype=np.float64)
+        self.sum_cos = np.zeros(shape, dtype=np.float64)
+        self.sum_rel_l1 = np.zeros(shape, dtype=np.float64)
+
+    # ------------------------------------------------------------------ accumulation
+    def add(self, step: int, block: int, kind: int, x: torch.Tensor, previous: torch.Tensor | None) -> None:
+        """Add a batch of features ``x (B, T, D)`` observed at ``step`` (``previous``: same at step - 1)."""
+        x64 = x.detach().to("cpu", torch.float64)
+        self.sum_feature[step, block, kind] += x64.sum(0).numpy()
+        flat = x64.flatten(1)
+        self.sum_abs[step, block, kind] += flat.abs().mean(1).sum().item()
+        self.sum_l2[step, block, kind] += flat.norm(dim=1).sum().item()
+        if previous is not None:
+            prev = previous.detach().to("cpu", torch.float64).flatten(1)
+            self.sum_cos[step, block, kind] += torch.nn.functional.cosine_similarity(flat, prev, dim=1).sum().item()
+            rel = (flat - prev).abs().sum(1) / prev.abs().sum(1).clamp_min(1e-12)
+            self.sum_rel_l1[step, block, kind] += rel.sum().item()
+
+    def merge(self, other: PriorStats) -> PriorStats:
+        """Add another shard's statistics (same model, steps, cfg) into this one."""
+        check_compatible(self.header(), other.header(), "merge")
+        for name in ("sum_feature", "sum_abs", "sum_l2", "sum_cos", "sum_rel_l1"):
+            getattr(self, name).__iadd__(getattr(other, name))
+        self.count += other.count
+        self.classes += other.classes
+        self.seeds += other.seeds
+        return self
+
+    # ------------------------------------------------------------------ views
+    @property
+    def mean(self) -> np.ndarray:
+        """Mean feature ``(steps, depth, 3, T, D)``."""
+        return self.sum_feature / max(self.count, 1)
+
+    def scalar(self, name: str) -> np.ndarray:
+        """Mean over samples of ``abs_mean``, ``l2``, ``adjacent_cos`` or ``adjacent_rel_l1`` ``(steps, depth, 3)``."""
+        table = {
+            "abs_mean": self.sum_abs,
+            "l2": self.sum_l2,
+            "adjacent_cos": self.sum_cos,
+            "adjacent_rel_l1": self.sum_rel_l1,
+        }
+        if name not in table:
+            raise InvalidArgumentError(f"unknown statistic {name!r}; choose one of: {', '.join(table)}")
+        out = table[name] / max(self.count, 1)
+        if name.startswith("adjacent"):
+            out[0] = np.nan  # no previous step
+        return out
+
+    def header(self) -> dict:
+        return {
+            "format": PRIORS_FORMAT,
+            "model": self.model,
+            "steps": self.steps,
+            "cfg_scale": self.cfg_scale,
+            "depth": self.depth,
+            "tokens": self.tokens,
+            "hidden": self.hidden,
+            "count": self.count,
+            "classes": self.classes,
+            "seeds": self.seeds,
+            "kinds": list(KINDS),
+        }
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file: float64 sums + a JSON header (model, steps, cfg, classes, seeds, count)."""
+        from goc_utils.training import atomic_save_safetensors
+
+        tensors = {
+            name: torch.from_numpy(getattr(self, name))
+            for name in ("sum_feature", "sum_abs", "sum_l2", "sum_cos", "sum_rel_l1")
+        }
+        atomic_save_safetensors(tensors, Path(path), {"goc_priors": json.dumps(self.header())})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PriorStats:
+        """Read a priors file (one-line :class:`PriorsError` when missing or corrupt)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise PriorsError(f"priors file {str(path)!r} does not exist; create it with `goc priors --out {path}`")
+        try:
+            with safe_open(str(path), "pt") as f:
+                header = json.loads((f.metadata() or {})["goc_priors"])
+                tensors = {k: f.get_tensor(k).numpy() for k in f.keys()}
+        except Exception as exc:  # noqa: BLE001 - truncated / foreign file
+            raise PriorsError(
+                f"priors file {str(path)!r} is corrupt or not a goc priors file ({str(exc).splitlines()[0][:100]}); "
+                "recreate it with `goc priors`"
+            ) from None
+        if header.get("format") != PRIORS_FORMAT:
+            raise PriorsError(
+                f"priors file {str(path)!r} has format {header.get('format')!r}, expected {PRIORS_FORMAT}"
+            )
+        stats = cls(
+            header["model"],
+            header["steps"],
+            header["cfg_scale"],
+            header["depth"],
+            header["tokens"],
+            header["hidden"],
+            list(header["classes"]),
+            list(header["seeds"]),
+        )
+        stats.count = int(header["count"])
+        for name, value in tensors.items():
+            if getattr(stats, name).shape != value.shape:
+                raise PriorsError(f"priors file {str(path)!r}: tensor {name} has shape {value.shape}, header disagrees")
+            setattr(stats, name, value.astype(np.float64))
+        return stats
+
+
+def check_compatible(expected: dict, found: dict, what: str) -> None:
+    """One-line error when two priors headers (or a run and a file) disagree on model, steps or cfg."""
+    for key in ("model", "steps", "cfg_scale", "depth", "tokens", "hidden"):
+        if expected.get(key) != found.get(key):
+            raise PriorsError(
+                f"cannot {what}: {key} {found.get(key)!r} (priors) != {expected.get(key)!r} (run); "
+                f"extract priors for this run with `goc priors --model {expected.get('model')} --steps "
+                f"{expected.get('steps')} --cfg-scale {expected.get('cfg_scale')}`"
+            )
+
+
+def default_priors_path(model: str, steps: int, cfg_scale: float) -> Path:
+    """``data/priors/<model>_ddim<steps>_cfg<cfg>.safetensors``, where ``--goc-steps auto`` looks."""
+    slug = model.replace("/", "-")
+    return paths.DATA_DIR / "priors" / f"{slug}_ddim{steps}_cfg{cfg_scale:g}.safetensors"
+
+
+# --------------------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------------------
+
+
+def extract_priors(
+    model: DiT,
+    model_name: str,
+    classes: Sequence[int],
+    seeds: Sequence[int] = (0,),
+    steps: int = 20,
+    cfg_scale: float = 4.0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> PriorStats:
+    """Un-cached sampling of every (class, seed) pair, accumulating :class:`PriorStats`.
+
+    Each sample's noise is ``draw_noise(seed)`` for one image, so a sample does not depend
+    on the batch it runs in: shards over classes merge to exactly one run.
+    """
+    bad = [c for c in classes if not 0 <= int(c) < model.num_classes]
+    if bad:
+        raise InvalidArgumentError(
+            f"class id {bad[0]} is out of range for {model_name}; use 0..{model.num_classes - 1}"
+        )
+    pairs = [(int(c), int(s)) for s in seeds for c in classes]
+    stats = PriorStats(model_name, steps, cfg_scale, model.depth, model.num_tokens, model.hidden_size)
+    device = next(model.parameters()).device
+    engine = CacheEngine(model, none_schedule(steps, model.depth))
+    state: dict = {}
+
+    def observe(step: int, block: int, unit: int, value: torch.Tensor, computed: bool) -> None:
+        record(step, block, unit, value)
+
+    def record(step: int, block: int, kind: int, value: torch.Tensor) -> None:
+        x = value[: state["n"]]
+        previous = state["prev"].get((block, kind)) if step > 0 else None
+        stats.add(step, block, kind, x, previous)
+        state["prev"][(block, kind)] = x
+
+    def block_hook(index: int):
+        def hook(module, inputs, output):
+            record(state["step"], index, 2, output)
+
+        return hook
+
+    def forward(x, t, y, step):
+        state["step"] = step
+        return engine.forward(x, t, y, step=step)
+
+    engine.on_unit = observe
+    handles = [block.register_forward_hook(block_hook(i)) for i, block in enumerate(model.blocks)]
+    try:
+        batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+        for batch in tqdm(batches, desc=f"priors {model_name}", disable=not progress):
+            noise = torch.cat([draw_noise(model, 1, seed, device) for _, seed in batch])
+            state.update(n=len(batch), prev={})
+            generate(model, [c for c, _ in batch], steps=steps, cfg_scale=cfg_scale, forward=forward, noise=noise)
+            stats.count += len(batch)
+            stats.classes += [c for c, _ in batch]
+            stats.seeds += [s for _, s in batch]
+    finally:
+        for handle in handles:
+            handle.remove()
+        engine.on_unit = None
+    return stats
+
+
+# --------------------------------------------------------------------------------------
+# Analysis
+# --------------------------------------------------------------------------------------
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(np.dot(a.ravel(), b.ravel()) / (na * nb)) if na > 0 and nb > 0 else float("nan")
+
+
+def step_similarity(stats: PriorStats, block: int, kind: int) -> np.ndarray:
+    """Step x step cosine similarity ``(steps, steps)`` of the mean features of one block / kind."""
+    feats = stats.mean[:, block, kind].reshape(stats.steps, -1)
+    norms = np.linalg.norm(feats, axis=1, keepdims=True)
+    unit = feats / np.where(norms > 0, norms, 1)
+    return unit @ unit.T
+
+
+def gradient_consistency(stats: PriorStats) -> np.ndarray:
+    """``cos(g_s, g_{s-1})`` with ``g_s = F_s - F_{s-1}`` on the mean features: ``(steps, depth, 3)``, NaN for s < 2."""
+    mean = stats.mean
+    out = np.full((stats.steps, stats.depth, len(KINDS)), np.nan)
+    for s in range(2, stats.steps):
+        for b in range(stats.depth):
+            for k in range(len(KINDS)):
+                out[s, b, k] = _cos(mean[s, b, k] - mean[s - 1, b, k], mean[s - 1, b, k] - mean[s - 2, b, k])
+    return out
+
+
+@dataclass
+class Simulation:
+    """GOC's queue replayed on the prior (mean-feature) trajectory of the two units.
+
+    Attributes:
+        reused: ``(steps, depth, 2)`` True where the schedule reuses the unit.
+        error_plain: relative L2 error ``||F_s - used[s-1]|| / ||F_s||`` at reused units, NaN elsewhere.
+        error_goc: the same for the GOC output ``used[s-1] + w (used[s-1] - used[s-2])`` (NaN when only
+            one value is queued).
+        corrected: ``(steps,)`` the correction decision used for the queue at each step.
+    """
+
+    reused: np.ndarray
+    error_plain: np.ndarray
+    error_goc: np.ndarray
+    corrected: np.ndarray
+    terms: dict = field(repr=False, default_factory=dict)
+    weights: np.ndarray | None = field(repr=False, default=None)
+
+
+def simulate_goc(
+    stats: PriorStats,
+    schedule: CacheSchedule,
+    weight: float | np.ndarray = 1.2,
+    correction_steps: Sequence[int] | None = None,
+    decide: bool = False,
+    unit_weights: tuple[float, float] = (1.0, 1.0),
+    fit_step_weights: bool = False,
+) -> Simulation:
+    """Replay GOC on the mean trajectory of the attention / MLP units.
+
+    ``weight``: a float, or an array ``(steps, depth, 2)``. With ``decide`` the correction
+    at each reused step is chosen greedily, in step order, where it lowers the
+    ``unit_weights``-weighted (e.g. MACs) sum of relative errors over the step's reused
+    units given the queue so far; otherwise ``correction_steps`` (None = every reused step).
+    ``terms`` holds, per reused (step, block, unit) with two queued values, the least-squares
+    terms ``a = <F - P, P - Q> / ||F||^2`` and ``c = ||P - Q||^2 / ||F||^2`` used by
+    :func:`calibrate_weight`.
+    """
+    schedule.check_fits(stats.steps, stats.depth)
+    mean = stats.mean[:, :, :2]
+    reused = ~schedule.mask
+    steps, depth = stats.steps, stats.depth
+    w = np.broadcast_to(np.asarray(weight, dtype=np.float64), (steps, depth, 2)).copy()
+    err_plain = np.full((steps, depth, 2), np.nan)
+    err_goc = np.full((steps, depth, 2), np.nan)
+    corrected = np.zeros(steps, dtype=bool)
+    queue: dict[tuple[int, int], list[np.ndarray]] = {}
+    terms: dict[tuple[int, int, int], tuple[float, float]] = {}
+    uw = np.asarray(unit_weights, dtype=np.float64)
+    for s in range(steps):
+        candidates = {}
+        for b in range(depth):
+            for u in range(2):
+                target = mean[s, b, u]
+                if not reused[s, b, u]:
+                    continue
+                q = queue[(b, u)]
+                norm = max(np.linalg.norm(target), 1e-12)
+                plain = q[-1]
+                err_plain[s, b, u] = np.linalg.norm(target - plain) / norm
+                if len(q) == 2:
+                    diff = q[-1] - q[-2]
+                    terms[(s, b, u)] = (
+                        float(np.vdot(target - plain, diff)) / norm**2,
+                        float(np.vdot(diff, diff)) / norm**2,
+                    )
+                    candidates[(b, u)] = (plain, diff, target, norm)
+        if fit_step_weights and candidates and (correction_steps is None or s in set(correction_steps)):
+            num = sum(uw[u] * terms[(s, b, u)][0] for (b, u) in candidates)
+            den = sum(uw[u] * terms[(s, b, u)][1] for (b, u) in candidates)
+            w[s] = num / den if den > 0 else 0.0
+        for (b, u), (plain, diff, target, norm) in list(candidates.items()):
+            goc = plain + w[s, b, u] * diff
+            err_goc[s, b, u] = np.linalg.norm(target - goc) / norm
+            candidates[(b, u)] = goc
+        if candidates:
+            if decide:
+                gain = sum(uw[u] * (err_plain[s, b, u] - err_goc[s, b, u]) for (b, u) in candidates)
+                corrected[s] = gain > 0
+            else:
+                corrected[s] = correction_steps is None or s in set(correction_steps)
+        for b in range(depth):
+            for u in range(2):
+                if reused[s, b, u]:
+                    value = candidates[(b, u)] if corrected[s] and (b, u) in candidates else queue[(b, u)][-1]
+                else:
+                    value = mean[s, b, u]
+                q = queue.setdefault((b, u), [])
+                q.append(value)
+                if len(q) > 2:
+                    del q[0]
+    return Simulation(reused, err_plain, err_goc, corrected, terms, w)
+
+
+def weighted_error(sim: Simulation, unit_weights: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float]:
+    """Total (plain, GOC-as-decided) error over reused units, weighted per unit kind."""
+    uw = np.asarray(unit_weights)[None, None, :]
+    plain = np.nansum(np.where(sim.reused, sim.error_plain, 0) * uw)
+    used = np.where(sim.corrected[:, None, None] & ~np.isnan(sim.error_goc), sim.error_goc, sim.error_plain)
+    return float(plain), float(np.nansum(np.where(sim.reused, used, 0) * uw))
+
+
+def inflection_steps(
+    stats: PriorStats,
+    schedule: CacheSchedule,
+    weight: float | np.ndarray = 1.2,
+    unit_weights: tuple[float, float] = (1.0, 1.0),
+) -> tuple[list[int], list[int], Simulation]:
+    """The inflection-aware rule: ``(correction steps, inflection steps, simulation)``.
+
+    Replaying GOC on the prior trajectory in step order, a reused step is corrected where
+    the correction lowers the MACs-weighted relative error of that step's reused units
+    (the trajectory keeps its direction), and skipped otherwise: the skipped steps with
+    two queued values are the inflection steps.
+    """
+    sim = simulate_goc(stats, schedule, weight, decide=True, unit_weights=unit_weights)
+    correctable = sorted({s for (s, _, _) in sim.terms})
+    correct = [s for s in correctable if sim.corrected[s]]
+    return correct, [s for s in correctable if not sim.corrected[s]], sim
+
+
+def calibrate_weight(
+    stats: PriorStats,
+    schedule: CacheSchedule,
+    correction_steps: Sequence[int] | None = None,
+    granularity: str = "global",
+    unit_weights: tuple[float, float] = (1.0, 1.0),
+    initial: float = 1.0,
+    iterations: int = 8,
+) -> float | np.ndarray:
+    """Least-squares GOC weight on the prior trajectory.
+
+    At a corrected unit with queue ``(P, Q)`` and target ``F`` the error
+    ``||F - P - w (P - Q)||^2 / ||F||^2`` is quadratic in w, so the minimiser is
+    ``w* = sum a / sum c`` (terms of :class:`Simulation`), summed over all corrected
+    units (``global``), per step (``step``) or per unit (``unit``), weighted by
+    ``unit_weights``. Because the queue holds corrected values, per-step weights are fitted
+    sequentially in step order (exact), and global / per-unit weights by ``iterations``
+    fixed-point rounds from ``initial`` on the queue the fitted weight produces.
+    Returns a float (global) or an array ``(steps, depth, 2)`` (step / unit; 0 where nothing is corrected).
+    """
+    if granularity not in ("global", "step", "unit"):
+        raise InvalidArgumentError(f"granularity must be global, step or unit (got {granularity!r})")
+    if granularity == "step":
+        sim = simulate_goc(stats, schedule, 0.0, correction_steps, unit_weights=unit_weights, fit_step_weights=True)
+        return np.where(sim.corrected[:, None, None], sim.weights, 0.0)
+    weight: float | np.ndarray = initial
+    for _ in range(iterations):
+        sim = simulate_goc(stats, schedule, weight, correction_steps)
+        steps_used = {s for s in range(stats.steps) if sim.corrected[s]}
+        num = np.zeros((stats.steps, stats.depth, 2))
+        den = np.zeros((stats.steps, stats.depth, 2))
+        for (s, b, u), (a, c) in sim.terms.items():
+            if s in steps_used:
+                num[s, b, u] += unit_weights[u] * a
+                den[s, b, u] += unit_weights[u] * c
+        if granularity == "global":
+            weight = float(num.sum() / den.sum()) if den.sum() > 0 else initial
+        else:  # one w per unit, shared by its corrected steps
+            per_unit = np.divide(num.sum(0), den.sum(0), out=np.zeros(num.shape[1:]), where=den.sum(0) > 0)
+            weight = np.broadcast_to(per_unit, num.shape).copy()
+    return weight
+
+
+def unit_macs_weights(stats: PriorStats) -> tuple[float, float]:
+    """``(attention, MLP)`` branch MACs of the priors' model, normalised to the attention branch."""
+    from goc_utils.macs import branch_macs
+
+    attention, mlp = branch_macs(stats.tokens, stats.hidden)
+    return 1.0, mlp / attention
+
+
+def resolve_goc_auto(stats: PriorStats, schedule: CacheSchedule, options: dict) -> dict:
+    """Fill ``correction_steps="auto"`` / ``weight="auto"`` of GOC options from priors.
+
+    The weight used to locate inflections is the given number, or the global least-squares
+    weight over every reused step; the automatic weight is then the global least-squares
+    weight over the chosen correction steps.
+    """
+    uw = unit_macs_weights(stats)
+    options = dict(options)
+    weight = options.get("weight")
+    if options.get("correction_steps") == "auto":
+        probe = weight if isinstance(weight, (int, float)) else calibrate_weight(stats, schedule, None, "global", uw)
+        options["correction_steps"], _, _ = inflection_steps(stats, schedule, probe, uw)
+    if weight == "auto":
+        options["weight"] = calibrate_weight(stats, schedule, options.get("correction_steps"), "global", uw)
+    return options
