@@ -194,7 +194,11 @@ def test_sample_with_cache_reports_its_ratio(tmp_path, tiny_ckpt, capsys):
         (["--cache", "l2c", "--router", "ROUTER20"], "needs 20 routers of 24 units"),
         (["--cache", "l2c", "--router", "ROUTER20", "--router-thres", "2"], "--router-thres must be in [0, 1]"),
         (["--cache", "fora-50", "--router", "ROUTER20"], "--router needs --cache l2c"),
-        (["--cache", "fora-50", "--compensator", "goc", "--goc-steps", "auto"], "--goc-steps auto"),
+        (
+            ["--cache", "fora-50", "--compensator", "goc", "--goc-steps", "auto", "--priors", "/nonexistent.st"],
+            "create it with `goc priors",
+        ),
+        (["--cache", "fora-50", "--compensator", "goc", "--priors", "p.st"], "--priors needs --goc-steps auto"),
         (["--cache", "fora-50", "--compensator", "goc", "--goc-steps", "3,40"], "step 40 is outside"),
         (["--cache", "matrix"], "--cache matrix needs --matrix"),
     ],
