@@ -98,3 +98,92 @@ def save_labelled_grid(
     out = save_figure(fig, path)
     plt.close(fig)
     return out
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def similarity_heatmaps(stats, statistic: str = "adjacent_cos", kinds: Sequence[int] = (0, 1, 2)):
+    """Block x step heatmaps of an adjacent-step statistic, one panel per feature kind.
+
+    ``statistic``: ``adjacent_cos`` (cosine similarity of a unit's output to the previous
+    step's, averaged over samples) or ``adjacent_rel_l1`` (relative L1 change).
+    """
+    import seaborn as sns
+
+    from goc_utils.priors import KINDS
+
+    plt = _plt()
+    values = stats.scalar(statistic)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 0.18 * stats.depth + 1.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        sns.heatmap(
+            values[1:, :, kind].T,
+            ax=ax,
+            cmap="viridis",
+            cbar=True,
+            xticklabels=list(range(1, stats.steps)),
+            yticklabels=list(range(stats.depth)),
+        )
+        ax.set_title(f"{KINDS[kind]}: {statistic.replace('_', ' ')}", fontsize=9)
+        ax.set_xlabel("step s (0 = noisiest)")
+        ax.set_ylabel("block")
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def step_similarity_matrices(stats, blocks: Sequence[int], kind: int = 2):
+    """Step x step cosine similarity of the mean features for chosen blocks (one panel each)."""
+    import seaborn as sns
+
+    from goc_utils.priors import KINDS, step_similarity
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(blocks), figsize=(3.4 * len(blocks), 3.2), squeeze=False)
+    for ax, block in zip(axes[0], blocks, strict=True):
+        sns.heatmap(
+            step_similarity(stats, block, kind),
+            ax=ax,
+            vmin=-1,
+            vmax=1,
+            cmap="RdBu_r",
+            square=True,
+            cbar=ax is axes[0][-1],
+            xticklabels=4,
+            yticklabels=4,
+        )
+        ax.set_title(f"block {block} {KINDS[kind]}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def goc_simulation_plot(sim, title: str = "", unit_weights: tuple[float, float] = (1.0, 1.0)):
+    """Per reused step: MACs-weighted mean relative error of plain reuse vs GOC on the prior trajectory."""
+    plt = _plt()
+    uw = np.broadcast_to(np.asarray(unit_weights, dtype=float), sim.reused.shape[1:])
+    steps = [s for s in range(sim.reused.shape[0]) if sim.reused[s].any()]
+
+    def weighted_mean(errors: np.ndarray, s: int) -> float:
+        mask = sim.reused[s] & ~np.isnan(errors[s])
+        return float((errors[s][mask] * uw[mask]).sum() / uw[mask].sum()) if mask.any() else np.nan
+
+    plain = [weighted_mean(sim.error_plain, s) for s in steps]
+    goc = [weighted_mean(sim.error_goc, s) for s in steps]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(steps, plain, "o-", label="plain reuse")
+    ax.plot(steps, goc, "s-", label="GOC correction")
+    skipped = [s for s in steps if not sim.corrected[s] and not np.isnan(goc[steps.index(s)])]
+    for s in skipped:
+        ax.axvline(s, color="crimson", alpha=0.3, lw=3)
+    ax.set_xlabel("reused step s")
+    ax.set_ylabel("relative error vs prior")
+    ax.set_title(title or "GOC on the prior trajectory (red: inflection steps, correction skipped)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
