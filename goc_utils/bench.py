@@ -67,6 +67,7 @@ def run_bench(
     router: str | None = None,
     thres: float = 0.1,
     progress: bool = True,
+    priors=None,
 ) -> list[BenchRow]:
     """Time ``generate`` under each method; the first method should be ``none`` (the baseline)."""
     device = next(model.parameters()).device
@@ -76,7 +77,7 @@ def run_bench(
     reference = None
     for text in tqdm(methods, desc="bench", disable=not progress):
         method = CacheMethod.parse(text, router=router, thres=thres)
-        engine = method.engine(model, steps)
+        engine = method.engine(model, steps, priors)
         times = []
         for i in range(warmup + repeats):
             _sync(device)

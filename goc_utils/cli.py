@@ -527,6 +527,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         methods = [m for m in methods if not m.startswith("l2c")]
         if dropped:
             print(f"(skipping {', '.join(dropped)}: no --router given)")
+    priors = None
+    if any(":" in m and "auto" in m for m in methods):
+        from goc_utils.priors import PriorStats, default_priors_path
+
+        priors = PriorStats.load(args.priors or default_priors_path(args.model, args.steps, args.cfg_scale))
     rows = run_bench(
         model,
         methods,
@@ -537,6 +542,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         router=args.router,
         thres=args.router_thres,
+        priors=priors,
     )
     header = (
         f"goc bench: {args.model}{' (random weights)' if args.random_weights else ''}, {device}, "
@@ -560,9 +566,14 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     )
     _add_model_arguments(p, vae=False)
     p.add_argument("--random-weights", action="store_true", help="DiT-initialised random weights (timing only)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated schedule[+compensator]")
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="comma-separated schedule[+compensator[:opt]], e.g. fora-50+goc:auto, fora-25+taylor:k=2",
+    )
     p.add_argument("--router", default=None, help="L2C router for the l2c methods (skipped without one)")
     p.add_argument("--router-thres", type=_float, default=0.1, help="L2C threshold (default 0.1)")
+    p.add_argument("--priors", default=None, help="priors for goc:auto methods (default data/priors/...)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     p.add_argument("--batch", type=int, default=1, help="images per run (default 1; CFG doubles it)")
     p.add_argument("--cfg-scale", type=_float, default=4.0, help="guidance scale (default 4.0)")

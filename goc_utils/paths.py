@@ -31,6 +31,9 @@ EXECUTED_NOTEBOOKS_DIR: Path = RUNS_DIR / "notebooks"
 TINY_DIGITS_WEIGHTS: Path = DATA_DIR / "tiny_digits_dit_ema.safetensors"
 """EMA weights of the embedded ``tiny-digits`` DiT."""
 
+TINY_DIGITS_ROUTER: Path = DATA_DIR / "routers" / "tiny_digits_ddim20.pt"
+"""Learning-to-Cache routers trained by this project for tiny-digits, DDIM-20 (official format)."""
+
 DIGITS_CLASSIFIER_WEIGHTS: Path = DATA_DIR / "digits_classifier.safetensors"
 """Weights of the small digits classifier used as the tiny study's feature extractor."""
 

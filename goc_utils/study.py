@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -174,3 +175,31 @@ def parse_classes(text: str) -> list[int]:
     if not classes:
         raise InvalidArgumentError(f"empty class list {text!r}; use e.g. 3,5,7 or 0-9")
     return classes
+
+
+def method_errors(
+    model,
+    methods: Sequence[str],
+    labels: Sequence[int],
+    seeds: Sequence[int] = (0,),
+    steps: int = 20,
+    cfg_scale: float = 4.0,
+    router: str | None = None,
+    priors=None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Final-sample RMSE (model space) of each caching method vs the un-cached run with the same noise.
+
+    ``methods`` are method strings (``"fora-50+goc:auto"``, see :meth:`CacheMethod.parse`);
+    the error is averaged over ``seeds``.
+    """
+    from goc_utils.cache.method import CacheMethod
+
+    errors = {m: [] for m in methods}
+    for seed in tqdm(list(seeds), desc="method errors", disable=not progress):
+        reference = generate(model, labels, seed=seed, steps=steps, cfg_scale=cfg_scale).final
+        for text in methods:
+            engine = CacheMethod.parse(text, router=router).engine(model, steps, priors)
+            final = generate(model, labels, seed=seed, steps=steps, cfg_scale=cfg_scale, forward=engine.forward).final
+            errors[text].append(float(((final - reference) ** 2).mean().sqrt()))
+    return {m: float(np.mean(v)) for m, v in errors.items()}

@@ -134,3 +134,30 @@ def test_goc_auto_resolves_from_priors(model):
     config = engine.compensator.config
     assert isinstance(config.weight, float) and np.isfinite(config.weight)
     assert set(config.correction_steps) <= {3, 5, 7}
+
+
+@pytest.mark.slow
+def test_automatic_steps_and_weight_on_held_out_seeds():
+    """Priors from seeds 0-4 (committed); evaluation on seeds 100, 101 of every digit."""
+    from goc_utils import paths
+    from goc_utils.models import load_model
+    from goc_utils.priors import default_priors_path
+    from goc_utils.study import method_errors
+
+    torch.set_grad_enabled(False)
+    model = load_model("tiny-digits")
+    priors = PriorStats.load(default_priors_path("tiny-digits", 20, 4.0))
+    assert set(priors.seeds) == set(range(5)) and priors.count == 50
+    for host in ("fora-25", "fora-50", "l2c"):
+        methods = [host, f"{host}+goc", f"{host}+goc:auto"]
+        errors = method_errors(
+            model,
+            methods,
+            list(range(10)),
+            seeds=[100, 101],
+            router=str(paths.TINY_DIGITS_ROUTER),
+            priors=priors,
+            progress=False,
+        )
+        assert errors[f"{host}+goc:auto"] < errors[host], (host, errors)
+        assert errors[f"{host}+goc:auto"] <= errors[f"{host}+goc"], (host, errors)

@@ -71,21 +71,46 @@ class CacheMethod:
 
     @classmethod
     def parse(cls, text: str, router: str | None = None, thres: float = 0.1) -> CacheMethod:
-        """``"schedule[+compensator]"`` -> method, e.g. ``"fora-50+goc"``, ``"l2c+taylor"``, ``"none"``.
+        """``"schedule[+compensator[:option...]]"`` -> method.
 
-        ``l2c`` takes its router file and threshold from the arguments.
+        Examples: ``"none"``, ``"fora-50+goc"`` (the paper's w and steps), ``"fora-50+goc:auto"``
+        (inflection-aware steps and least-squares w from priors), ``"l2c+goc:w=0.8:steps=auto"``,
+        ``"fora-25+taylor:k=2"``. ``l2c`` takes its router file and threshold from the arguments.
         """
         parts = text.strip().split("+")
         if len(parts) > 2 or not parts[0]:
             raise InvalidArgumentError(f"malformed method {text!r}; use schedule[+compensator], e.g. fora-50+goc")
-        schedule, compensator = parts[0], parts[1] if len(parts) == 2 else "none"
+        schedule = parts[0]
+        compensator, *opts = (parts[1] if len(parts) == 2 else "none").split(":")
         options: dict = {}
         if schedule == "l2c":
             if router is None:
                 raise InvalidArgumentError(f"method {text!r} needs a Learning-to-Cache router: pass --router PATH")
             options = {"router": router, "thres": thres}
-        return cls(schedule, options, compensator)
+        comp: dict = {}
+        for opt in opts:
+            key, _, value = opt.partition("=")
+            if (compensator, key) == ("goc", "auto") and not value:
+                comp.update(weight="auto", correction_steps="auto")
+            elif (compensator, key) == ("goc", "w"):
+                comp["weight"] = value if value == "auto" else _number(value, text)
+            elif (compensator, key) == ("goc", "steps") and value == "auto":
+                comp["correction_steps"] = "auto"
+            elif (compensator, key) == ("taylor", "k"):
+                comp["order"] = int(_number(value, text))
+            else:
+                raise InvalidArgumentError(
+                    f"unknown option {opt!r} in method {text!r}; use goc:auto, goc:w=W|auto, goc:steps=auto, taylor:k=K"
+                )
+        return cls(schedule, options, compensator, comp)
 
     def label(self) -> str:
         """Short name such as ``fora-50+goc``."""
         return self.schedule if self.compensator == "none" else f"{self.schedule}+{self.compensator}"
+
+
+def _number(value: str, text: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidArgumentError(f"option value {value!r} in method {text!r} is not a number") from None
