@@ -592,7 +592,9 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     done = run_notebooks(args.preset, args.smoke, load_params_file(args.params), only)
     for path, seconds in done:
         print(f"{path.name}: {seconds:.1f} s -> {path}")
-    print(f"{len(done)} notebooks in {time.perf_counter() - started:.1f} s; figures in figures/")
+    from goc_utils import paths
+
+    print(f"{len(done)} notebooks in {time.perf_counter() - started:.1f} s; figures in {paths.FIGURES_DIR}")
     return 0
 
 

@@ -113,6 +113,12 @@ class StudyParams:
         from goc_utils.errors import InvalidArgumentError
         from goc_utils.models import check_preset
 
+        # notebook parameters use "" / 0 for "not given" (papermill cannot parse Optional annotations)
+        if self.ckpt == "":
+            self.ckpt = None
+        if self.image_size == 0:
+            self.image_size = None
+
         expected = {
             "model": str,
             "vae": str,
@@ -203,3 +209,121 @@ def method_errors(
             final = generate(model, labels, seed=seed, steps=steps, cfg_scale=cfg_scale, forward=engine.forward).final
             errors[text].append(float(((final - reference) ** 2).mean().sqrt()))
     return {m: float(np.mean(v)) for m, v in errors.items()}
+
+
+def load_or_extract_priors(p: StudyParams, classes: str = "all", per_class: int = 1, save: bool = True):
+    """Priors of the run described by ``p``: the default file if it fits, else extracted now (and saved)."""
+    from goc_utils.priors import PriorsError, PriorStats, check_compatible, default_priors_path, extract_priors
+
+    path = default_priors_path(p.model, p.steps, p.cfg_scale)
+    model = p.load_model()
+    wanted = list(range(model.num_classes)) if classes == "all" else parse_classes(classes)
+    if path.is_file():
+        try:
+            stats = PriorStats.load(path)
+            check_compatible(
+                {
+                    "model": p.model,
+                    "steps": p.steps,
+                    "cfg_scale": p.cfg_scale,
+                    "depth": model.depth,
+                    "tokens": model.num_tokens,
+                    "hidden": model.hidden_size,
+                },
+                stats.header(),
+                "use priors",
+            )
+            if sorted(set(stats.classes)) == sorted(wanted) and stats.count == len(wanted) * per_class:
+                return stats
+        except PriorsError:
+            pass
+    stats = extract_priors(model, p.model, wanted, seeds=list(range(per_class)), steps=p.steps, cfg_scale=p.cfg_scale)
+    if save:
+        stats.save(path)
+    return stats
+
+
+def inflection_table(stats, schedules: Sequence[str] = ("fora-25", "fora-50", "l2c"), router: str | None = None):
+    """Per host schedule: automatic correction steps and weight vs the paper's hand-set values.
+
+    Rows hold the predicted (MACs-weighted relative L2) error of plain reuse, of GOC with the
+    paper's steps and w, and of GOC with the inflection-aware steps and least-squares w.
+    """
+    from goc_utils.cache.method import GOC_REFERENCE_WEIGHT
+    from goc_utils.cache.schedule import build_schedule
+    from goc_utils.priors import calibrate_weight, inflection_steps, simulate_goc, unit_macs_weights, weighted_error
+
+    uw = unit_macs_weights(stats)
+    rows = []
+    for name in schedules:
+        if name == "l2c" and router is None:
+            continue
+        options = {"router": router, "thres": 0.1} if name == "l2c" else {}
+        schedule = build_schedule(name, stats.steps, stats.depth, **options)
+        probe = calibrate_weight(stats, schedule, None, "global", uw)
+        steps, inflections, _ = inflection_steps(stats, schedule, probe, uw)
+        weight = calibrate_weight(stats, schedule, steps, "global", uw)
+        plain, auto = weighted_error(simulate_goc(stats, schedule, weight, steps), uw)
+        ref_w, ref_steps = GOC_REFERENCE_WEIGHT[name], schedule.reference_correction_steps
+        _, ref = weighted_error(simulate_goc(stats, schedule, ref_w, ref_steps), uw)
+        rows.append(
+            {
+                "schedule": name,
+                "paper steps": ",".join(map(str, ref_steps or ())),
+                "paper w": ref_w,
+                "auto steps": ",".join(map(str, steps)),
+                "inflections": ",".join(map(str, inflections)),
+                "auto w": round(weight, 3),
+                "error plain": round(plain, 3),
+                "error paper GOC": round(ref, 3),
+                "error auto GOC": round(auto, 3),
+            }
+        )
+    return rows
+
+
+def write_table(rows: list[dict], name: str) -> Path:
+    """Write ``figures/<name>.csv`` and ``.md`` from a list of dict rows; returns the .md path."""
+    import csv
+
+    out_dir = paths.FIGURES_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = list(rows[0]) if rows else []
+    with open(out_dir / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    return out_dir / f"{name}.md"
+
+
+def default_router(model: str, steps: int) -> str | None:
+    """The committed L2C router for a preset and step count, if there is one."""
+    if model == "tiny-digits" and steps == 20 and paths.TINY_DIGITS_ROUTER.is_file():
+        return str(paths.TINY_DIGITS_ROUTER)
+    return None
+
+
+def show_table(rows: list[dict]):
+    """A pandas DataFrame of dict rows (rendered by Jupyter)."""
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def goc_on_priors_figure(stats, schedule_name: str, router: str | None = None):
+    """:func:`goc_utils.viz.goc_simulation_plot` for the automatic steps and weight of a host schedule."""
+    from goc_utils.cache.schedule import build_schedule
+    from goc_utils.priors import calibrate_weight, inflection_steps, unit_macs_weights
+    from goc_utils.viz import goc_simulation_plot
+
+    options = {"router": router, "thres": 0.1} if schedule_name == "l2c" else {}
+    schedule = build_schedule(schedule_name, stats.steps, stats.depth, **options)
+    uw = unit_macs_weights(stats)
+    probe = calibrate_weight(stats, schedule, None, "global", uw)
+    _, _, sim = inflection_steps(stats, schedule, probe, uw)
+    return goc_simulation_plot(
+        sim, f"{schedule_name}: GOC on the prior trajectory, w = {probe:.2f} (red: inflection steps)", uw
+    )

@@ -187,3 +187,47 @@ def goc_simulation_plot(sim, title: str = "", unit_weights: tuple[float, float] 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def change_magnitude_plot(stats):
+    """Per step: mean (over blocks) relative L1 change of each feature kind vs the previous step."""
+    from goc_utils.priors import KINDS
+
+    plt = _plt()
+    values = stats.scalar("adjacent_rel_l1")
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for kind, name in enumerate(KINDS):
+        ax.plot(range(1, stats.steps), values[1:, :, kind].mean(1), "o-", label=name, ms=3)
+    ax.set_xlabel("step s (0 = noisiest)")
+    ax.set_ylabel("relative L1 change vs step s-1")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title("How much block features move per step (mean over blocks)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def gradient_consistency_heatmap(stats, kind: int = 2):
+    """Block x step heatmap of cos(g_s, g_{s-1}) of the mean trajectory (direction consistency)."""
+    import seaborn as sns
+
+    from goc_utils.priors import KINDS, gradient_consistency
+
+    plt = _plt()
+    values = gradient_consistency(stats)[2:, :, kind].T
+    fig, ax = plt.subplots(figsize=(6, 0.18 * stats.depth + 1.6))
+    sns.heatmap(
+        values,
+        ax=ax,
+        vmin=-1,
+        vmax=1,
+        cmap="RdBu_r",
+        xticklabels=list(range(2, stats.steps)),
+        yticklabels=list(range(stats.depth)),
+    )
+    ax.set_title(f"{KINDS[kind]}: cos(g_s, g_(s-1)), g_s = F_s - F_(s-1) (blue: the trajectory turns)", fontsize=9)
+    ax.set_xlabel("step s")
+    ax.set_ylabel("block")
+    ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return fig

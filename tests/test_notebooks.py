@@ -23,7 +23,8 @@ def test_committed_notebook_is_clean_and_thin(path):
     code = [c for c in cells if c["cell_type"] == "code"]
     for cell in code:
         assert cell.get("outputs", []) == [] and cell.get("execution_count") is None, "strip outputs before commit"
-        assert not any(line.lstrip().startswith("def ") for line in cell["source"]), "no functions in notebooks"
+        source = "".join(cell["source"])
+        assert not any(line.lstrip().startswith(("def ", "class ")) for line in source.splitlines()), "keep it thin"
     assert "widgets" not in nb.get("metadata", {}), "strip widget state"
     assert "import" in "".join(code[0]["source"])
     assert code[1].get("metadata", {}).get("tags") == ["parameters"]
@@ -35,7 +36,9 @@ def test_notebooks_run_in_smoke_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("GOC_FIGURES_DIR", str(tmp_path / "figures"))
     done = run_notebooks("tiny", smoke=True, output_dir=tmp_path / "executed", progress=False)
     assert [p.name for p, _ in done] == [p.name for p in NOTEBOOKS]
-    assert (tmp_path / "figures" / "01_samples.png").is_file()
+    for figure in ("01_samples", "02_adjacent_similarity", "02_step_similarity", "03_gradient_consistency"):
+        assert (tmp_path / "figures" / f"{figure}.png").is_file() and (tmp_path / "figures" / f"{figure}.pdf").is_file()
+    assert (tmp_path / "figures" / "03_inflections.md").read_text().startswith("| schedule |")
 
 
 def test_wrong_parameter_type_names_notebook_and_cell(tmp_path, monkeypatch):
