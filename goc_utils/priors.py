@@ -79,18 +79,21 @@ class PriorStats:
         self.sum_rel_l1 = np.zeros(shape, dtype=np.float64)
 
     # ------------------------------------------------------------------ accumulation
-    def add(self, step: int, block: int, kind: int, x: torch.Tensor, previous: torch.Tensor | None) -> None:
-        """Add a batch of features ``x (B, T, D)`` observed at ``step`` (``previous``: same at step - 1)."""
-        x64 = x.detach().to("cpu", torch.float64)
-        self.sum_feature[step, block, kind] += x64.sum(0).numpy()
-        flat = x64.flatten(1)
+    def add(self, step: int, block: int, kind: int, x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+        """Add a batch of features ``x (B, T, D)`` observed at ``step``.
+
+        ``previous`` is what this call returned for the same (block, kind) at step - 1 (a CPU
+        float64 ``(B, T * D)`` copy, so nothing extra stays on the accelerator).
+        """
+        flat = x.detach().to("cpu").to(torch.float64).flatten(1)
+        self.sum_feature[step, block, kind] += flat.sum(0).numpy().reshape(self.tokens, self.hidden)
         self.sum_abs[step, block, kind] += flat.abs().mean(1).sum().item()
         self.sum_l2[step, block, kind] += flat.norm(dim=1).sum().item()
         if previous is not None:
-            prev = previous.detach().to("cpu", torch.float64).flatten(1)
-            self.sum_cos[step, block, kind] += torch.nn.functional.cosine_similarity(flat, prev, dim=1).sum().item()
-            rel = (flat - prev).abs().sum(1) / prev.abs().sum(1).clamp_min(1e-12)
+            self.sum_cos[step, block, kind] += torch.nn.functional.cosine_similarity(flat, previous, dim=1).sum().item()
+            rel = (flat - previous).abs().sum(1) / previous.abs().sum(1).clamp_min(1e-12)
             self.sum_rel_l1[step, block, kind] += rel.sum().item()
+        return flat
 
     def merge(self, other: PriorStats) -> PriorStats:
         """Add another shard's statistics (same model, steps, cfg) into this one."""
@@ -241,10 +244,8 @@ def extract_priors(
         record(step, block, unit, value)
 
     def record(step: int, block: int, kind: int, value: torch.Tensor) -> None:
-        x = value[: state["n"]]
         previous = state["prev"].get((block, kind)) if step > 0 else None
-        stats.add(step, block, kind, x, previous)
-        state["prev"][(block, kind)] = x
+        state["prev"][(block, kind)] = stats.add(step, block, kind, value[: state["n"]], previous)
 
     def block_hook(index: int):
         def hook(module, inputs, output):
