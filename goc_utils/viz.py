@@ -66,7 +66,8 @@ def sample_grid_figure(
             ax.set_title(f"{labels[i]}→{predicted[i]}", fontsize=6, color="crimson", pad=1)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.3, h_pad=0.6)
+    top = 1 - 0.35 / fig.get_size_inches()[1] if title else 1
+    fig.tight_layout(pad=0.3, h_pad=0.6, rect=(0, 0, 1, top))
     return fig
 
 
