@@ -212,7 +212,11 @@ def method_errors(
 
 
 def load_or_extract_priors(p: StudyParams, classes: str = "all", per_class: int = 1, save: bool = True):
-    """Priors of the run described by ``p``: the default file if it fits, else extracted now (and saved)."""
+    """Priors of the run described by ``p``: the default file if it fits, else extracted now.
+
+    Freshly extracted priors are saved to the default location only when no file is there
+    (a committed file is never overwritten by a run over other classes).
+    """
     from goc_utils.priors import PriorsError, PriorStats, check_compatible, default_priors_path, extract_priors
 
     path = default_priors_path(p.model, p.steps, p.cfg_scale)
@@ -238,7 +242,7 @@ def load_or_extract_priors(p: StudyParams, classes: str = "all", per_class: int 
         except PriorsError:
             pass
     stats = extract_priors(model, p.model, wanted, seeds=list(range(per_class)), steps=p.steps, cfg_scale=p.cfg_scale)
-    if save:
+    if save and not path.exists():
         stats.save(path)
     return stats
 

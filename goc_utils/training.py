@@ -79,6 +79,7 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
+@torch.enable_grad()
 def train_tiny_dit(
     config: TinyTrainConfig,
     run_dir: Path | None = None,
@@ -203,6 +204,7 @@ def load_digits_classifier(path: Path | None = None) -> DigitsClassifier:
     return model.eval()
 
 
+@torch.enable_grad()
 def train_digits_classifier(
     epochs: int = 60, seed: int = 0, out: Path | None = None, progress: bool = True
 ) -> tuple[Path, float]:

@@ -119,6 +119,7 @@ def image_folder_batches(folder: str | Path, image_size: int, vae, device: str |
     return sample
 
 
+@torch.enable_grad()
 def train_router(
     model: DiT,
     sample_batch: BatchFn,
