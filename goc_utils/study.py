@@ -75,8 +75,8 @@ def tiny_digits_report(
         f"(classifier agreement {100 * best.agreement:.1f}%)",
         predicted=predicted[pick],
     )
-    lines = ["| cfg scale | samples | classifier agreement | sampling images/s |", "|---|---|---|---|"]
-    lines += [f"| {r.cfg_scale:g} | {r.samples} | {100 * r.agreement:.1f}% | {r.images_per_second:.0f} |" for r in rows]
+    lines = ["| cfg scale | samples | classifier agreement |", "|---|---|---|"]
+    lines += [f"| {r.cfg_scale:g} | {r.samples} | {100 * r.agreement:.1f}% |" for r in rows]
     (out_dir / "00_tiny_agreement.md").write_text("\n".join(lines) + "\n")
     csv = ["cfg_scale,samples,agreement"] + [f"{r.cfg_scale:g},{r.samples},{r.agreement:.4f}" for r in rows]
     (out_dir / "00_tiny_agreement.csv").write_text("\n".join(csv) + "\n")

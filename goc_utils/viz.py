@@ -72,7 +72,7 @@ def sample_grid_figure(
 
 
 def save_figure(fig, name_or_path: str | Path, dpi: int = 150) -> Path:
-    """Save ``fig`` as PNG and PDF: a bare name goes to ``figures/<name>.png|.pdf``."""
+    """Save ``fig`` as PNG and PDF (byte-reproducible): a bare name goes to ``figures/<name>.png|.pdf``."""
     from goc_utils import paths
 
     path = Path(name_or_path)
@@ -80,7 +80,7 @@ def save_figure(fig, name_or_path: str | Path, dpi: int = 150) -> Path:
         path = paths.figure_path(str(name_or_path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    fig.savefig(path.with_suffix(".pdf"))
+    fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None, "ModDate": None})  # same bytes each run
     return path
 
 
