@@ -331,3 +331,62 @@ def goc_on_priors_figure(stats, schedule_name: str, router: str | None = None):
     return goc_simulation_plot(
         sim, f"{schedule_name}: GOC on the prior trajectory, w = {probe:.2f} (red: inflection steps)", uw
     )
+
+
+def same_noise_runs(
+    model,
+    methods: Sequence[str],
+    labels: Sequence[int],
+    seed: int = 0,
+    steps: int = 20,
+    cfg_scale: float = 4.0,
+    router: str | None = None,
+    priors=None,
+    vae=None,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Run every method from the same noise; return ``(results, per-step RMSE vs the un-cached run)``.
+
+    ``results[method]`` is a :class:`~goc_utils.sampling.SampleResult`; the per-step error of
+    method m is the RMSE between its sample after step s and the un-cached sample after step s.
+    """
+    from goc_utils.cache.method import CacheMethod
+
+    results, trajectories = {}, {}
+    for text in ["none", *[m for m in methods if m != "none"]]:
+        engine = CacheMethod.parse(text, router=router).engine(model, steps, priors)
+        states: list[torch.Tensor] = []
+        results[text] = generate(
+            model,
+            labels,
+            seed=seed,
+            steps=steps,
+            cfg_scale=cfg_scale,
+            vae=vae,
+            forward=engine.forward,
+            callback=lambda s, x: states.append(x[: len(labels)].clone()),
+        )
+        trajectories[text] = torch.stack(states)
+    reference = trajectories["none"]
+    errors = {m: ((t - reference) ** 2).flatten(1).mean(1).sqrt().numpy() for m, t in trajectories.items()}
+    return results, errors
+
+
+def method_table(model, results: dict, errors: dict, steps: int, router: str | None = None) -> list[dict]:
+    """Cache ratio (units, MACs), theoretical speedup and final RMSE vs no cache for each method."""
+    from goc_utils.cache.method import CacheMethod
+    from goc_utils.macs import model_macs, theoretical_speedup
+
+    macs = model_macs(model)
+    rows = []
+    for method in results:
+        schedule = CacheMethod.parse(method, router=router).build_schedule(steps, model.depth)
+        rows.append(
+            {
+                "method": method,
+                "cached units": f"{100 * schedule.cache_ratio:.1f}%",
+                "cached MACs": f"{100 * schedule.cache_ratio_macs(macs.units):.1f}%",
+                "theoretical speedup": f"{theoretical_speedup(macs, schedule):.3f}x",
+                "final RMSE vs none": f"{float(errors[method][-1]):.4f}",
+            }
+        )
+    return rows

@@ -232,3 +232,42 @@ def gradient_consistency_heatmap(stats, kind: int = 2):
     ax.tick_params(labelsize=6)
     fig.tight_layout()
     return fig
+
+
+def method_grid_figure(results: dict, title: str = ""):
+    """Rows = methods, columns = samples: the same noise under every caching method."""
+    plt = _plt()
+    methods = list(results)
+    n = len(results[methods[0]].images)
+    fig, axes = plt.subplots(len(methods), n, figsize=(0.7 * n + 1.6, 0.75 * len(methods) + 0.4), squeeze=False)
+    for r, method in enumerate(methods):
+        images = results[method].images
+        for c in range(n):
+            ax = axes[r][c]
+            image = images[c, ..., 0] if images.shape[-1] == 1 else images[c]
+            ax.imshow(image, cmap="gray" if images.shape[-1] == 1 else None, vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(method, rotation=0, ha="right", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def per_step_error_plot(errors: dict[str, np.ndarray]):
+    """RMSE of each method's intermediate samples vs the un-cached run, per step."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for method, values in errors.items():
+        if method == "none":
+            continue
+        style = "-" if "+" not in method else ("--" if "goc" in method else ":")
+        ax.plot(range(len(values)), values, style, marker="o", ms=2.5, label=method)
+    ax.set_xlabel("step s (0 = noisiest)")
+    ax.set_ylabel("RMSE vs un-cached x_s")
+    ax.set_yscale("log")
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title("Error along the sampling trajectory (same noise)", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -36,9 +36,17 @@ def test_notebooks_run_in_smoke_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("GOC_FIGURES_DIR", str(tmp_path / "figures"))
     done = run_notebooks("tiny", smoke=True, output_dir=tmp_path / "executed", progress=False)
     assert [p.name for p, _ in done] == [p.name for p in NOTEBOOKS]
-    for figure in ("01_samples", "02_adjacent_similarity", "02_step_similarity", "03_gradient_consistency"):
+    for figure in (
+        "01_samples",
+        "02_adjacent_similarity",
+        "02_step_similarity",
+        "03_gradient_consistency",
+        "04_same_noise_grid",
+        "04_per_step_error",
+    ):
         assert (tmp_path / "figures" / f"{figure}.png").is_file() and (tmp_path / "figures" / f"{figure}.pdf").is_file()
     assert (tmp_path / "figures" / "03_inflections.md").read_text().startswith("| schedule |")
+    assert "fora-50+goc" in (tmp_path / "figures" / "04_methods.md").read_text()
 
 
 def test_wrong_parameter_type_names_notebook_and_cell(tmp_path, monkeypatch):
