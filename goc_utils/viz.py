@@ -251,7 +251,8 @@ def method_grid_figure(results: dict, title: str = ""):
         axes[r][0].set_ylabel(method, rotation=0, ha="right", va="center", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.3)
+    top = 1 - 0.35 / fig.get_size_inches()[1] if title else 1
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, top))
     return fig
 
 
