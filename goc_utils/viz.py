@@ -107,13 +107,26 @@ def _plt():
     return plt
 
 
+def _block_step_heatmap(ax, values: np.ndarray, first_step: int, title: str, **style) -> None:
+    """A (block, step) heatmap with steps ``first_step ..`` on x and blocks on y."""
+    import seaborn as sns
+
+    depth, count = values.shape
+    sns.heatmap(
+        values, ax=ax, xticklabels=list(range(first_step, first_step + count)), yticklabels=list(range(depth)), **style
+    )
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step s (0 = noisiest)")
+    ax.set_ylabel("block")
+    ax.tick_params(labelsize=6)
+
+
 def similarity_heatmaps(stats, statistic: str = "adjacent_cos", kinds: Sequence[int] = (0, 1, 2)):
     """Block x step heatmaps of an adjacent-step statistic, one panel per feature kind.
 
     ``statistic``: ``adjacent_cos`` (cosine similarity of a unit's output to the previous
     step's, averaged over samples) or ``adjacent_rel_l1`` (relative L1 change).
     """
-    import seaborn as sns
 
     from goc_utils.priors import KINDS
 
@@ -121,18 +134,9 @@ def similarity_heatmaps(stats, statistic: str = "adjacent_cos", kinds: Sequence[
     values = stats.scalar(statistic)
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 0.18 * stats.depth + 1.6), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=True):
-        sns.heatmap(
-            values[1:, :, kind].T,
-            ax=ax,
-            cmap="viridis",
-            cbar=True,
-            xticklabels=list(range(1, stats.steps)),
-            yticklabels=list(range(stats.depth)),
+        _block_step_heatmap(
+            ax, values[1:, :, kind].T, 1, f"{KINDS[kind]}: {statistic.replace('_', ' ')}", cmap="viridis"
         )
-        ax.set_title(f"{KINDS[kind]}: {statistic.replace('_', ' ')}", fontsize=9)
-        ax.set_xlabel("step s (0 = noisiest)")
-        ax.set_ylabel("block")
-        ax.tick_params(labelsize=6)
     fig.tight_layout()
     return fig
 
@@ -210,26 +214,21 @@ def change_magnitude_plot(stats):
 
 def gradient_consistency_heatmap(stats, kind: int = 2):
     """Block x step heatmap of cos(g_s, g_{s-1}) of the mean trajectory (direction consistency)."""
-    import seaborn as sns
 
     from goc_utils.priors import KINDS, gradient_consistency
 
     plt = _plt()
     values = gradient_consistency(stats)[2:, :, kind].T
     fig, ax = plt.subplots(figsize=(6, 0.18 * stats.depth + 1.6))
-    sns.heatmap(
+    _block_step_heatmap(
+        ax,
         values,
-        ax=ax,
+        2,
+        f"{KINDS[kind]}: cos(g_s, g_(s-1)), g_s = F_s - F_(s-1) (blue: the trajectory turns)",
         vmin=-1,
         vmax=1,
         cmap="RdBu_r",
-        xticklabels=list(range(2, stats.steps)),
-        yticklabels=list(range(stats.depth)),
     )
-    ax.set_title(f"{KINDS[kind]}: cos(g_s, g_(s-1)), g_s = F_s - F_(s-1) (blue: the trajectory turns)", fontsize=9)
-    ax.set_xlabel("step s")
-    ax.set_ylabel("block")
-    ax.tick_params(labelsize=6)
     fig.tight_layout()
     return fig
 
