@@ -82,18 +82,20 @@ class PriorStats:
     def add(self, step: int, block: int, kind: int, x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
         """Add a batch of features ``x (B, T, D)`` observed at ``step``.
 
-        ``previous`` is what this call returned for the same (block, kind) at step - 1 (a CPU
-        float64 ``(B, T * D)`` copy, so nothing extra stays on the accelerator).
+        ``previous`` is what this call returned for the same (block, kind) at step - 1: a CPU
+        float32 ``(B, T * D)`` copy (nothing extra stays on the accelerator; half the host
+        memory of float64), upcast when the adjacent-step statistics are computed.
         """
         flat = x.detach().to("cpu").to(torch.float64).flatten(1)
         self.sum_feature[step, block, kind] += flat.sum(0).numpy().reshape(self.tokens, self.hidden)
         self.sum_abs[step, block, kind] += flat.abs().mean(1).sum().item()
         self.sum_l2[step, block, kind] += flat.norm(dim=1).sum().item()
         if previous is not None:
+            previous = previous.to(torch.float64)
             self.sum_cos[step, block, kind] += torch.nn.functional.cosine_similarity(flat, previous, dim=1).sum().item()
             rel = (flat - previous).abs().sum(1) / previous.abs().sum(1).clamp_min(1e-12)
             self.sum_rel_l1[step, block, kind] += rel.sum().item()
-        return flat
+        return flat.to(torch.float32)
 
     def merge(self, other: PriorStats) -> PriorStats:
         """Add another shard's statistics (same model, steps, cfg) into this one."""
