@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.goc-installed
 export MPLBACKEND := Agg
 
-.PHONY: help setup study smoke lab test lint train-tiny train-classifier clean
+.PHONY: help setup study smoke lab test lint train-tiny train-classifier eval-tiny clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -42,6 +42,10 @@ train-tiny: setup ## (re)train the embedded tiny-digits DiT; resumes from runs/t
 
 train-classifier: setup ## (re)train the digits classifier used as the tiny study's judge
 	$(BIN)/goc train-classifier
+
+eval-tiny: setup ## the committed tiny-digits results table: 7 methods x 2,000 samples x cfg 1.5 and 4.0 (resumable)
+	$(BIN)/goc eval --model tiny-digits --cfg-scale 1.5,4.0 --num-samples 2000 --per-device-batch 250 \
+		--latency-repeats 5 --out runs/eval/tiny --table figures/05_eval_tiny
 
 clean: ## remove the virtual environment and scratch runs
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

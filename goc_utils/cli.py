@@ -140,29 +140,15 @@ def cache_method_from_args(args: argparse.Namespace):
     return CacheMethod(args.cache, options, args.compensator, comp)
 
 
-def _priors_for(args: argparse.Namespace, method):
+def _priors_for(args: argparse.Namespace, method, model):
     """The priors a GOC 'auto' option needs (checked against the run), else None."""
     if "auto" not in (method.compensator_options.get("weight"), method.compensator_options.get("correction_steps")):
         if args.priors is not None:
             raise InvalidArgumentError("--priors needs --goc-steps auto or --goc-weight auto")
         return None
-    from goc_utils.priors import PriorStats, check_compatible, default_priors_path
+    from goc_utils.priors import priors_for_run
 
-    path = Path(args.priors) if args.priors else default_priors_path(args.model, args.steps, args.cfg_scale)
-    stats = PriorStats.load(path)
-    check_compatible(
-        {
-            "model": args.model,
-            "steps": args.steps,
-            "cfg_scale": args.cfg_scale,
-            "depth": stats.depth,
-            "tokens": stats.tokens,
-            "hidden": stats.hidden,
-        },
-        stats.header(),
-        f"use priors {str(path)!r}",
-    )
-    return stats
+    return priors_for_run(args.model, model, args.steps, args.cfg_scale, args.priors)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -190,7 +176,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             f"class id {bad[0]} is out of range for {args.model}; use 0..{model.num_classes - 1}"
         )
-    engine = method.engine(model, args.steps, _priors_for(args, method))
+    engine = method.engine(model, args.steps, _priors_for(args, method, model))
     vae = None
     if info.latent:
         from goc_utils.vae import load_vae
@@ -769,7 +755,229 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_notebooks_parser(sub)
     add_priors_parsers(sub)
+    add_eval_sample_parser(sub)
+    add_fid_parser(sub)
+    add_eval_parser(sub)
     return parser
+
+
+# --------------------------------------------------------------------------------------
+# goc eval-sample / fid / eval
+# --------------------------------------------------------------------------------------
+
+METHOD_HELP = (
+    "method strings: schedule[+compensator[:option...]]; schedules none, fora-25, fora-50, fora (interval 2), "
+    "l2c (router from --router, or l2c:PATH@THRES); compensators goc (paper's w and steps; goc:w=0.8, "
+    "goc:steps=auto, goc:auto = inflection-aware steps and least-squares w from priors) and taylor (taylor:k=2). "
+    "Examples: fora-50+goc, l2c:data/routers/tiny_digits_ddim20.pt@0.1+goc:w=0.8"
+)
+
+
+def _eval_settings(args: argparse.Namespace):
+    from goc_utils.evaluation import EvalSettings
+    from goc_utils.study import default_router
+
+    if args.steps < 1:
+        raise InvalidArgumentError(f"--steps must be >= 1 (got {args.steps})")
+    return EvalSettings(
+        model=args.model,
+        ckpt=args.ckpt,
+        image_size=args.image_size,
+        vae=args.vae,
+        steps=args.steps,
+        sampler=args.sampler,
+        cfg_scale=args.cfg_scale if isinstance(args.cfg_scale, float) else args.cfg_scale[0],
+        seed=args.seed,
+        per_device_batch=args.per_device_batch,
+        router=args.router or default_router(args.model, args.steps),
+        thres=args.router_thres,
+        priors=args.priors,
+    )
+
+
+def _load_for_eval(args: argparse.Namespace):
+    """Model, VAE and process group for the sampling commands."""
+    import torch
+
+    from goc_utils.evaluation import init_distributed
+    from goc_utils.models import load_model, preset_info
+
+    if args.num_samples < 1:
+        raise InvalidArgumentError(f"--num-samples must be >= 1 (got {args.num_samples})")
+    dist = init_distributed(_resolve_device(args.device))
+    torch.set_grad_enabled(False)
+    model = load_model(args.model, args.ckpt, args.image_size, dist.device)
+    vae = None
+    if preset_info(args.model).latent:
+        from goc_utils.vae import load_vae
+
+        vae = load_vae(args.vae, dist.device)
+    return model, vae, dist
+
+
+def cmd_eval_sample(args: argparse.Namespace) -> int:
+    from goc_utils.evaluation import eval_sample, parse_methods
+
+    if "," in args.method:
+        raise InvalidArgumentError("--method takes one method; use `goc eval --methods a,b,...` for several")
+    (method,) = parse_methods(args.method)
+    settings = _eval_settings(args)
+    model, vae, dist = _load_for_eval(args)
+    started = time.perf_counter()
+    path = eval_sample(
+        model, settings, method, Path(args.out), args.num_samples, vae, dist.rank, dist.world, dist.barrier
+    )
+    if dist.rank == 0:
+        print(
+            f"{args.num_samples} samples ({method}, cfg {settings.cfg_scale:g}) "
+            f"in {time.perf_counter() - started:.1f} s -> {path}"
+        )
+    dist.close()
+    return 0
+
+
+def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    _add_model_arguments(p)
+    p.add_argument("--num-samples", type=int, default=50000, help="images per method (default 50000)")
+    p.add_argument("--per-device-batch", type=int, default=32, help="images per forward and per shard (default 32)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
+    p.add_argument("--seed", type=int, default=0, help="run seed; sample i is seeded from (seed, i) (default 0)")
+    p.add_argument("--router", default=None, help="L2C router for l2c methods (default: the committed tiny router)")
+    p.add_argument("--router-thres", type=_float, default=0.1, help="L2C threshold (default 0.1)")
+    p.add_argument(
+        "--priors", default=None, help="priors for goc:auto (default data/priors/<model>_ddim<steps>_cfg<cfg>)"
+    )
+
+
+def add_eval_sample_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval-sample",
+        help="sample N images of one method to an ADM npz (resumable, torchrun)",
+        description="Sample --num-samples images into OUT/samples.npz (arr_0 uint8 NHWC, arr_1 labels). Shards are "
+        "written atomically to OUT/shards/; rerunning the same command resumes. Labels are uniform over the classes "
+        "and every sample has its own seed, so the result does not depend on the number of processes. "
+        "Multi-GPU: torchrun --nproc_per_node K -m goc_utils.cli eval-sample ... " + METHOD_HELP,
+    )
+    _add_eval_sampling_arguments(p)
+    p.add_argument("--method", default="none", help="one method string (default none); see the description")
+    p.add_argument("--cfg-scale", type=_float, default=1.5, help="guidance scale (default 1.5, DiT's FID setting)")
+    p.add_argument("--out", required=True, help="output folder (created; holds run.json, shards/, samples.npz)")
+    p.set_defaults(func=cmd_eval_sample)
+
+
+def _extractor_for(args: argparse.Namespace, device: str):
+    from goc_utils.metrics.features import build_extractor
+
+    return build_extractor(args.features, device, args.inception_weights)
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from goc_utils.metrics.evaluate import evaluate_batches
+
+    extractor = _extractor_for(args, _resolve_device(args.device))
+    print(evaluate_batches(args.ref, args.samples, extractor).report())
+    return 0
+
+
+def _add_feature_arguments(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument(
+        "--features",
+        choices=["inception", "digits"],
+        default=default,
+        help="feature extractor: inception (ImageNet, ADM evaluator) or digits (tiny study)"
+        + (f" (default {default})" if default else " (default: digits for tiny-digits, else inception)"),
+    )
+    p.add_argument(
+        "--inception-weights",
+        default=None,
+        help="local weights-inception-2015-12-05-6726825d.pth (or set GOC_INCEPTION_WEIGHTS)",
+    )
+
+
+def add_fid_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fid",
+        help="IS, FID, sFID, precision, recall of a sample npz vs a reference npz",
+        description="The ADM evaluator's numbers for two ADM-format batches (arr_0 uint8 NHWC).",
+    )
+    p.add_argument("ref", help="reference batch, e.g. VIRTUAL_imagenet256_labeled.npz or data/reference/digits_ref.npz")
+    p.add_argument("samples", help="sample batch (goc eval-sample's samples.npz)")
+    _add_feature_arguments(p, "inception")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i] (default auto)")
+    p.set_defaults(func=cmd_fid)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from goc_utils import paths
+    from goc_utils.evaluation import format_results, parse_methods, run_eval, write_results
+
+    methods = parse_methods(args.methods)
+    if args.features is None:
+        args.features = "digits" if args.model == "tiny-digits" else "inception"
+    ref = args.ref_batch or (str(paths.DIGITS_REFERENCE_BATCH) if args.features == "digits" else None)
+    if ref is None:
+        raise InvalidArgumentError(
+            "--ref-batch is required for Inception features: the ADM reference batch, "
+            "e.g. VIRTUAL_imagenet256_labeled.npz"
+        )
+    from goc_utils.metrics.batches import batch_info
+
+    batch_info(ref)
+    settings = _eval_settings(args)
+    model, vae, dist = _load_for_eval(args)
+    extractor = _extractor_for(args, dist.device) if dist.rank == 0 else None
+    rows = []
+    for cfg in args.cfg_scale:
+        cfg_settings = replace(settings, cfg_scale=cfg)
+        out = Path(args.out) / f"cfg{cfg:g}"
+        result = run_eval(
+            model, cfg_settings, methods, args.num_samples, out, ref, extractor, vae, args.latency_batch,
+            args.latency_repeats, dist,
+        )  # fmt: skip
+        rows += result or []
+    if dist.rank == 0:
+        table = Path(args.table) if args.table else Path(args.out) / "results"
+        csv_path, md_path = write_results(rows, table.parent, table.name)
+        print(format_results(rows))
+        print(f"-> {csv_path}, {md_path}")
+    dist.close()
+    return 0
+
+
+def _cfg_list(text: str) -> list[float]:
+    values = [_float(part) for part in text.split(",") if part.strip()]
+    if not values or any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"malformed cfg list {text!r}; use e.g. 1.5 or 1.5,4.0")
+    return values
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    from goc_utils.evaluation import TABLE_METHODS
+
+    p = sub.add_parser(
+        "eval",
+        help="sample every method, score it (IS/FID/sFID/P/R, PSNR/SSIM vs none, MACs, latency) -> results table",
+        description="Run goc eval-sample for each method and cfg scale (resumable, torchrun), then score every batch "
+        "against the reference with the ADM metrics, compare with the un-cached samples of the same noise, time "
+        "one batch per method and write OUT/results.csv and .md. " + METHOD_HELP,
+    )
+    _add_eval_sampling_arguments(p)
+    p.add_argument(
+        "--methods", default=",".join(TABLE_METHODS), help=f"comma-separated (default {','.join(TABLE_METHODS)})"
+    )
+    p.add_argument("--cfg-scale", type=_cfg_list, default=[1.5], help="guidance scale(s), e.g. 1.5,4.0 (default 1.5)")
+    p.add_argument(
+        "--ref-batch", default=None, help="ADM reference npz (default for digits: data/reference/digits_ref.npz)"
+    )
+    _add_feature_arguments(p, None)
+    p.add_argument("--latency-batch", type=int, default=8, help="images per timed batch (default 8)")
+    p.add_argument("--latency-repeats", type=int, default=3, help="timed runs per method (default 3)")
+    p.add_argument("--out", required=True, help="folder for the samples (OUT/cfg<c>/<method>/) and results.*")
+    p.add_argument("--table", default=None, help="path prefix of the table (default OUT/results -> .csv, .md)")
+    p.set_defaults(func=cmd_eval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

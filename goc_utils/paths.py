@@ -37,6 +37,9 @@ TINY_DIGITS_ROUTER: Path = DATA_DIR / "routers" / "tiny_digits_ddim20.pt"
 DIGITS_CLASSIFIER_WEIGHTS: Path = DATA_DIR / "digits_classifier.safetensors"
 """Weights of the small digits classifier used as the tiny study's feature extractor."""
 
+DIGITS_REFERENCE_BATCH: Path = DATA_DIR / "reference" / "digits_ref.npz"
+"""ADM-format reference batch of the real digits with digits-classifier statistics (``goc fid --features digits``)."""
+
 
 def figure_path(name: str, suffix: str = ".png") -> Path:
     """Path of a study figure, ``figures/<name><suffix>`` (folder created on demand)."""

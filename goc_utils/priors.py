@@ -211,6 +211,16 @@ def default_priors_path(model: str, steps: int, cfg_scale: float) -> Path:
     return paths.DATA_DIR / "priors" / f"{slug}_ddim{steps}_cfg{cfg_scale:g}.safetensors"
 
 
+def priors_for_run(model_name: str, model: DiT, steps: int, cfg_scale: float, path: str | Path | None = None):
+    """Load the priors for a run (``path`` or the default location) and check they fit it."""
+    path = Path(path) if path else default_priors_path(model_name, steps, cfg_scale)
+    stats = PriorStats.load(path)
+    run = {"model": model_name, "steps": steps, "cfg_scale": cfg_scale, "depth": model.depth}
+    run.update(tokens=model.num_tokens, hidden=model.hidden_size)
+    check_compatible(run, stats.header(), f"use priors {str(path)!r}")
+    return stats
+
+
 # --------------------------------------------------------------------------------------
 # Extraction
 # --------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ is the plain model, so a cache engine plugs in without touching the sampler.
 from __future__ import annotations
 
 import io
+import json
 import os
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,3 +152,190 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
 def save_samples_npz(path: str | Path, result: SampleResult) -> Path:
     """Save ``arr_0`` (uint8 NHWC), ``labels`` and ``final`` (float32 model-space samples)."""
     return write_npz(path, arr_0=result.images, labels=result.labels, final=result.final.numpy().astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------
+# Sampling at scale: per-sample seeds, atomic shards, resume, torchrun
+# --------------------------------------------------------------------------------------
+
+MANIFEST_NAME = "run.json"
+SHARDS_DIR = "shards"
+SAMPLES_NAME = "samples.npz"
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The generator seed of sample ``index`` of a run with ``seed`` (63-bit, from numpy's SeedSequence)."""
+    high, low = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
+    return (int(high) << 31) | (int(low) >> 1)
+
+
+def per_sample_inputs(model: DiT, indices: Sequence[int], seed: int) -> tuple[list[int], torch.Tensor]:
+    """Class label and noise of each sample index, each from its own generator.
+
+    Sample ``i`` draws its label uniformly over the classes (as DiT's ``sample_ddp.py`` does)
+    and then its noise ``(C, H, W)`` from ``torch.Generator().manual_seed(sample_seed(seed, i))``,
+    so a sample does not depend on the batch it lands in or on the number of processes.
+    """
+    labels, noise = [], []
+    for index in indices:
+        g = torch.Generator().manual_seed(sample_seed(seed, index))
+        labels.append(int(torch.randint(model.num_classes, (1,), generator=g)))
+        noise.append(torch.randn(model.in_channels, model.input_size, model.input_size, generator=g))
+    return labels, torch.stack(noise)
+
+
+def shard_ranges(num_samples: int, batch: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]``: consecutive chunks of ``batch`` sample indices (the last may be short)."""
+    if num_samples < 1:
+        raise InvalidArgumentError(f"--num-samples must be >= 1 (got {num_samples})")
+    if batch < 1:
+        raise InvalidArgumentError(f"--per-device-batch must be >= 1 (got {batch})")
+    return [(start, min(start + batch, num_samples)) for start in range(0, num_samples, batch)]
+
+
+def _shard_path(out_dir: Path, start: int) -> Path:
+    return out_dir / SHARDS_DIR / f"{start:08d}.npz"
+
+
+def _shard_complete(path: Path, count: int) -> bool:
+    """A shard exists, loads and holds ``count`` images and labels (a torn or foreign file does not count)."""
+    try:
+        with np.load(path) as data:
+            return len(data["arr_0"]) == count and len(data["arr_1"]) == count
+    except Exception:  # noqa: BLE001 - anything unreadable is simply redone
+        return False
+
+
+def check_manifest(out_dir: Path, manifest: dict) -> None:
+    """Write ``run.json`` on first use; on a rerun, refuse settings that differ from the stored ones."""
+    path = out_dir / MANIFEST_NAME
+    if path.exists():
+        stored = json.loads(path.read_text())
+        diff = [k for k in sorted(set(stored) | set(manifest)) if stored.get(k) != manifest.get(k)]
+        if diff:
+            k = diff[0]
+            raise InvalidArgumentError(
+                f"{out_dir} holds a run with {k}={stored.get(k)!r} (this one: {manifest.get(k)!r}); "
+                "rerun with the same settings to resume, or choose a new --out"
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_npz_stream(
+    path: str | Path, arrays: dict[str, tuple[tuple[int, ...], np.dtype, Iterable[np.ndarray]]]
+) -> Path:
+    """Like :func:`write_npz` for arrays too big to hold: each is ``(shape, dtype, chunks along axis 0)``.
+
+    Same bytes as :func:`write_npz` on the concatenated arrays (fixed timestamps, stored, atomic).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, (shape, dtype, chunks) in arrays.items():
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                header,
+                {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)},
+            )
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            size = len(header.getvalue()) + int(np.prod(shape)) * np.dtype(dtype).itemsize
+            info.file_size = size
+            with archive.open(info, "w", force_zip64=size > 0x7FFFFFFF) as member:
+                member.write(header.getvalue())
+                for chunk in chunks:
+                    member.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+    os.replace(tmp, path)
+    return path
+
+
+def merge_shards(out_dir: Path, ranges: list[tuple[int, int]]) -> Path:
+    """Concatenate the shards in index order into ``samples.npz`` (``arr_0`` images, ``arr_1`` labels)."""
+    first = np.load(_shard_path(out_dir, ranges[0][0]))["arr_0"]
+    total = ranges[-1][1]
+
+    def chunks(key: str) -> Iterator[np.ndarray]:
+        for start, _ in ranges:
+            with np.load(_shard_path(out_dir, start)) as data:
+                yield data[key]
+
+    return write_npz_stream(
+        out_dir / SAMPLES_NAME,
+        {
+            "arr_0": ((total, *first.shape[1:]), np.uint8, chunks("arr_0")),
+            "arr_1": ((total,), np.int64, chunks("arr_1")),
+        },
+    )
+
+
+def sample_to_npz(
+    model: DiT,
+    out_dir: str | Path,
+    num_samples: int,
+    batch: int,
+    manifest: dict,
+    seed: int = 0,
+    steps: int = 20,
+    sampler: str = "ddim",
+    cfg_scale: float = 1.5,
+    vae=None,
+    forward: Callable[..., torch.Tensor] | None = None,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Sample ``num_samples`` images into ``out_dir/samples.npz``, resumably, on one or many processes.
+
+    Work is cut into chunks of ``batch`` consecutive sample indices; chunk ``j`` runs on rank
+    ``j % world`` and lands in ``out_dir/shards/<start>.npz`` (written to a temporary name, then
+    renamed). A rerun skips complete shards, so an interrupted run (even ``kill -9``) resumes
+    and ends with the same bytes as an uninterrupted one. Rank 0 merges the shards at the end.
+    ``manifest`` (model, method, seed, ...) is stored as ``run.json``; resuming with other
+    settings is refused.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    ranges = shard_ranges(num_samples, batch)
+    barrier = barrier or (lambda: None)
+    if rank == 0:
+        check_manifest(out_dir, manifest)
+    barrier()
+    if rank != 0:
+        check_manifest(out_dir, manifest)
+    (out_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    mine = [r for j, r in enumerate(ranges) if j % world == rank]
+    todo = [r for r in mine if not _shard_complete(_shard_path(out_dir, r[0]), r[1] - r[0])]
+    done = sum(b - a for a, b in mine) - sum(b - a for a, b in todo)
+    with tqdm(
+        total=sum(b - a for a, b in mine),
+        initial=done,
+        desc=f"sampling {out_dir.name}",
+        unit="img",
+        disable=not progress or rank != 0,
+    ) as bar:
+        for start, stop in todo:
+            labels, noise = per_sample_inputs(model, range(start, stop), seed)
+            device = next(model.parameters()).device
+            result = generate(
+                model,
+                labels,
+                steps=steps,
+                sampler=sampler,
+                cfg_scale=cfg_scale,
+                vae=vae,
+                forward=forward,
+                noise=noise.to(device),
+            )
+            write_npz(_shard_path(out_dir, start), arr_0=result.images, arr_1=result.labels)
+            bar.update(stop - start)
+    barrier()
+    if rank == 0:
+        merge_shards(out_dir, ranges)
+    barrier()
+    return out_dir / SAMPLES_NAME

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from goc_utils.cache.compensator import build_compensator
+from goc_utils.cache.compensator import COMPENSATORS, build_compensator
 from goc_utils.cache.engine import CacheEngine
-from goc_utils.cache.schedule import CacheSchedule, ScheduleError, build_schedule
+from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.models import DiT
 
@@ -75,17 +75,40 @@ class CacheMethod:
 
         Examples: ``"none"``, ``"fora-50+goc"`` (the paper's w and steps), ``"fora-50+goc:auto"``
         (inflection-aware steps and least-squares w from priors), ``"l2c+goc:w=0.8:steps=auto"``,
-        ``"fora-25+taylor:k=2"``. ``l2c`` takes its router file and threshold from the arguments.
+        ``"fora-25+taylor:k=2"``. ``l2c`` takes its router file and threshold from the arguments
+        unless the string names them: ``"l2c:data/routers/x.pt@0.1+goc:w=0.8"``, ``"l2c@0.2"``.
         """
+        from goc_utils.cache import fora, goc, l2c, matrix, taylor  # noqa: F401 - registration side effect
+
         parts = text.strip().split("+")
         if len(parts) > 2 or not parts[0]:
             raise InvalidArgumentError(f"malformed method {text!r}; use schedule[+compensator], e.g. fora-50+goc")
-        schedule = parts[0]
+        spec = parts[0]
+        schedule = spec.split(":")[0].split("@")[0]
+        argument = spec[len(schedule) :]  # "", ":PATH", ":PATH@T" or "@T"
         compensator, *opts = (parts[1] if len(parts) == 2 else "none").split(":")
         options: dict = {}
+        if schedule not in SCHEDULES or compensator not in COMPENSATORS:
+            raise InvalidArgumentError(
+                f"unknown method {text!r}; schedules: {', '.join(SCHEDULES)}; compensators: {', '.join(COMPENSATORS)}"
+            )
+        if argument and schedule != "l2c":
+            raise InvalidArgumentError(
+                f"schedule {spec!r} in method {text!r} takes no argument; only l2c:ROUTER[@THRES] does"
+            )
         if schedule == "l2c":
+            path_text, _, thres_text = argument.removeprefix(":").rpartition("@")
+            if "@" not in argument:
+                path_text, thres_text = argument.removeprefix(":"), ""
+            router = path_text or router
+            if thres_text:
+                thres = _number(thres_text, text)
+                if not 0.0 <= thres <= 1.0:
+                    raise InvalidArgumentError(f"router threshold {thres} in method {text!r} must be in [0, 1]")
             if router is None:
-                raise InvalidArgumentError(f"method {text!r} needs a Learning-to-Cache router: pass --router PATH")
+                raise InvalidArgumentError(
+                    f"method {text!r} needs a Learning-to-Cache router: pass --router PATH or write l2c:PATH@THRES"
+                )
             options = {"router": router, "thres": thres}
         comp: dict = {}
         for opt in opts:

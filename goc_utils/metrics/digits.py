@@ -40,4 +40,22 @@ def predicted_digits(images: np.ndarray, classifier=None) -> np.ndarray:
     return digits_logits(images, classifier).argmax(1).astype(np.int64)
 
 
-__all__ = ["class_agreement", "digits_logits", "predicted_digits"]
+def digits_reference_images() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 real digits as an ADM batch: uint8 ``(1797, 8, 8, 1)`` (the samples' conversion) and labels."""
+    from goc_utils.data import load_digits_tensors, to_uint8
+
+    images, labels = load_digits_tensors()
+    return to_uint8(images), labels.numpy()
+
+
+def write_digits_reference(out=None):
+    """Write ``data/reference/digits_ref.npz``: the real digits with their digits-feature statistics."""
+    from goc_utils import paths
+    from goc_utils.metrics.evaluate import make_reference_batch
+    from goc_utils.metrics.features import build_extractor
+
+    images, labels = digits_reference_images()
+    return make_reference_batch(images, out or paths.DIGITS_REFERENCE_BATCH, build_extractor("digits"), labels)
+
+
+__all__ = ["class_agreement", "digits_logits", "digits_reference_images", "predicted_digits", "write_digits_reference"]

@@ -1,0 +1,383 @@
+"""``goc eval-sample`` and ``goc eval``: many samples per method -> the paper's results table.
+
+For each method string (``none``, ``fora-50+goc``, ``l2c:ROUTER@0.1+goc:w=0.8``, ...) the
+sampler writes ``<out>/<method>/samples.npz`` resumably (:func:`goc_utils.sampling.sample_to_npz`);
+then every batch is scored against the reference batch with the ADM metrics, compared with
+the un-cached run of the same noise (PSNR / SSIM), and timed; one table row per method lands in
+``results.csv`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from goc_utils.cache.method import CacheMethod
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.models import DiT
+
+TABLE_METHODS = ("none", "fora-25", "fora-25+goc", "fora-50", "fora-50+goc", "l2c", "l2c+goc")
+"""The paper's comparison: each host schedule with plain reuse and with GOC."""
+
+
+@dataclass
+class EvalSettings:
+    """Everything that fixes the samples of a method (stored as ``run.json`` next to them).
+
+    Attributes:
+        model: preset name. ckpt: DiT weights (None = the preset's committed weights).
+        image_size: pixels (None = preset default). vae: latent presets' VAE (``ema`` | ``mse`` | path | hub id).
+        steps: sampling steps. sampler: ``ddim`` | ``ddpm``. cfg_scale: guidance (1.5 for FID, as DiT).
+        seed: run seed; sample i uses ``sample_seed(seed, i)``.
+        per_device_batch: images per forward chunk (also the shard size).
+        router, thres: default Learning-to-Cache router and threshold for ``l2c`` methods.
+        priors: priors file for ``goc:auto`` (None = the default path for model / steps / cfg).
+    """
+
+    model: str = "tiny-digits"
+    ckpt: str | None = None
+    image_size: int | None = None
+    vae: str = "ema"
+    steps: int = 20
+    sampler: str = "ddim"
+    cfg_scale: float = 1.5
+    seed: int = 0
+    per_device_batch: int = 250
+    router: str | None = None
+    thres: float = 0.1
+    priors: str | None = None
+
+    def manifest(self, method: CacheMethod, text: str) -> dict:
+        """``run.json``: what must match for a rerun to resume (the sample count may grow)."""
+        record = {k: v for k, v in asdict(self).items() if k not in ("router", "thres", "priors")}
+        record["method"] = text
+        record.update({f"schedule_{k}": v for k, v in method.schedule_options.items()})
+        record.update({f"compensator_{k}": v for k, v in method.compensator_options.items()})
+        return record
+
+
+def method_folder(text: str) -> str:
+    """A folder name for a method string: ``l2c:data/r.pt@0.1+goc:w=0.8`` -> ``l2c-data_r.pt@0.1+goc-w=0.8``."""
+    return re.sub(r"[^A-Za-z0-9_.@+=-]", "_", text.replace(":", "-").replace("/", "_"))
+
+
+def parse_methods(text: str) -> list[str]:
+    """Comma-separated method strings, checked one by one (unknown names fail here, before any sampling)."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise InvalidArgumentError("no methods given; e.g. --methods none,fora-50,fora-50+goc")
+    for m in methods:
+        CacheMethod.parse(m, router="router.pt")
+    if len(set(methods)) != len(methods):
+        raise InvalidArgumentError(f"--methods lists a method twice: {text}")
+    return methods
+
+
+def build_engine(model: DiT, settings: EvalSettings, text: str):
+    """The parsed method and its cache engine for this run (priors loaded for ``goc:auto``)."""
+    method = CacheMethod.parse(text, router=settings.router, thres=settings.thres)
+    priors = None
+    if "auto" in (method.compensator_options.get("weight"), method.compensator_options.get("correction_steps")):
+        from goc_utils.priors import priors_for_run
+
+        priors = priors_for_run(settings.model, model, settings.steps, settings.cfg_scale, settings.priors)
+    return method, method.engine(model, settings.steps, priors)
+
+
+def eval_sample(
+    model: DiT,
+    settings: EvalSettings,
+    text: str,
+    out_dir: str | Path,
+    num_samples: int,
+    vae=None,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Sample ``num_samples`` images of one method into ``out_dir/samples.npz`` (resumable)."""
+    from goc_utils.sampling import sample_to_npz
+
+    method, engine = build_engine(model, settings, text)
+    return sample_to_npz(
+        model,
+        out_dir,
+        num_samples,
+        settings.per_device_batch,
+        settings.manifest(method, text),
+        seed=settings.seed,
+        steps=settings.steps,
+        sampler=settings.sampler,
+        cfg_scale=settings.cfg_scale,
+        vae=vae,
+        forward=engine.forward,
+        rank=rank,
+        world=world,
+        barrier=barrier,
+        progress=progress,
+    )
+
+
+@dataclass
+class ResultRow:
+    """One method's line of the results table."""
+
+    method: str
+    cfg_scale: float
+    samples: int
+    inception_score: float
+    fid: float
+    sfid: float
+    precision: float
+    recall: float
+    cache_ratio: float
+    cache_ratio_macs: float
+    macs_speedup: float
+    latency_s: float
+    measured_speedup: float
+    psnr_vs_none: float | None
+    ssim_vs_none: float | None
+    agreement: float | None
+
+
+COLUMNS = {
+    "method": ("method", "{}"),
+    "cfg_scale": ("cfg", "{:g}"),
+    "samples": ("samples", "{}"),
+    "inception_score": ("IS", "{:.3f}"),
+    "fid": ("FID", "{:.3f}"),
+    "sfid": ("sFID", "{:.3f}"),
+    "precision": ("precision", "{:.4f}"),
+    "recall": ("recall", "{:.4f}"),
+    "agreement": ("class agreement", "{:.4f}"),
+    "cache_ratio": ("cached units", "{:.1%}"),
+    "macs_speedup": ("MACs speedup", "{:.3f}x"),
+    "latency_s": ("latency s/batch", "{:.4f}"),
+    "measured_speedup": ("measured speedup", "{:.3f}x"),
+    "psnr_vs_none": ("PSNR vs none dB", "{:.2f}"),
+    "ssim_vs_none": ("SSIM vs none", "{:.4f}"),
+}
+
+
+def _cell(value, fmt: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not np.isfinite(value):
+        return "inf" if value > 0 else str(value)
+    return fmt.format(value)
+
+
+def format_results(rows: Sequence[ResultRow]) -> str:
+    """Markdown table of the results (precision / recall as fractions, like the evaluator prints them)."""
+    keys = [k for k in COLUMNS if k != "agreement" or any(r.agreement is not None for r in rows)]
+    lines = ["| " + " | ".join(COLUMNS[k][0] for k in keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(getattr(row, k), COLUMNS[k][1]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: Sequence[ResultRow], out_dir: str | Path, name: str = "results") -> tuple[Path, Path]:
+    """``<name>.csv`` (full precision) and ``<name>.md`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)) for k, v in asdict(row).items()}
+            )
+    md_path.write_text(format_results(rows))
+    return csv_path, md_path
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """Rows of a ``results.csv`` with numbers parsed (empty cells -> None)."""
+    rows = []
+    with Path(path).open() as f:
+        for raw in csv.DictReader(f):
+            row: dict = {}
+            for k, v in raw.items():
+                if v == "":
+                    row[k] = None
+                elif k == "method":
+                    row[k] = v
+                else:
+                    row[k] = int(v) if k == "samples" else float(v)
+            rows.append(row)
+    return rows
+
+
+def time_methods(
+    model: DiT, settings: EvalSettings, methods: Sequence[str], batch: int, repeats: int
+) -> dict[str, float]:
+    """Median seconds to sample one batch of ``batch`` images with each method (after one warm-up)."""
+    import statistics
+    import time
+
+    from goc_utils.sampling import per_sample_inputs
+
+    labels, noise = per_sample_inputs(model, range(batch), settings.seed)
+    device = next(model.parameters()).device
+    noise = noise.to(device)
+    result = {}
+    from goc_utils.sampling import generate
+
+    for text in tqdm(methods, desc="latency", leave=False):
+        _, engine = build_engine(model, settings, text)
+        times = []
+        for i in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            generate(model, labels, steps=settings.steps, sampler=settings.sampler, cfg_scale=settings.cfg_scale,
+                     forward=engine.forward, noise=noise)  # fmt: skip
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                times.append(time.perf_counter() - start)
+        result[text] = statistics.median(times)
+    return result
+
+
+def score_methods(
+    model: DiT,
+    settings: EvalSettings,
+    methods: Sequence[str],
+    samples: dict[str, Path],
+    ref_path: str | Path,
+    extractor,
+    latency: dict[str, float],
+    progress: bool = True,
+) -> list[ResultRow]:
+    """Metrics, fidelity to ``none``, MACs and latency for each method's ``samples.npz``."""
+    from goc_utils.macs import model_macs, theoretical_speedup
+    from goc_utils.metrics.batches import batch_info, check_same_size, read_labels
+    from goc_utils.metrics.evaluate import reference_features, score_features
+    from goc_utils.metrics.features import extract
+    from goc_utils.metrics.fidelity import psnr, ssim
+
+    ref = reference_features(ref_path, extractor, progress)
+    macs = model_macs(model)
+    baseline = np.load(samples["none"])["arr_0"] if "none" in samples else None
+    rows = []
+    for text in methods:
+        check_same_size(batch_info(ref_path), batch_info(samples[text]))
+        feats = extract(samples[text], extractor, progress=progress)
+        labels = read_labels(samples[text]) if extractor.name == "digits" else None
+        scores = score_features(ref, feats, labels)
+        method, engine = build_engine(model, settings, text)
+        images = np.load(samples[text])["arr_0"]
+        same = baseline is not None and baseline.shape == images.shape
+        rows.append(
+            ResultRow(
+                method=text,
+                cfg_scale=settings.cfg_scale,
+                samples=scores.samples,
+                inception_score=scores.inception_score,
+                fid=scores.fid,
+                sfid=scores.sfid,
+                precision=scores.precision,
+                recall=scores.recall,
+                cache_ratio=engine.schedule.cache_ratio,
+                cache_ratio_macs=engine.schedule.cache_ratio_macs(macs.units),
+                macs_speedup=theoretical_speedup(macs, engine.schedule),
+                latency_s=latency[text],
+                measured_speedup=latency.get("none", latency[text]) / latency[text],
+                psnr_vs_none=psnr(baseline, images) if same else None,
+                ssim_vs_none=ssim(baseline, images) if same else None,
+                agreement=scores.agreement,
+            )
+        )
+    return rows
+
+
+@dataclass
+class Distributed:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    barrier: Callable[[], None] = lambda: None
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def init_distributed(device: str) -> Distributed:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 (NCCL on GPUs, gloo on CPU)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed(device=device)
+    import torch.distributed as dist
+
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Distributed(dist.get_rank(), world, device, dist.barrier)
+
+
+def run_eval(
+    model: DiT,
+    settings: EvalSettings,
+    methods: Sequence[str],
+    num_samples: int,
+    out_dir: str | Path,
+    ref_path: str | Path,
+    extractor,
+    vae=None,
+    latency_batch: int = 8,
+    latency_repeats: int = 3,
+    dist: Distributed | None = None,
+    progress: bool = True,
+) -> list[ResultRow] | None:
+    """Sample every method into ``out_dir/<method>/samples.npz`` and score them (rows on rank 0, None elsewhere)."""
+    dist = dist or Distributed()
+    out_dir = Path(out_dir)
+    samples = {}
+    for text in methods:
+        samples[text] = eval_sample(
+            model, settings, text, out_dir / method_folder(text), num_samples, vae, dist.rank, dist.world,
+            dist.barrier, progress,
+        )  # fmt: skip
+    if dist.rank != 0:
+        return None
+    latency = time_methods(model, settings, list(dict.fromkeys(["none", *methods])), latency_batch, latency_repeats)
+    return score_methods(model, settings, methods, samples, ref_path, extractor, latency, progress)
+
+
+__all__ = [
+    "TABLE_METHODS",
+    "EvalSettings",
+    "ResultRow",
+    "Distributed",
+    "build_engine",
+    "init_distributed",
+    "run_eval",
+    "eval_sample",
+    "format_results",
+    "method_folder",
+    "parse_methods",
+    "read_results",
+    "score_methods",
+    "time_methods",
+    "write_results",
+]

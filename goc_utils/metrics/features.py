@@ -1,0 +1,120 @@
+"""Feature extractors for the ADM metrics: Inception (ImageNet) and the digits classifier (tiny study).
+
+An extractor maps uint8 ``(n, H, W, C)`` images to three float arrays: ``pool`` (FID,
+precision / recall), ``spatial`` (sFID) and ``logits`` (Inception Score). :func:`extract`
+streams an ADM ``.npz`` through one with a progress bar.
+
+| name | pool | spatial | logits |
+|---|---|---|---|
+| ``inception`` | ``pool_3`` 2048-d | ``mixed_6/conv``[..., :7] 17x17x7 | 1008 (no bias) |
+| ``digits`` | penultimate 128-d | 2nd conv (pre-pool) [..., :7] 8x8x7 | 10 digits |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.metrics.batches import batch_info, iter_images
+
+FEATURE_EXTRACTORS = ("inception", "digits")
+
+
+@dataclass
+class Features:
+    """Features of a batch file: ``pool`` ``(N, D)``, ``spatial`` ``(N, S)``, ``logits`` ``(N, K)`` float32."""
+
+    pool: np.ndarray
+    spatial: np.ndarray
+    logits: np.ndarray
+
+
+class FeatureExtractor:
+    """A network that turns uint8 NHWC images into :class:`Features` (see the module table)."""
+
+    name: str = ""
+    image_shape: tuple[int, int, int] | None = None  # (H, W, C) it accepts; None = any RGB / grey size
+
+    def __init__(self, network: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+        self.network = network.eval().to(device)
+        self.device = torch.device(device)
+
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> Features:
+        if self.image_shape is not None and tuple(images.shape[1:]) != self.image_shape:
+            raise InvalidArgumentError(
+                f"the {self.name} extractor takes {self.image_shape} (H, W, C) images; got {tuple(images.shape[1:])}"
+            )
+        pool, spatial, logits = self.run(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
+        return Features(*(t.float().cpu().numpy() for t in (pool, spatial, logits)))
+
+
+class InceptionExtractor(FeatureExtractor):
+    """The ADM evaluator's Inception features (:mod:`goc_utils.metrics.inception`)."""
+
+    name = "inception"
+
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.network(x)
+
+
+class DigitsExtractor(FeatureExtractor):
+    """The committed digits classifier as the tiny study's Inception."""
+
+    name = "digits"
+    image_shape = (8, 8, 1)
+
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        net = self.network
+        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        feature_map = net.conv[:4](x)  # second conv + GELU, before the max pool: (n, 64, 8, 8)
+        spatial = feature_map[:, :7].permute(0, 2, 3, 1).flatten(1)
+        pool = torch.nn.functional.gelu(net.fc(net.conv[4](feature_map).flatten(1)))
+        return pool, spatial, net.head(pool)
+
+
+def build_extractor(
+    name: str, device: str | torch.device = "cpu", inception_weights: str | Path | None = None
+) -> FeatureExtractor:
+    """``inception`` (needs local weights) or ``digits`` (the committed classifier)."""
+    if name == "inception":
+        from goc_utils.metrics.inception import load_inception
+
+        return InceptionExtractor(load_inception(inception_weights), device)
+    if name == "digits":
+        from goc_utils.training import load_digits_classifier
+
+        return DigitsExtractor(load_digits_classifier(), device)
+    raise InvalidArgumentError(f"unknown feature extractor {name!r}; choose one of {', '.join(FEATURE_EXTRACTORS)}")
+
+
+def extract(path: str | Path, extractor: FeatureExtractor, batch_size: int = 256, progress: bool = True) -> Features:
+    """Stream ``arr_0`` of an ADM batch through ``extractor``."""
+    info = batch_info(path)
+    parts = []
+    with tqdm(
+        total=info.count, desc=f"{extractor.name} features {info.path.name}", unit="img", disable=not progress
+    ) as bar:
+        for chunk in iter_images(info.path, batch_size):
+            parts.append(extractor(chunk))
+            bar.update(len(chunk))
+    return Features(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("pool", "spatial", "logits")))
+
+
+__all__ = [
+    "FEATURE_EXTRACTORS",
+    "DigitsExtractor",
+    "FeatureExtractor",
+    "Features",
+    "InceptionExtractor",
+    "build_extractor",
+    "extract",
+]

@@ -1,0 +1,184 @@
+"""Sampling at scale (per-sample seeds, shards, resume, torchrun) and the `goc eval` / `goc fid` commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from goc_utils import paths
+from goc_utils.cli import main
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.evaluation import EvalSettings, eval_sample, method_folder, parse_methods, read_results
+from goc_utils.models import load_model
+from goc_utils.sampling import SAMPLES_NAME, per_sample_inputs, sample_to_npz, write_npz
+
+GOC = [sys.executable, "-m", "goc_utils.cli"]
+ENV = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-digits")
+
+
+def test_per_sample_inputs_do_not_depend_on_the_batch(tiny):
+    labels, noise = per_sample_inputs(tiny, range(10), seed=3)
+    tail_labels, tail_noise = per_sample_inputs(tiny, range(6, 10), seed=3)
+    assert labels[6:] == tail_labels and np.array_equal(noise[6:].numpy(), tail_noise.numpy())
+    other_labels, other_noise = per_sample_inputs(tiny, range(10), seed=4)
+    assert not np.array_equal(noise.numpy(), other_noise.numpy())
+    many, _ = per_sample_inputs(tiny, range(400), seed=0)
+    assert set(many) == set(range(10))  # labels spread over every class
+
+
+def test_sample_to_npz_same_bytes_for_any_batch_and_process_split(tiny, tmp_path):
+    kwargs = {"steps": 4, "progress": False, "manifest": {"run": 1}}
+    one = sample_to_npz(tiny, tmp_path / "a", 10, 4, **kwargs)
+    data = np.load(one)
+    assert data["arr_0"].shape == (10, 8, 8, 1) and data["arr_0"].dtype == np.uint8 and data["arr_1"].shape == (10,)
+    assert sorted(p.name for p in (tmp_path / "a" / "shards").iterdir()) == [
+        "00000000.npz",
+        "00000004.npz",
+        "00000008.npz",
+    ]
+    # two "processes" run sequentially: rank 1 first writes its shard, rank 0 then writes its own and merges
+    sample_to_npz(tiny, tmp_path / "b", 10, 4, rank=1, world=2, **kwargs)
+    assert not (tmp_path / "b" / SAMPLES_NAME).exists()  # only rank 0 merges
+    two = sample_to_npz(tiny, tmp_path / "b", 10, 4, rank=0, world=2, **kwargs)
+    assert one.read_bytes() == two.read_bytes()
+    assert sample_to_npz(tiny, tmp_path / "c", 10, 3, **kwargs).read_bytes() == one.read_bytes()
+
+
+def test_resume_redoes_only_missing_or_torn_shards(tiny, tmp_path):
+    kwargs = {"steps": 4, "progress": False, "manifest": {"run": 1}}
+    clean = sample_to_npz(tiny, tmp_path / "clean", 12, 4, **kwargs).read_bytes()
+    out = tmp_path / "broken"
+    sample_to_npz(tiny, out, 12, 4, **kwargs)
+    (out / SAMPLES_NAME).unlink()
+    (out / "shards" / "00000004.npz").write_bytes(b"torn")  # a shard cut short
+    (out / "shards" / "00000008.npz").unlink()
+    (out / "shards" / "00000008.npz.tmp").write_bytes(b"partial")  # killed mid-write
+    first = (out / "shards" / "00000000.npz").stat().st_mtime_ns
+    assert sample_to_npz(tiny, out, 12, 4, **kwargs).read_bytes() == clean
+    assert (out / "shards" / "00000000.npz").stat().st_mtime_ns == first  # complete shards are kept
+
+
+def test_rerun_with_other_settings_is_refused_but_more_samples_extend(tiny, tmp_path):
+    settings = EvalSettings(steps=4, per_device_batch=4, cfg_scale=1.5)
+    eval_sample(tiny, settings, "fora-50", tmp_path, 8, progress=False)
+    with pytest.raises(InvalidArgumentError, match="cfg_scale=1.5 .*this one: 4.0.*new --out"):
+        eval_sample(
+            tiny, EvalSettings(steps=4, per_device_batch=4, cfg_scale=4.0), "fora-50", tmp_path, 8, progress=False
+        )
+    with pytest.raises(InvalidArgumentError, match="method='fora-50'"):
+        eval_sample(tiny, settings, "fora-25", tmp_path, 8, progress=False)
+    grown = np.load(eval_sample(tiny, settings, "fora-50", tmp_path, 12, progress=False))["arr_0"]
+    fresh = np.load(eval_sample(tiny, settings, "fora-50", tmp_path / "fresh", 12, progress=False))["arr_0"]
+    assert np.array_equal(grown, fresh)
+
+
+def test_method_strings():
+    assert parse_methods("none, fora-50+goc,l2c:data/r.pt@0.2+goc:w=0.8") == [
+        "none",
+        "fora-50+goc",
+        "l2c:data/r.pt@0.2+goc:w=0.8",
+    ]
+    assert method_folder("l2c:data/r.pt@0.2+goc:w=0.8") == "l2c-data_r.pt@0.2+goc-w=0.8"
+    for bad, message in [("fora-51", "unknown method"), ("fora-50+goc:x=1", "unknown option"), ("", "no methods")]:
+        with pytest.raises(InvalidArgumentError, match=message):
+            parse_methods(bad)
+    with pytest.raises(InvalidArgumentError, match="twice"):
+        parse_methods("none,none")
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_gives_the_uninterrupted_bytes(tmp_path):
+    args = ["eval-sample", "--num-samples", "40", "--per-device-batch", "2", "--steps", "60", "--device", "cpu"]
+    subprocess.run([*GOC, *args, "--out", str(tmp_path / "whole")], env=ENV, check=True, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*GOC, *args, "--out", str(out)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "shards").glob("*.npz"))) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "shards").glob("*.npz")))
+    assert 3 <= done < 20 and not (out / SAMPLES_NAME).exists()  # really stopped mid-run
+    subprocess.run([*GOC, *args, "--out", str(out)], env=ENV, check=True, capture_output=True)
+    assert (out / SAMPLES_NAME).read_bytes() == (tmp_path / "whole" / SAMPLES_NAME).read_bytes()
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_equal_one_process(tmp_path):
+    args = ["eval-sample", "--method", "fora-50+goc", "--num-samples", "14", "--per-device-batch", "4", "--steps", "6",
+            "--device", "cpu"]  # fmt: skip
+    subprocess.run([*GOC, *args, "--out", str(tmp_path / "one")], env=ENV, check=True, capture_output=True)
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m",
+           "goc_utils.cli", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+    result = subprocess.run(run, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "two" / SAMPLES_NAME).read_bytes() == (tmp_path / "one" / SAMPLES_NAME).read_bytes()
+
+
+def test_goc_eval_table_and_goc_fid(tmp_path, capsys):
+    code, out, err = _run(
+        ["eval", "--methods", "none,fora-50,fora-50+goc", "--num-samples", "24", "--per-device-batch", "12",
+         "--steps", "6", "--cfg-scale", "1.5,4", "--latency-repeats", "1", "--latency-batch", "2",
+         "--out", str(tmp_path)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    rows = read_results(tmp_path / "results.csv")
+    assert [(r["method"], r["cfg_scale"]) for r in rows] == [
+        (m, c) for c in (1.5, 4.0) for m in ("none", "fora-50", "fora-50+goc")
+    ]
+    none, fora = rows[0], rows[1]
+    assert none["psnr_vs_none"] == float("inf") and none["ssim_vs_none"] == pytest.approx(1.0)
+    assert np.isfinite(fora["psnr_vs_none"]) and fora["ssim_vs_none"] < 1
+    assert fora["cache_ratio"] == pytest.approx(0.5) and fora["macs_speedup"] > 1.8
+    assert all(r["samples"] == 24 and r["fid"] > 0 and 0 <= r["precision"] <= 1 for r in rows)
+    assert "| fora-50+goc | 4 | 24 |" in (tmp_path / "results.md").read_text()
+    # goc fid on the samples the table scored gives the table's numbers
+    samples = tmp_path / "cfg1.5" / "fora-50" / SAMPLES_NAME
+    code, out, _ = _run(["fid", str(paths.DIGITS_REFERENCE_BATCH), str(samples), "--features", "digits"], capsys)
+    assert code == 0
+    printed = dict(line.split(": ") for line in out.strip().splitlines())
+    assert float(printed["FID"]) == pytest.approx(fora["fid"], rel=1e-5)
+    assert float(printed["Recall"]) == pytest.approx(fora["recall"])
+
+
+def test_eval_commands_fail_in_one_line(tmp_path, capsys):
+    write_npz(tmp_path / "x.npz", images=np.zeros((4, 8, 8, 1), np.uint8))
+    cases = [
+        (["fid", str(tmp_path / "x.npz"), str(paths.DIGITS_REFERENCE_BATCH), "--features", "digits"], "no arr_0"),
+        (["eval", "--methods", "fora-50+magic", "--out", str(tmp_path / "o")], "unknown method"),
+        (["eval", "--model", "DiT-S/8", "--out", str(tmp_path / "o")], "--ref-batch is required"),
+        (["eval-sample", "--method", "none,fora-50", "--out", str(tmp_path / "o")], "takes one method"),
+        (["eval-sample", "--num-samples", "0", "--out", str(tmp_path / "o")], "--num-samples must be >= 1"),
+        (["fid", str(paths.DIGITS_REFERENCE_BATCH), str(paths.DIGITS_REFERENCE_BATCH)], "Inception weights needed"),
+    ]
+    for argv, message in cases:
+        env_weights = os.environ.pop("GOC_INCEPTION_WEIGHTS", None)
+        code, _, err = _run(argv, capsys)
+        if env_weights is not None:
+            os.environ["GOC_INCEPTION_WEIGHTS"] = env_weights
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not Path(tmp_path / "o" / SAMPLES_NAME).exists()
