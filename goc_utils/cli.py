@@ -935,7 +935,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = Path(args.out) / f"cfg{cfg:g}"
         result = run_eval(
             model, cfg_settings, methods, args.num_samples, out, ref, extractor, vae, args.latency_batch,
-            args.latency_repeats, dist,
+            args.latency_repeats, dist, fid_bootstrap=args.fid_bootstrap,
         )  # fmt: skip
         rows += result or []
     if dist.rank == 0:
@@ -975,6 +975,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     _add_feature_arguments(p, None)
     p.add_argument("--latency-batch", type=int, default=8, help="images per timed batch (default 8)")
     p.add_argument("--latency-repeats", type=int, default=3, help="timed runs per method (default 3)")
+    p.add_argument(
+        "--fid-bootstrap", type=int, default=0, help="also report FID's bootstrap std over N resamples (default 0: off)"
+    )
     p.add_argument("--out", required=True, help="folder for the samples (OUT/cfg<c>/<method>/) and results.*")
     p.add_argument("--table", default=None, help="path prefix of the table (default OUT/results -> .csv, .md)")
     p.set_defaults(func=cmd_eval)

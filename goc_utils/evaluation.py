@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import re
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 from goc_utils.cache.method import CacheMethod
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.models import DiT
+from goc_utils.sampling import generate, per_sample_inputs, sample_to_npz
 
 TABLE_METHODS = ("none", "fora-25", "fora-25+goc", "fora-50", "fora-50+goc", "l2c", "l2c+goc")
 """The paper's comparison: each host schedule with plain reuse and with GOC."""
@@ -104,8 +107,6 @@ def eval_sample(
     progress: bool = True,
 ) -> Path:
     """Sample ``num_samples`` images of one method into ``out_dir/samples.npz`` (resumable)."""
-    from goc_utils.sampling import sample_to_npz
-
     method, engine = build_engine(model, settings, text)
     return sample_to_npz(
         model,
@@ -135,6 +136,7 @@ class ResultRow:
     samples: int
     inception_score: float
     fid: float
+    fid_std: float | None
     sfid: float
     precision: float
     recall: float
@@ -154,6 +156,7 @@ COLUMNS = {
     "samples": ("samples", "{}"),
     "inception_score": ("IS", "{:.3f}"),
     "fid": ("FID", "{:.3f}"),
+    "fid_std": ("FID bootstrap std", "{:.3f}"),
     "sfid": ("sFID", "{:.3f}"),
     "precision": ("precision", "{:.4f}"),
     "recall": ("recall", "{:.4f}"),
@@ -177,7 +180,8 @@ def _cell(value, fmt: str) -> str:
 
 def format_results(rows: Sequence[ResultRow]) -> str:
     """Markdown table of the results (precision / recall as fractions, like the evaluator prints them)."""
-    keys = [k for k in COLUMNS if k != "agreement" or any(r.agreement is not None for r in rows)]
+    optional = ("agreement", "fid_std")
+    keys = [k for k in COLUMNS if k not in optional or any(getattr(r, k) is not None for r in rows)]
     lines = ["| " + " | ".join(COLUMNS[k][0] for k in keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(getattr(row, k), COLUMNS[k][1]) for k in keys) + " |")
@@ -220,33 +224,30 @@ def read_results(path: str | Path) -> list[dict]:
 def time_methods(
     model: DiT, settings: EvalSettings, methods: Sequence[str], batch: int, repeats: int
 ) -> dict[str, float]:
-    """Median seconds to sample one batch of ``batch`` images with each method (after one warm-up)."""
-    import statistics
-    import time
+    """Median seconds to sample one batch of ``batch`` images with each method.
 
-    from goc_utils.sampling import per_sample_inputs
-
+    Every method runs once untimed, then the timed runs go round-robin over the methods so
+    that a slow phase of the machine hits all of them alike.
+    """
     labels, noise = per_sample_inputs(model, range(batch), settings.seed)
     device = next(model.parameters()).device
     noise = noise.to(device)
-    result = {}
-    from goc_utils.sampling import generate
-
-    for text in tqdm(methods, desc="latency", leave=False):
-        _, engine = build_engine(model, settings, text)
-        times = []
-        for i in range(repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            generate(model, labels, steps=settings.steps, sampler=settings.sampler, cfg_scale=settings.cfg_scale,
-                     forward=engine.forward, noise=noise)  # fmt: skip
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i:
-                times.append(time.perf_counter() - start)
-        result[text] = statistics.median(times)
-    return result
+    engines = {text: build_engine(model, settings, text)[1] for text in methods}
+    times: dict[str, list[float]] = {text: [] for text in methods}
+    with tqdm(total=len(methods) * (repeats + 1), desc="latency", leave=False) as bar:
+        for round_ in range(repeats + 1):
+            for text, engine in engines.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                generate(model, labels, steps=settings.steps, sampler=settings.sampler, cfg_scale=settings.cfg_scale,
+                         forward=engine.forward, noise=noise)  # fmt: skip
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if round_:
+                    times[text].append(time.perf_counter() - start)
+                bar.update()
+    return {text: statistics.median(values) for text, values in times.items()}
 
 
 def score_methods(
@@ -258,17 +259,21 @@ def score_methods(
     extractor,
     latency: dict[str, float],
     progress: bool = True,
+    fid_bootstrap: int = 0,
 ) -> list[ResultRow]:
-    """Metrics, fidelity to ``none``, MACs and latency for each method's ``samples.npz``."""
+    """Metrics, fidelity to ``none``, MACs and latency for each method's ``samples.npz``.
+
+    ``fid_bootstrap`` > 1 adds the bootstrap spread of each FID (that many resamples).
+    """
     from goc_utils.macs import model_macs, theoretical_speedup
+    from goc_utils.metrics.adm import fid_bootstrap_std
     from goc_utils.metrics.batches import batch_info, check_same_size, read_labels
     from goc_utils.metrics.evaluate import reference_features, score_features
     from goc_utils.metrics.features import extract
-    from goc_utils.metrics.fidelity import psnr, ssim
+    from goc_utils.metrics.fidelity import file_fidelity
 
     ref = reference_features(ref_path, extractor, progress)
     macs = model_macs(model)
-    baseline = np.load(samples["none"])["arr_0"] if "none" in samples else None
     rows = []
     for text in methods:
         check_same_size(batch_info(ref_path), batch_info(samples[text]))
@@ -276,8 +281,7 @@ def score_methods(
         labels = read_labels(samples[text]) if extractor.name == "digits" else None
         scores = score_features(ref, feats, labels)
         method, engine = build_engine(model, settings, text)
-        images = np.load(samples[text])["arr_0"]
-        same = baseline is not None and baseline.shape == images.shape
+        fidelity = file_fidelity(samples["none"], samples[text], device=extractor.device) if "none" in samples else None
         rows.append(
             ResultRow(
                 method=text,
@@ -285,6 +289,7 @@ def score_methods(
                 samples=scores.samples,
                 inception_score=scores.inception_score,
                 fid=scores.fid,
+                fid_std=fid_bootstrap_std(feats.pool, ref.stats, fid_bootstrap) if fid_bootstrap > 1 else None,
                 sfid=scores.sfid,
                 precision=scores.precision,
                 recall=scores.recall,
@@ -293,8 +298,8 @@ def score_methods(
                 macs_speedup=theoretical_speedup(macs, engine.schedule),
                 latency_s=latency[text],
                 measured_speedup=latency.get("none", latency[text]) / latency[text],
-                psnr_vs_none=psnr(baseline, images) if same else None,
-                ssim_vs_none=ssim(baseline, images) if same else None,
+                psnr_vs_none=None if fidelity is None else fidelity[0],
+                ssim_vs_none=None if fidelity is None else fidelity[1],
                 agreement=scores.agreement,
             )
         )
@@ -348,6 +353,7 @@ def run_eval(
     latency_repeats: int = 3,
     dist: Distributed | None = None,
     progress: bool = True,
+    fid_bootstrap: int = 0,
 ) -> list[ResultRow] | None:
     """Sample every method into ``out_dir/<method>/samples.npz`` and score them (rows on rank 0, None elsewhere)."""
     dist = dist or Distributed()
@@ -361,7 +367,7 @@ def run_eval(
     if dist.rank != 0:
         return None
     latency = time_methods(model, settings, list(dict.fromkeys(["none", *methods])), latency_batch, latency_repeats)
-    return score_methods(model, settings, methods, samples, ref_path, extractor, latency, progress)
+    return score_methods(model, settings, methods, samples, ref_path, extractor, latency, progress, fid_bootstrap)
 
 
 __all__ = [

@@ -390,3 +390,59 @@ def method_table(model, results: dict, errors: dict, steps: int, router: str | N
             }
         )
     return rows
+
+
+def fid_table(
+    p: StudyParams,
+    methods: str,
+    cfg_scales: str = "1.5",
+    num_samples: int = 2000,
+    per_device_batch: int = 250,
+    router: str = "",
+    ref_batch: str = "",
+    features: str = "",
+    inception_weights: str = "",
+    samples_dir: str = "",
+    latency_repeats: int = 3,
+    fid_bootstrap: int = 20,
+    name: str = "05_fid_table",
+) -> list[dict]:
+    """`goc eval` from a notebook: sample (resumably) and score every method, write ``figures/<name>.csv|md``.
+
+    Samples go to ``samples_dir`` (default ``runs/eval/<model>/cfg<c>/<method>/``), the folder
+    ``make eval-tiny`` fills too, so a finished run is only re-scored. ``l2c`` methods are skipped
+    when no router is given and none is committed for the model.
+    """
+    from dataclasses import asdict
+
+    from goc_utils.errors import InvalidArgumentError
+    from goc_utils.evaluation import EvalSettings, parse_methods, run_eval, write_results
+    from goc_utils.metrics.batches import batch_info
+    from goc_utils.metrics.features import build_extractor
+
+    features = features or ("digits" if p.model == "tiny-digits" else "inception")
+    ref = ref_batch or (str(paths.DIGITS_REFERENCE_BATCH) if features == "digits" else "")
+    if not ref:
+        raise InvalidArgumentError(
+            "parameter ref_batch is required with Inception features: the ADM reference batch "
+            "VIRTUAL_imagenet256_labeled.npz (see the README section on DiT-XL/2)"
+        )
+    batch_info(ref)
+    router_path = router or default_router(p.model, p.steps)
+    wanted = [m for m in parse_methods(methods) if router_path or not m.startswith("l2c")]
+    scales = [float(c) for c in cfg_scales.split(",") if c.strip()]
+    model, vae = p.load_model(), p.load_vae()
+    extractor = build_extractor(features, p.torch_device, inception_weights or None)
+    out = Path(samples_dir) if samples_dir else paths.RUNS_DIR / "eval" / p.model.replace("/", "-")
+    rows = []
+    for cfg in scales:
+        settings = EvalSettings(
+            model=p.model, ckpt=p.ckpt, image_size=p.image_size, vae=p.vae, steps=p.steps, cfg_scale=cfg,
+            seed=p.seed, per_device_batch=per_device_batch, router=router_path,
+        )  # fmt: skip
+        rows += run_eval(
+            model, settings, wanted, num_samples, out / f"cfg{cfg:g}", ref, extractor, vae,
+            latency_repeats=latency_repeats, fid_bootstrap=fid_bootstrap,
+        )  # fmt: skip
+    write_results(rows, paths.FIGURES_DIR, name)
+    return [asdict(r) for r in rows]

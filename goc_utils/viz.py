@@ -271,3 +271,44 @@ def per_step_error_plot(errors: dict[str, np.ndarray]):
     ax.set_title("Error along the sampling trajectory (same noise)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def quality_speed_figure(rows: Sequence[dict], metrics: Sequence[str] = ("fid", "psnr_vs_none")):
+    """Quality vs MACs speedup, one line per compensator (plain reuse, GOC, ...) and one panel per metric.
+
+    ``rows`` are result-table rows (dicts with ``method``, ``cfg_scale``, ``macs_speedup`` and the
+    metrics); every line starts at the un-cached point, markers are labelled by host schedule.
+    """
+    plt = _plt()
+    labels = {"fid": "FID (lower is better)", "psnr_vs_none": "PSNR vs un-cached, dB (higher is better)"}
+    cfgs = sorted({r["cfg_scale"] for r in rows})
+    fig, axes = plt.subplots(len(cfgs), len(metrics), figsize=(4.2 * len(metrics), 3.1 * len(cfgs)), squeeze=False)
+    for i, cfg in enumerate(cfgs):
+        subset = [r for r in rows if r["cfg_scale"] == cfg]
+        base = next((r for r in subset if r["method"] == "none"), None)
+        lines: dict[str, list[dict]] = {}
+        for r in subset:
+            if r["method"] != "none":
+                comp = r["method"].split("+", 1)[1].split(":")[0] if "+" in r["method"] else "plain reuse"
+                lines.setdefault(comp, []).append(r)
+        for j, metric in enumerate(metrics):
+            ax = axes[i][j]
+            for comp, points in lines.items():
+                points = sorted(points, key=lambda r: r["macs_speedup"])
+                if base is not None and metric != "psnr_vs_none":
+                    points = [base, *points]
+                xs = [p["macs_speedup"] for p in points]
+                ys = [p[metric] for p in points]
+                ax.plot(xs, ys, marker="o", ms=4, label=comp)
+                for p in points:
+                    if p["method"] != "none":
+                        ax.annotate(p["method"].split("+")[0].split(":")[0], (p["macs_speedup"], p[metric]),
+                                    fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
+            if base is not None and metric != "psnr_vs_none":
+                ax.axhline(base[metric], color="grey", lw=0.6, ls=":")
+            ax.set_xlabel("theoretical speedup (MACs)")
+            ax.set_ylabel(labels.get(metric, metric), fontsize=8)
+            ax.set_title(f"cfg {cfg:g}, {subset[0]['samples']} samples per method", fontsize=9)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -20,7 +20,7 @@ from goc_utils.metrics.adm import (
 from goc_utils.metrics.batches import BatchFileError, batch_info, check_same_size, iter_images, read_statistics
 from goc_utils.metrics.evaluate import evaluate_batches
 from goc_utils.metrics.features import build_extractor, extract
-from goc_utils.metrics.fidelity import psnr, ssim
+from goc_utils.metrics.fidelity import file_fidelity, psnr, ssim
 from goc_utils.metrics.inception import FIDInception, load_inception, random_inception, resize_bilinear_tf1
 from goc_utils.sampling import write_npz
 
@@ -292,3 +292,16 @@ def test_psnr_and_ssim():
     assert ssim(big_a, big_b) == pytest.approx(_ssim_loop(big_a, big_b, size=11), rel=1e-9)
     with pytest.raises(InvalidArgumentError, match="one shape"):
         psnr(a, a[:2])
+
+
+def test_file_fidelity_streams_the_same_numbers(tmp_path):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, size=(7, 12, 12, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-30, 31, size=a.shape), 0, 255).astype(np.uint8)
+    write_npz(tmp_path / "a.npz", arr_0=a)
+    write_npz(tmp_path / "b.npz", arr_0=b)
+    streamed = file_fidelity(tmp_path / "a.npz", tmp_path / "b.npz", batch_size=3)
+    assert streamed == pytest.approx((psnr(a, b), ssim(a, b)), rel=1e-12)
+    write_npz(tmp_path / "c.npz", arr_0=a[:5])
+    with pytest.raises(InvalidArgumentError, match="same --num-samples"):
+        file_fidelity(tmp_path / "a.npz", tmp_path / "c.npz")

@@ -43,10 +43,13 @@ def test_notebooks_run_in_smoke_mode(tmp_path, monkeypatch):
         "03_gradient_consistency",
         "04_same_noise_grid",
         "04_per_step_error",
+        "05_fid_vs_speedup",
     ):
         assert (tmp_path / "figures" / f"{figure}.png").is_file() and (tmp_path / "figures" / f"{figure}.pdf").is_file()
     assert (tmp_path / "figures" / "03_inflections.md").read_text().startswith("| schedule |")
     assert "fora-50+goc" in (tmp_path / "figures" / "04_methods.md").read_text()
+    fid_table = (tmp_path / "figures" / "05_fid_table.md").read_text()
+    assert fid_table.startswith("| method | cfg | samples | IS | FID |") and "| fora-50+goc | 1.5 | 40 |" in fid_table
 
 
 def test_wrong_parameter_type_names_notebook_and_cell(tmp_path, monkeypatch):

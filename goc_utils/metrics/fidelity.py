@@ -33,14 +33,34 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
 
 
-def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+def _gaussian_1d(size: int, sigma: float) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    return g / g.sum()
 
 
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, window: int = 11, sigma: float = 1.5) -> float:
+def _ssim_map(a: np.ndarray, b: np.ndarray, data_range: float, window: int, sigma: float, device) -> torch.Tensor:
+    """Per-position SSIM values of every image and channel (valid region), float64."""
+    size = min(window, min(a.shape[1:3]) - (1 - min(a.shape[1:3]) % 2))
+    if size < 1:
+        raise InvalidArgumentError(f"images of size {a.shape[1:3]} are too small for SSIM")
+    g = _gaussian_1d(size, sigma).to(device)
+    rows, cols = g.view(1, 1, size, 1), g.view(1, 1, 1, size)
+    x = torch.from_numpy(np.ascontiguousarray(a)).to(device).permute(0, 3, 1, 2).double().flatten(0, 1)[:, None]
+    y = torch.from_numpy(np.ascontiguousarray(b)).to(device).permute(0, 3, 1, 2).double().flatten(0, 1)[:, None]
+
+    def blur(t: torch.Tensor) -> torch.Tensor:  # separable Gaussian, valid region
+        return F.conv2d(F.conv2d(t, rows), cols)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+
+
+def ssim(
+    a: np.ndarray, b: np.ndarray, data_range: float = 255.0, window: int = 11, sigma: float = 1.5, device="cpu"
+) -> float:
     """Mean SSIM (Wang et al. 2004) over images and channels.
 
     Gaussian window (11 x 11, sigma 1.5; shrunk to the largest odd size that fits images smaller
@@ -48,21 +68,27 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, window: int = 
     (co)variances: the definition of the paper and of ``skimage`` with ``gaussian_weights=True``.
     """
     _check_pair(a, b)
-    size = min(window, min(a.shape[1:3]) - (1 - min(a.shape[1:3]) % 2))
-    if size < 1:
-        raise InvalidArgumentError(f"images of size {a.shape[1:3]} are too small for SSIM")
-    kernel = _gaussian_window(size, sigma)[None, None]
-    x = torch.from_numpy(a).permute(0, 3, 1, 2).double().flatten(0, 1)[:, None]
-    y = torch.from_numpy(b).permute(0, 3, 1, 2).double().flatten(0, 1)[:, None]
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel)
-
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return float(s.mean())
+    return float(_ssim_map(a, b, data_range, window, sigma, device).mean())
 
 
-__all__ = ["psnr", "ssim"]
+def file_fidelity(path_a, path_b, batch_size: int = 256, device="cpu") -> tuple[float, float]:
+    """``(PSNR, SSIM)`` of two ADM batch files, streamed in chunks (50,000 images never sit in memory)."""
+    from goc_utils.metrics.batches import batch_info, iter_images
+
+    info_a, info_b = batch_info(path_a), batch_info(path_b)
+    if (info_a.count, info_a.image_shape) != (info_b.count, info_b.image_shape):
+        raise InvalidArgumentError(
+            f"fidelity needs batches of one shape: {info_a.count} x {info_a.image_shape} vs "
+            f"{info_b.count} x {info_b.image_shape} (sample both methods with the same --num-samples)"
+        )
+    squared, ssim_sum, positions = 0.0, 0.0, 0
+    for x, y in zip(iter_images(path_a, batch_size), iter_images(path_b, batch_size), strict=True):
+        squared += float(np.sum((x.astype(np.float64) - y.astype(np.float64)) ** 2))
+        values = _ssim_map(x, y, 255.0, 11, 1.5, device)
+        ssim_sum += float(values.sum())
+        positions += values.numel()
+    mse = squared / (info_a.count * np.prod(info_a.image_shape))
+    return (float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))), ssim_sum / positions
+
+
+__all__ = ["file_fidelity", "psnr", "ssim"]
