@@ -178,29 +178,44 @@ def _cell(value, fmt: str) -> str:
     return fmt.format(value)
 
 
-def format_results(rows: Sequence[ResultRow]) -> str:
-    """Markdown table of the results (precision / recall as fractions, like the evaluator prints them)."""
+TIMING_COLUMNS = ("latency_s", "measured_speedup")
+"""Columns that vary from run to run (wall-clock time); everything else is deterministic on CPU."""
+
+
+def format_results(rows: Sequence[ResultRow], timing: bool = True) -> str:
+    """Markdown table of the results (precision / recall as fractions, like the evaluator prints them).
+
+    ``timing=False`` leaves out the wall-clock columns, so the table is byte-reproducible.
+    """
     optional = ("agreement", "fid_std")
     keys = [k for k in COLUMNS if k not in optional or any(getattr(r, k) is not None for r in rows)]
+    keys = [k for k in keys if timing or k not in TIMING_COLUMNS]
     lines = ["| " + " | ".join(COLUMNS[k][0] for k in keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(getattr(row, k), COLUMNS[k][1]) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_results(rows: Sequence[ResultRow], out_dir: str | Path, name: str = "results") -> tuple[Path, Path]:
-    """``<name>.csv`` (full precision) and ``<name>.md`` in ``out_dir``."""
+def write_results(
+    rows: Sequence[ResultRow], out_dir: str | Path, name: str = "results", timing: bool = True
+) -> tuple[Path, Path]:
+    """``<name>.csv`` (full precision) and ``<name>.md`` in ``out_dir`` (``timing=False``: no wall-clock columns)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])), lineterminator="\n")
+        fields = [k for k in asdict(rows[0]) if timing or k not in TIMING_COLUMNS]
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow(
-                {k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)) for k, v in asdict(row).items()}
+                {
+                    k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v))
+                    for k, v in asdict(row).items()
+                    if k in fields
+                }  # fmt: skip
             )
-    md_path.write_text(format_results(rows))
+    md_path.write_text(format_results(rows, timing))
     return csv_path, md_path
 
 

@@ -409,6 +409,9 @@ def fid_table(
 ) -> list[dict]:
     """`goc eval` from a notebook: sample (resumably) and score every method, write ``figures/<name>.csv|md``.
 
+    The table leaves out wall-clock columns (so ``make study`` reproduces it byte for byte);
+    latencies go to ``figures/<name>_latency.csv|md``, which changes from run to run.
+
     Samples go to ``samples_dir`` (default ``runs/eval/<model>/cfg<c>/<method>/``), the folder
     ``make eval-tiny`` fills too, so a finished run is only re-scored. ``l2c`` methods are skipped
     when no router is given and none is committed for the model.
@@ -444,5 +447,9 @@ def fid_table(
             model, settings, wanted, num_samples, out / f"cfg{cfg:g}", ref, extractor, vae,
             latency_repeats=latency_repeats, fid_bootstrap=fid_bootstrap,
         )  # fmt: skip
-    write_results(rows, paths.FIGURES_DIR, name)
+    write_results(rows, paths.FIGURES_DIR, name, timing=False)  # byte-reproducible
+    latency = [{"method": r.method, "cfg": r.cfg_scale, "MACs speedup": f"{r.macs_speedup:.3f}x",
+                "latency s/batch": f"{r.latency_s:.4f}", "measured speedup": f"{r.measured_speedup:.3f}x"}
+               for r in rows]  # fmt: skip
+    write_table(latency, f"{name}_latency")
     return [asdict(r) for r in rows]

@@ -289,7 +289,7 @@ def quality_speed_figure(rows: Sequence[dict], metrics: Sequence[str] = ("fid", 
         lines: dict[str, list[dict]] = {}
         for r in subset:
             if r["method"] != "none":
-                comp = r["method"].split("+", 1)[1].split(":")[0] if "+" in r["method"] else "plain reuse"
+                comp = r["method"].split("+", 1)[1] if "+" in r["method"] else "plain reuse"
                 lines.setdefault(comp, []).append(r)
         for j, metric in enumerate(metrics):
             ax = axes[i][j]
@@ -299,7 +299,8 @@ def quality_speed_figure(rows: Sequence[dict], metrics: Sequence[str] = ("fid", 
                     points = [base, *points]
                 xs = [p["macs_speedup"] for p in points]
                 ys = [p[metric] for p in points]
-                ax.plot(xs, ys, marker="o", ms=4, label=comp)
+                errors = [p.get("fid_std") or 0.0 for p in points] if metric == "fid" else None
+                ax.errorbar(xs, ys, yerr=errors, marker="o", ms=4, capsize=2, lw=1, label=comp)
                 for p in points:
                     if p["method"] != "none":
                         ax.annotate(p["method"].split("+")[0].split(":")[0], (p["macs_speedup"], p[metric]),
