@@ -659,17 +659,22 @@ def cmd_inflections(args: argparse.Namespace) -> int:
 
     schedule = build_schedule(args.schedule, stats.steps, stats.depth, **options)
     uw = unit_macs_weights(stats)
+    source = args.source or ("samples" if stats.has_gram else "mean")
     if args.weight == "auto":
-        probe = calibrate_weight(stats, schedule, None, "global", uw)
+        probe = calibrate_weight(stats, schedule, None, "global", uw, source=source)
     else:
         probe = GOC_REFERENCE_WEIGHT.get(args.schedule, 1.2) if args.weight is None else args.weight
-    correct, inflections, _ = inflection_steps(stats, schedule, probe, uw)
-    weight = calibrate_weight(stats, schedule, correct, args.granularity, uw) if args.weight == "auto" else probe
-    plain, goc = total_error(simulate_goc(stats, schedule, weight, correct), uw)
+    correct, inflections, _ = inflection_steps(stats, schedule, probe, uw, source=source)
+    if args.weight == "auto":
+        weight = calibrate_weight(stats, schedule, correct, args.granularity, uw, source=source)
+    else:
+        weight = probe
+    plain, goc = total_error(simulate_goc(stats, schedule, weight, correct, source=source), uw)
     ref_steps = schedule.reference_correction_steps
     print(
         f"priors: {stats.model}, DDIM-{stats.steps}, cfg {stats.cfg_scale:g}, {stats.count} samples; "
-        f"schedule {schedule.name} (reuses at steps {schedule.reuse_steps()})"
+        f"schedule {schedule.name} (reuses at steps {schedule.reuse_steps()}); replayed on the "
+        + ("per-sample trajectories" if source == "samples" else "class-averaged mean trajectory")
     )
     print(f"correction steps: {','.join(map(str, correct)) or '(none)'}")
     print(f"inflection steps (correction skipped): {','.join(map(str, inflections)) or '(none)'}")
@@ -684,7 +689,7 @@ def cmd_inflections(args: argparse.Namespace) -> int:
     )
     if ref_steps is not None:
         ref_weight = GOC_REFERENCE_WEIGHT.get(args.schedule, 1.2)
-        _, ref = total_error(simulate_goc(stats, schedule, ref_weight, ref_steps), uw)
+        _, ref = total_error(simulate_goc(stats, schedule, ref_weight, ref_steps, source=source), uw)
         print(
             f"paper's hand-set steps {','.join(map(str, ref_steps))} with w={ref_weight}: GOC {ref:.3f} "
             f"({100 * (ref / plain - 1):+.1f}%)"
@@ -719,6 +724,13 @@ def add_priors_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--router", default=None, help="l2c: router checkpoint")
     p.add_argument("--router-thres", type=_float, default=0.1, help="l2c: threshold (default 0.1)")
     p.add_argument("--weight", type=_weight, default=None, help="w, or auto (least squares); default the paper's")
+    p.add_argument(
+        "--source",
+        choices=["samples", "mean"],
+        default=None,
+        help="replay on the per-sample trajectories (default when the file has them) or on the class-averaged "
+        "mean trajectory (the paper's prior knowledge)",
+    )
     p.add_argument(
         "--granularity",
         choices=["global", "step", "unit"],

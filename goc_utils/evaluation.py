@@ -61,9 +61,21 @@ class EvalSettings:
         """``run.json``: what must match for a rerun to resume (the sample count may grow)."""
         record = {k: v for k, v in asdict(self).items() if k not in ("router", "thres", "priors")}
         record["method"] = text
-        record.update({f"schedule_{k}": v for k, v in method.schedule_options.items()})
+        record.update({f"schedule_{k}": _portable(v) for k, v in method.schedule_options.items()})
         record.update({f"compensator_{k}": v for k, v in method.compensator_options.items()})
         return record
+
+
+def _portable(value):
+    """Paths inside the project as relative paths, so a clone elsewhere resumes the same run."""
+    if isinstance(value, str) and Path(value).is_absolute():
+        from goc_utils import paths
+
+        try:
+            return str(Path(value).resolve().relative_to(paths.PROJECT_ROOT))
+        except ValueError:
+            return value
+    return value
 
 
 def method_folder(text: str) -> str:
@@ -108,12 +120,20 @@ def eval_sample(
 ) -> Path:
     """Sample ``num_samples`` images of one method into ``out_dir/samples.npz`` (resumable)."""
     method, engine = build_engine(model, settings, text)
+    manifest = settings.manifest(method, text)
+    config = getattr(engine.compensator, "config", None)
+    if "auto" in manifest.values() and config is not None:  # record what "auto" resolved to
+        weight = np.asarray(config.weight, dtype=float)
+        manifest["resolved_weight"] = round(float(weight), 6) if weight.ndim == 0 else weight.round(6).tolist()
+        manifest["resolved_correction_steps"] = (
+            None if config.correction_steps is None else list(config.correction_steps)
+        )
     return sample_to_npz(
         model,
         out_dir,
         num_samples,
         settings.per_device_batch,
-        settings.manifest(method, text),
+        manifest,
         seed=settings.seed,
         steps=settings.steps,
         sampler=settings.sampler,

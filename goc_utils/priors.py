@@ -9,7 +9,12 @@ memory does not grow with the number of classes and no per-class file is written
   1 = MLP branch, 2 = block output);
 * ``abs_mean`` / ``l2``: per (step, block, kind) mean over samples of ``mean|x|`` and ``||x||_2``;
 * ``adjacent_cos`` / ``adjacent_rel_l1``: per (step >= 1, block, kind) mean over samples of
-  ``cos(x_s, x_{s-1})`` and ``||x_s - x_{s-1}||_1 / ||x_{s-1}||_1``.
+  ``cos(x_s, x_{s-1})`` and ``||x_s - x_{s-1}||_1 / ||x_{s-1}||_1``;
+* ``gram``: per (block, unit) of the two cacheable units, the steps x steps matrix of mean per-sample
+  inner products ``E <x_s, x_t>``. Every GOC replay is a linear combination of a sample's own
+  features, so this matrix gives its expected per-sample squared error exactly. Features with more
+  than :data:`GRAM_DIM` numbers per sample are first sketched (a fixed Gaussian projection of the
+  hidden dimension, unbiased for inner products), so the per-batch history it needs stays small.
 
 The protocol defaults to the paper's: one sample per class, seed 0 (every class starts
 from the same noise, as the reference script seeds each class run with 0), cfg 4.0,
@@ -17,9 +22,10 @@ DDIM-20, no cache. Runs can be split into class shards and merged.
 
 **Analysis.** From a priors file: step x step similarity matrices of the mean features,
 gradients ``g_s = F_s - F_{s-1}`` and their direction consistency ``cos(g_s, g_{s-1})``,
-and a simulation of GOC's queue on the prior trajectory for a schedule and weight w,
-which yields the inflection-aware correction steps and a least-squares w (see
-:func:`inflection_steps` and :func:`calibrate_weight`).
+and a replay of GOC's queue for a schedule and weight w, which yields the inflection-aware
+correction steps and a least-squares w (see :func:`inflection_steps` and
+:func:`calibrate_weight`). The replay runs on the per-sample trajectories (``gram``, the
+default) or, as the paper's "prior knowledge", on the class-averaged mean trajectory.
 """
 
 from __future__ import annotations
@@ -45,9 +51,33 @@ KINDS = ("attention", "mlp", "block")
 
 PRIORS_FORMAT = "goc-priors/1"
 
+GRAM_DIM = 4096
+"""Largest per-sample feature size (tokens x hidden) kept exactly for ``gram``; larger ones are sketched."""
+
+GRAM_SOURCES = ("samples", "mean")
+
+
+def sketch_features(x: torch.Tensor, limit: int = GRAM_DIM) -> torch.Tensor:
+    """``(B, T, D)`` unit features -> ``(B, r)`` float32 on the CPU with ``E <S x, S y> = <x, y>``.
+
+    Exact (``r = T * D``) when ``T * D <= limit``; otherwise each token's hidden vector is projected
+    by one fixed Gaussian matrix ``(D, k) / sqrt(k)`` with ``k = max(1, limit // T)`` (seed 0, the same
+    for every unit and run, so shards merge), giving ``r = T * k``.
+    """
+    tokens, hidden = x.shape[1], x.shape[2]
+    if tokens * hidden <= limit:
+        return x.detach().flatten(1).to("cpu", torch.float32)
+    k = max(1, limit // tokens)
+    generator = torch.Generator().manual_seed(0)
+    projection = torch.randn(hidden, k, generator=generator, dtype=torch.float32) / k**0.5
+    return (x.detach().float() @ projection.to(x.device)).flatten(1).to("cpu")
+
 
 class PriorsError(GocError):
     """A priors file that is missing, corrupt, or made for another model / step count / cfg."""
+
+
+STAT_NAMES = ("sum_feature", "sum_abs", "sum_l2", "sum_cos", "sum_rel_l1", "sum_gram")
 
 
 @dataclass
@@ -77,6 +107,8 @@ class PriorStats:
         self.sum_l2 = np.zeros(shape, dtype=np.float64)
         self.sum_cos = np.zeros(shape, dtype=np.float64)
         self.sum_rel_l1 = np.zeros(shape, dtype=np.float64)
+        self.sum_gram = np.zeros((self.steps, self.steps, self.depth, 2), dtype=np.float64)
+        self.gram_count = 0
 
     # ------------------------------------------------------------------ accumulation
     def add(self, step: int, block: int, kind: int, x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
@@ -97,12 +129,22 @@ class PriorStats:
             self.sum_rel_l1[step, block, kind] += rel.sum().item()
         return flat.to(torch.float32)
 
+    def add_gram(self, step: int, block: int, unit: int, sketch: torch.Tensor, history: list[torch.Tensor]) -> None:
+        """Add ``sum_b <z_s[b], z_t[b]>`` for ``t <= step`` (``history`` = this batch's sketches of steps < s)."""
+        z = sketch.to(torch.float64)
+        for t, past in enumerate(history):
+            value = float((z * past.to(torch.float64)).sum())
+            self.sum_gram[step, t, block, unit] += value
+            self.sum_gram[t, step, block, unit] += value
+        self.sum_gram[step, step, block, unit] += float((z * z).sum())
+
     def merge(self, other: PriorStats) -> PriorStats:
         """Add another shard's statistics (same model, steps, cfg) into this one."""
         check_compatible(self.header(), other.header(), "merge")
-        for name in ("sum_feature", "sum_abs", "sum_l2", "sum_cos", "sum_rel_l1"):
+        for name in STAT_NAMES:
             getattr(self, name).__iadd__(getattr(other, name))
         self.count += other.count
+        self.gram_count += other.gram_count
         self.classes += other.classes
         self.seeds += other.seeds
         return self
@@ -112,6 +154,29 @@ class PriorStats:
     def mean(self) -> np.ndarray:
         """Mean feature ``(steps, depth, 3, T, D)``."""
         return self.sum_feature / max(self.count, 1)
+
+    @property
+    def has_gram(self) -> bool:
+        """Whether every sample contributed to ``gram`` (files from before it was recorded lack it)."""
+        return self.count > 0 and self.gram_count == self.count
+
+    def gram(self, source: str = "samples") -> np.ndarray:
+        """Steps x steps inner products of the two units ``(steps, steps, depth, 2)``.
+
+        ``samples``: mean over samples of ``<x_s, x_t>`` (what a replay's expected per-sample error
+        needs); ``mean``: ``<m_s, m_t>`` of the class-averaged mean features (the paper's prior knowledge).
+        """
+        if source not in GRAM_SOURCES:
+            raise InvalidArgumentError(f"unknown priors source {source!r}; choose samples or mean")
+        if source == "samples":
+            if not self.has_gram:
+                raise PriorsError(
+                    "this priors file has no per-sample statistics (made before they were recorded); "
+                    "recreate it with `goc priors` or use the mean trajectory"
+                )
+            return self.sum_gram / self.count
+        flat = self.mean[:, :, :2].reshape(self.steps, self.depth, 2, -1)
+        return np.einsum("sbuk,tbuk->stbu", flat, flat)
 
     def scalar(self, name: str) -> np.ndarray:
         """Mean over samples of ``abs_mean``, ``l2``, ``adjacent_cos`` or ``adjacent_rel_l1`` ``(steps, depth, 3)``."""
@@ -138,6 +203,7 @@ class PriorStats:
             "tokens": self.tokens,
             "hidden": self.hidden,
             "count": self.count,
+            "gram_count": self.gram_count,
             "classes": self.classes,
             "seeds": self.seeds,
             "kinds": list(KINDS),
@@ -148,10 +214,7 @@ class PriorStats:
         """One safetensors file: float64 sums + a JSON header (model, steps, cfg, classes, seeds, count)."""
         from goc_utils.training import atomic_save_safetensors
 
-        tensors = {
-            name: torch.from_numpy(getattr(self, name))
-            for name in ("sum_feature", "sum_abs", "sum_l2", "sum_cos", "sum_rel_l1")
-        }
+        tensors = {name: torch.from_numpy(getattr(self, name)) for name in STAT_NAMES}
         atomic_save_safetensors(tensors, Path(path), {"goc_priors": json.dumps(self.header())})
         return Path(path)
 
@@ -187,6 +250,7 @@ class PriorStats:
             list(header["seeds"]),
         )
         stats.count = int(header["count"])
+        stats.gram_count = int(header.get("gram_count", 0))
         for name, value in tensors.items():
             if getattr(stats, name).shape != value.shape:
                 raise PriorsError(f"priors file {str(path)!r}: tensor {name} has shape {value.shape}, header disagrees")
@@ -258,6 +322,11 @@ def extract_priors(
     def record(step: int, block: int, kind: int, value: torch.Tensor) -> None:
         previous = state["prev"].get((block, kind)) if step > 0 else None
         state["prev"][(block, kind)] = stats.add(step, block, kind, value[: state["n"]], previous)
+        if kind < 2:
+            history = state["history"].setdefault((block, kind), [])
+            sketch = sketch_features(value[: state["n"]])
+            stats.add_gram(step, block, kind, sketch, history)
+            history.append(sketch)
 
     def block_hook(index: int):
         def hook(module, inputs, output):
@@ -275,9 +344,10 @@ def extract_priors(
         batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
         for batch in tqdm(batches, desc=f"priors {model_name}", disable=not progress):
             noise = torch.cat([draw_noise(model, 1, seed, device) for _, seed in batch])
-            state.update(n=len(batch), prev={})
+            state.update(n=len(batch), prev={}, history={})
             generate(model, [c for c, _ in batch], steps=steps, cfg_scale=cfg_scale, forward=forward, noise=noise)
             stats.count += len(batch)
+            stats.gram_count += len(batch)
             stats.classes += [c for c, _ in batch]
             stats.seeds += [s for _, s in batch]
     finally:
@@ -318,11 +388,12 @@ def gradient_consistency(stats: PriorStats) -> np.ndarray:
 
 @dataclass
 class Simulation:
-    """GOC's queue replayed on the prior (mean-feature) trajectory of the two units.
+    """GOC's queue replayed on the prior trajectories of the two units (see :func:`simulate_goc`).
 
     Attributes:
         reused: ``(steps, depth, 2)`` True where the schedule reuses the unit.
-        error_plain: relative L2 error ``||F_s - used[s-1]|| / ||F_s||`` at reused units, NaN elsewhere.
+        error_plain: relative L2 error ``||F_s - used[s-1]|| / ||F_s||`` at reused units, NaN elsewhere
+            (root mean square over samples relative to the root mean square of ``F_s`` for ``samples``).
         error_goc: the same for the GOC output ``used[s-1] + w (used[s-1] - used[s-2])`` (NaN when only
             one value is queued).
         corrected: ``(steps,)`` the correction decision used for the queue at each step.
@@ -344,8 +415,15 @@ def simulate_goc(
     decide: bool = False,
     unit_weights: tuple[float, float] = (1.0, 1.0),
     fit_step_weights: bool = False,
+    source: str | None = None,
 ) -> Simulation:
-    """Replay GOC on the mean trajectory of the attention / MLP units.
+    """Replay GOC's queue on the prior trajectories of the attention / MLP units.
+
+    Every value in the queue is a linear combination of the un-cached features ``F_t`` of
+    the same sample, so the replay runs on coefficient vectors ``c`` (length = steps) and a
+    squared error is ``c^T K c`` with ``K = stats.gram(source)``: with ``source="samples"``
+    (default when the file has it) the mean per-sample squared error, with ``"mean"`` the error
+    on the class-averaged mean trajectory (the paper's prior knowledge).
 
     ``weight``: a float, or an array ``(steps, depth, 2)``. With ``decide`` the correction
     at each reused step is chosen greedily, in step order, where it lowers the
@@ -356,9 +434,11 @@ def simulate_goc(
     :func:`calibrate_weight`.
     """
     schedule.check_fits(stats.steps, stats.depth)
-    mean = stats.mean[:, :, :2]
+    source = source or ("samples" if stats.has_gram else "mean")
+    gram = stats.gram(source)
     reused = ~schedule.mask
     steps, depth = stats.steps, stats.depth
+    eye = np.eye(steps)
     w = np.broadcast_to(np.asarray(weight, dtype=np.float64), (steps, depth, 2)).copy()
     err_plain = np.full((steps, depth, 2), np.nan)
     err_goc = np.full((steps, depth, 2), np.nan)
@@ -366,44 +446,42 @@ def simulate_goc(
     queue: dict[tuple[int, int], list[np.ndarray]] = {}
     terms: dict[tuple[int, int, int], tuple[float, float]] = {}
     uw = np.asarray(unit_weights, dtype=np.float64)
+    wanted = None if correction_steps is None else {int(c) for c in correction_steps}
     for s in range(steps):
         candidates = {}
         for b in range(depth):
             for u in range(2):
-                target = mean[s, b, u]
                 if not reused[s, b, u]:
                     continue
+                k = gram[:, :, b, u]
                 q = queue[(b, u)]
-                norm = max(np.linalg.norm(target), 1e-12)
-                plain = q[-1]
-                err_plain[s, b, u] = np.linalg.norm(target - plain) / norm
+                norm2 = max(k[s, s], 1e-30)
+                residual = eye[s] - q[-1]  # F_s - used[s-1]
+                err_plain[s, b, u] = np.sqrt(max(residual @ k @ residual, 0.0) / norm2)
                 if len(q) == 2:
                     diff = q[-1] - q[-2]
-                    terms[(s, b, u)] = (
-                        float(np.vdot(target - plain, diff)) / norm**2,
-                        float(np.vdot(diff, diff)) / norm**2,
-                    )
-                    candidates[(b, u)] = (plain, diff, target, norm)
-        if fit_step_weights and candidates and (correction_steps is None or s in set(correction_steps)):
+                    terms[(s, b, u)] = (float(residual @ k @ diff) / norm2, float(diff @ k @ diff) / norm2)
+                    candidates[(b, u)] = (residual, diff, k, norm2)
+        if fit_step_weights and candidates and (wanted is None or s in wanted):
             num = sum(uw[u] * terms[(s, b, u)][0] for (b, u) in candidates)
             den = sum(uw[u] * terms[(s, b, u)][1] for (b, u) in candidates)
             w[s] = num / den if den > 0 else 0.0
-        for (b, u), (plain, diff, target, norm) in list(candidates.items()):
-            goc = plain + w[s, b, u] * diff
-            err_goc[s, b, u] = np.linalg.norm(target - goc) / norm
-            candidates[(b, u)] = goc
+        for (b, u), (residual, diff, k, norm2) in list(candidates.items()):
+            left = residual - w[s, b, u] * diff
+            err_goc[s, b, u] = np.sqrt(max(left @ k @ left, 0.0) / norm2)
+            candidates[(b, u)] = queue[(b, u)][-1] + w[s, b, u] * diff
         if candidates:
             if decide:
                 gain = sum(uw[u] * (err_plain[s, b, u] - err_goc[s, b, u]) for (b, u) in candidates)
                 corrected[s] = gain > 0
             else:
-                corrected[s] = correction_steps is None or s in set(correction_steps)
+                corrected[s] = wanted is None or s in wanted
         for b in range(depth):
             for u in range(2):
                 if reused[s, b, u]:
                     value = candidates[(b, u)] if corrected[s] and (b, u) in candidates else queue[(b, u)][-1]
                 else:
-                    value = mean[s, b, u]
+                    value = eye[s]
                 q = queue.setdefault((b, u), [])
                 q.append(value)
                 if len(q) > 2:
@@ -424,6 +502,7 @@ def inflection_steps(
     schedule: CacheSchedule,
     weight: float | np.ndarray = 1.2,
     unit_weights: tuple[float, float] = (1.0, 1.0),
+    source: str | None = None,
 ) -> tuple[list[int], list[int], Simulation]:
     """The inflection-aware rule: ``(correction steps, inflection steps, simulation)``.
 
@@ -432,7 +511,7 @@ def inflection_steps(
     (the trajectory keeps its direction), and skipped otherwise: the skipped steps with
     two queued values are the inflection steps.
     """
-    sim = simulate_goc(stats, schedule, weight, decide=True, unit_weights=unit_weights)
+    sim = simulate_goc(stats, schedule, weight, decide=True, unit_weights=unit_weights, source=source)
     correctable = sorted({s for (s, _, _) in sim.terms})
     correct = [s for s in correctable if sim.corrected[s]]
     return correct, [s for s in correctable if not sim.corrected[s]], sim
@@ -446,6 +525,7 @@ def calibrate_weight(
     unit_weights: tuple[float, float] = (1.0, 1.0),
     initial: float = 1.0,
     iterations: int = 8,
+    source: str | None = None,
 ) -> float | np.ndarray:
     """Least-squares GOC weight on the prior trajectory.
 
@@ -457,15 +537,18 @@ def calibrate_weight(
     sequentially in step order (exact), and global / per-unit weights by ``iterations``
     fixed-point rounds from ``initial`` on the queue the fitted weight produces.
     Returns a float (global) or an array ``(steps, depth, 2)`` (step / unit; 0 where nothing is corrected).
+    ``source``: the trajectories replayed (see :func:`simulate_goc`).
     """
     if granularity not in ("global", "step", "unit"):
         raise InvalidArgumentError(f"granularity must be global, step or unit (got {granularity!r})")
     if granularity == "step":
-        sim = simulate_goc(stats, schedule, 0.0, correction_steps, unit_weights=unit_weights, fit_step_weights=True)
+        sim = simulate_goc(
+            stats, schedule, 0.0, correction_steps, unit_weights=unit_weights, fit_step_weights=True, source=source
+        )
         return np.where(sim.corrected[:, None, None], sim.weights, 0.0)
     weight: float | np.ndarray = initial
     for _ in range(iterations):
-        sim = simulate_goc(stats, schedule, weight, correction_steps)
+        sim = simulate_goc(stats, schedule, weight, correction_steps, source=source)
         steps_used = {s for s in range(stats.steps) if sim.corrected[s]}
         num = np.zeros((stats.steps, stats.depth, 2))
         den = np.zeros((stats.steps, stats.depth, 2))

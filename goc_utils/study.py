@@ -247,11 +247,19 @@ def load_or_extract_priors(p: StudyParams, classes: str = "all", per_class: int 
     return stats
 
 
-def inflection_table(stats, schedules: Sequence[str] = ("fora-25", "fora-50", "l2c"), router: str | None = None):
-    """Per host schedule: automatic correction steps and weight vs the paper's hand-set values.
+def inflection_table(
+    stats,
+    schedules: Sequence[str] = ("fora-25", "fora-50", "l2c"),
+    router: str | None = None,
+    sources: Sequence[str] = ("samples", "mean"),
+):
+    """Per host schedule and replayed trajectory: automatic correction steps and weight vs the paper's.
 
-    Rows hold the predicted (MACs-weighted relative L2) error of plain reuse, of GOC with the
-    paper's steps and w, and of GOC with the inflection-aware steps and least-squares w.
+    ``sources``: ``samples`` (GOC replayed on every prior sample's own trajectory, the default
+    rule) and ``mean`` (on the class-averaged trajectory, the paper's prior knowledge); ``samples``
+    is skipped for files without per-sample statistics. Rows hold the predicted (MACs-weighted
+    relative L2) error of plain reuse, of GOC with the paper's steps and w, and of GOC with the
+    inflection-aware steps and least-squares w.
     """
     from goc_utils.cache.method import GOC_REFERENCE_WEIGHT
     from goc_utils.cache.schedule import build_schedule
@@ -259,30 +267,34 @@ def inflection_table(stats, schedules: Sequence[str] = ("fora-25", "fora-50", "l
 
     uw = unit_macs_weights(stats)
     rows = []
-    for name in schedules:
-        if name == "l2c" and router is None:
+    for source in sources:
+        if source == "samples" and not stats.has_gram:
             continue
-        options = {"router": router, "thres": 0.1} if name == "l2c" else {}
-        schedule = build_schedule(name, stats.steps, stats.depth, **options)
-        probe = calibrate_weight(stats, schedule, None, "global", uw)
-        steps, inflections, _ = inflection_steps(stats, schedule, probe, uw)
-        weight = calibrate_weight(stats, schedule, steps, "global", uw)
-        plain, auto = weighted_error(simulate_goc(stats, schedule, weight, steps), uw)
-        ref_w, ref_steps = GOC_REFERENCE_WEIGHT[name], schedule.reference_correction_steps
-        _, ref = weighted_error(simulate_goc(stats, schedule, ref_w, ref_steps), uw)
-        rows.append(
-            {
-                "schedule": name,
-                "paper steps": ",".join(map(str, ref_steps or ())),
-                "paper w": ref_w,
-                "auto steps": ",".join(map(str, steps)),
-                "inflections": ",".join(map(str, inflections)),
-                "auto w": round(weight, 3),
-                "error plain": round(plain, 3),
-                "error paper GOC": round(ref, 3),
-                "error auto GOC": round(auto, 3),
-            }
-        )
+        for name in schedules:
+            if name == "l2c" and router is None:
+                continue
+            options = {"router": router, "thres": 0.1} if name == "l2c" else {}
+            schedule = build_schedule(name, stats.steps, stats.depth, **options)
+            probe = calibrate_weight(stats, schedule, None, "global", uw, source=source)
+            steps, inflections, _ = inflection_steps(stats, schedule, probe, uw, source=source)
+            weight = calibrate_weight(stats, schedule, steps, "global", uw, source=source)
+            plain, auto = weighted_error(simulate_goc(stats, schedule, weight, steps, source=source), uw)
+            ref_w, ref_steps = GOC_REFERENCE_WEIGHT[name], schedule.reference_correction_steps
+            _, ref = weighted_error(simulate_goc(stats, schedule, ref_w, ref_steps, source=source), uw)
+            rows.append(
+                {
+                    "schedule": name,
+                    "replayed on": "per-sample trajectories" if source == "samples" else "class-mean trajectory",
+                    "paper steps": ",".join(map(str, ref_steps or ())),
+                    "paper w": ref_w,
+                    "auto steps": ",".join(map(str, steps)),
+                    "inflections": ",".join(map(str, inflections)),
+                    "auto w": round(weight, 3),
+                    "error plain": round(plain, 3),
+                    "error paper GOC": round(ref, 3),
+                    "error auto GOC": round(auto, 3),
+                }
+            )
     return rows
 
 
