@@ -66,7 +66,7 @@ def sketch_features(x: torch.Tensor, limit: int = GRAM_DIM) -> torch.Tensor:
     """
     tokens, hidden = x.shape[1], x.shape[2]
     if tokens * hidden <= limit:
-        return x.detach().flatten(1).to("cpu", torch.float32)
+        return x.detach().flatten(1).to("cpu", torch.float32, copy=True)  # no view of the unit output
     k = max(1, limit // tokens)
     generator = torch.Generator().manual_seed(0)
     projection = torch.randn(hidden, k, generator=generator, dtype=torch.float32) / k**0.5
