@@ -314,7 +314,7 @@ def score_methods(
         check_same_size(batch_info(ref_path), batch_info(samples[text]))
         feats = extract(samples[text], extractor, progress=progress)
         labels = read_labels(samples[text]) if extractor.name == "digits" else None
-        scores = score_features(ref, feats, labels)
+        scores = score_features(ref, feats, labels, extractor.device)
         method, engine = build_engine(model, settings, text)
         fidelity = file_fidelity(samples["none"], samples[text], device=extractor.device) if "none" in samples else None
         rows.append(

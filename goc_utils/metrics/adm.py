@@ -115,8 +115,8 @@ def fid_bootstrap_std(features: np.ndarray, ref: FIDStatistics, resamples: int =
     return float(np.std(values, ddof=1))
 
 
-def pairwise_sq_distances(u: np.ndarray, v: np.ndarray, precision: str = "float16") -> np.ndarray:
-    """Squared Euclidean distances ``(len(u), len(v))`` float32, clamped at 0.
+def pairwise_sq_distances(u: np.ndarray, v: np.ndarray, precision: str = "float16", device="cpu") -> np.ndarray:
+    """Squared Euclidean distances ``(len(u), len(v))`` float32, clamped at 0 (computed on ``device``).
 
     ``precision="float16"`` follows the ADM evaluator: inputs and result in half precision
     (accumulation in float32), falling back to float32 when a value overflows.
@@ -129,16 +129,18 @@ def pairwise_sq_distances(u: np.ndarray, v: np.ndarray, precision: str = "float1
         norm_b = (b * b).sum(1, keepdim=True).T
         return torch.clamp(norm_a - 2 * a @ b.T + norm_b, min=0.0)
 
-    a32 = torch.from_numpy(np.asarray(u, dtype=np.float32))
-    b32 = torch.from_numpy(np.asarray(v, dtype=np.float32))
+    a32 = torch.from_numpy(np.asarray(u, dtype=np.float32)).to(device)
+    b32 = torch.from_numpy(np.asarray(v, dtype=np.float32)).to(device)
     if precision == "float16":
         half = distances(a32.half().float(), b32.half().float()).half()
         if torch.isfinite(half).all() and torch.isfinite(a32.half()).all() and torch.isfinite(b32.half()).all():
-            return half.float().numpy()
-    return distances(a32, b32).numpy()
+            return half.float().cpu().numpy()
+    return distances(a32, b32).cpu().numpy()
 
 
-def manifold_radii(features: np.ndarray, k: int = 3, batch_size: int = 10000, precision: str = "float16") -> np.ndarray:
+def manifold_radii(
+    features: np.ndarray, k: int = 3, batch_size: int = 10000, precision: str = "float16", device="cpu"
+) -> np.ndarray:
     """Squared distance of each point to its k-th nearest neighbour in the same set ``(N,)``."""
     features = check_features(features, min_count=k + 1)
     radii = np.empty(len(features), dtype=np.float32)
@@ -146,7 +148,7 @@ def manifold_radii(features: np.ndarray, k: int = 3, batch_size: int = 10000, pr
         rows = features[start : start + batch_size]
         block = np.concatenate(
             [
-                pairwise_sq_distances(rows, features[c : c + batch_size], precision)
+                pairwise_sq_distances(rows, features[c : c + batch_size], precision, device)
                 for c in range(0, len(features), batch_size)
             ],
             axis=1,
@@ -156,7 +158,12 @@ def manifold_radii(features: np.ndarray, k: int = 3, batch_size: int = 10000, pr
 
 
 def precision_recall(
-    ref: np.ndarray, sample: np.ndarray, k: int = 3, batch_size: int = 10000, precision: str = "float16"
+    ref: np.ndarray,
+    sample: np.ndarray,
+    k: int = 3,
+    batch_size: int = 10000,
+    precision: str = "float16",
+    device="cpu",
 ) -> tuple[float, float]:
     """Improved precision and recall (k-NN manifolds) of ``sample`` against ``ref``.
 
@@ -167,13 +174,13 @@ def precision_recall(
     sample = check_features(sample, "sample features", min_count=k + 1)
     if ref.shape[1] != sample.shape[1]:
         raise MetricError(f"reference features have {ref.shape[1]} dims, samples {sample.shape[1]}: use one extractor")
-    ref_radii = manifold_radii(ref, k, batch_size, precision)
-    sample_radii = manifold_radii(sample, k, batch_size, precision)
+    ref_radii = manifold_radii(ref, k, batch_size, precision, device)
+    sample_radii = manifold_radii(sample, k, batch_size, precision, device)
     sample_in = np.zeros(len(sample), dtype=bool)
     ref_in = np.zeros(len(ref), dtype=bool)
     for r in range(0, len(ref), batch_size):
         for s in range(0, len(sample), batch_size):
-            d = pairwise_sq_distances(ref[r : r + batch_size], sample[s : s + batch_size], precision)
+            d = pairwise_sq_distances(ref[r : r + batch_size], sample[s : s + batch_size], precision, device)
             ref_in[r : r + batch_size] |= (d <= sample_radii[None, s : s + batch_size]).any(axis=1)
             sample_in[s : s + batch_size] |= (d <= ref_radii[r : r + batch_size, None]).any(axis=0)
     return float(sample_in.mean()), float(ref_in.mean())

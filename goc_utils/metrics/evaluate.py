@@ -77,9 +77,11 @@ def reference_features(path: str | Path, extractor: FeatureExtractor, progress: 
     return ReferenceFeatures(feats.pool, compute_statistics(feats.pool), compute_statistics(feats.spatial))
 
 
-def score_features(ref: ReferenceFeatures, sample: Features, labels: np.ndarray | None = None) -> EvalResult:
-    """The five metrics of sample features against a reference."""
-    prec, rec = precision_recall(ref.pool, sample.pool)
+def score_features(
+    ref: ReferenceFeatures, sample: Features, labels: np.ndarray | None = None, device="cpu"
+) -> EvalResult:
+    """The five metrics of sample features against a reference (k-NN distances computed on ``device``)."""
+    prec, rec = precision_recall(ref.pool, sample.pool, device=device)
     agreement = None
     if labels is not None and len(labels) == len(sample.logits) and labels.max(initial=0) < sample.logits.shape[1]:
         agreement = float(np.mean(sample.logits.argmax(1) == labels))
@@ -101,7 +103,7 @@ def evaluate_batches(
     check_same_size(batch_info(ref_path), batch_info(sample_path))
     ref = reference_features(ref_path, extractor, progress)
     labels = read_labels(sample_path) if extractor.name == "digits" else None
-    return score_features(ref, extract(sample_path, extractor, progress=progress), labels)
+    return score_features(ref, extract(sample_path, extractor, progress=progress), labels, extractor.device)
 
 
 def make_reference_batch(
