@@ -304,7 +304,7 @@ def score_methods(
     from goc_utils.metrics.adm import fid_bootstrap_std
     from goc_utils.metrics.batches import batch_info, check_same_size, read_labels
     from goc_utils.metrics.evaluate import reference_features, score_features
-    from goc_utils.metrics.features import extract
+    from goc_utils.metrics.features import extract_cached
     from goc_utils.metrics.fidelity import file_fidelity
 
     ref = reference_features(ref_path, extractor, progress)
@@ -312,7 +312,7 @@ def score_methods(
     rows = []
     for text in methods:
         check_same_size(batch_info(ref_path), batch_info(samples[text]))
-        feats = extract(samples[text], extractor, progress=progress)
+        feats = extract_cached(samples[text], extractor, progress=progress)
         labels = read_labels(samples[text]) if extractor.name == "digits" else None
         scores = score_features(ref, feats, labels, extractor.device)
         method, engine = build_engine(model, settings, text)

@@ -335,7 +335,22 @@ def sample_to_npz(
             write_npz(_shard_path(out_dir, start), arr_0=result.images, arr_1=result.labels)
             bar.update(stop - start)
     barrier()
-    if rank == 0:
+    if rank == 0 and not _merged_is_current(out_dir, ranges):
         merge_shards(out_dir, ranges)
     barrier()
     return out_dir / SAMPLES_NAME
+
+
+def _merged_is_current(out_dir: Path, ranges: list[tuple[int, int]]) -> bool:
+    """``samples.npz`` holds exactly these shards and none is newer (a finished run is not rewritten)."""
+    merged = out_dir / SAMPLES_NAME
+    if not merged.is_file():
+        return False
+    try:
+        with np.load(merged) as data:
+            if len(data["arr_1"]) != ranges[-1][1]:
+                return False
+    except Exception:  # noqa: BLE001 - unreadable: merge again
+        return False
+    newest = max(_shard_path(out_dir, start).stat().st_mtime_ns for start, _ in ranges)
+    return merged.stat().st_mtime_ns >= newest

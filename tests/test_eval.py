@@ -79,6 +79,24 @@ def test_resume_redoes_only_missing_or_torn_shards(tiny, tmp_path):
     assert (out / "shards" / "00000000.npz").stat().st_mtime_ns == first  # complete shards are kept
 
 
+def test_finished_run_is_not_rewritten_and_features_are_reused(tiny, tmp_path, monkeypatch):
+    from goc_utils.metrics import features
+
+    settings = EvalSettings(steps=4, per_device_batch=4)
+    path = eval_sample(tiny, settings, "none", tmp_path, 8, progress=False)
+    stamp = path.stat().st_mtime_ns
+    assert eval_sample(tiny, settings, "none", tmp_path, 8, progress=False).stat().st_mtime_ns == stamp
+    extractor = features.build_extractor("digits")
+    first = features.extract_cached(path, extractor, progress=False)
+    monkeypatch.setattr(features, "extract", lambda *a, **k: pytest.fail("features were recomputed"))
+    again = features.extract_cached(path, extractor, progress=False)
+    assert np.array_equal(first.pool, again.pool) and np.array_equal(first.logits, again.logits)
+    monkeypatch.undo()
+    extractor.network.head.bias.data += 1.0  # other weights: the cache no longer applies
+    changed = features.extract_cached(path, extractor, progress=False)
+    assert not np.array_equal(changed.logits, first.logits)
+
+
 def test_rerun_with_other_settings_is_refused_but_more_samples_extend(tiny, tmp_path):
     settings = EvalSettings(steps=4, per_device_batch=4, cfg_scale=1.5)
     eval_sample(tiny, settings, "fora-50", tmp_path, 8, progress=False)

@@ -109,6 +109,35 @@ def extract(path: str | Path, extractor: FeatureExtractor, batch_size: int = 256
     return Features(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("pool", "spatial", "logits")))
 
 
+def _fingerprint(extractor: FeatureExtractor) -> float:
+    """A number that changes when the extractor's weights change (sum of all parameters, float64)."""
+    return float(sum(p.detach().double().sum().item() for p in extractor.network.parameters()))
+
+
+def extract_cached(path: str | Path, extractor: FeatureExtractor, progress: bool = True) -> Features:
+    """:func:`extract`, kept next to the batch as ``<stem>.<extractor>-features.npz`` for reruns.
+
+    The cache is used only while the batch file (size, modification time) and the extractor's
+    weights are the ones it was made from; otherwise the features are recomputed and rewritten.
+    """
+    from goc_utils.sampling import write_npz
+
+    path = Path(path)
+    stat = path.stat()
+    key = np.array([stat.st_size, stat.st_mtime_ns, _fingerprint(extractor)], dtype=np.float64)
+    cache = path.with_name(f"{path.stem}.{extractor.name}-features.npz")
+    if cache.is_file():
+        try:
+            with np.load(cache) as data:
+                if np.array_equal(data["key"], key):
+                    return Features(data["pool"], data["spatial"], data["logits"])
+        except Exception:  # noqa: BLE001 - a torn cache is recomputed
+            pass
+    feats = extract(path, extractor, progress=progress)
+    write_npz(cache, key=key, pool=feats.pool, spatial=feats.spatial, logits=feats.logits)
+    return feats
+
+
 __all__ = [
     "FEATURE_EXTRACTORS",
     "DigitsExtractor",
@@ -117,4 +146,5 @@ __all__ = [
     "InceptionExtractor",
     "build_extractor",
     "extract",
+    "extract_cached",
 ]
