@@ -43,9 +43,9 @@ train-tiny: setup ## (re)train the embedded tiny-digits DiT; resumes from runs/t
 train-classifier: setup ## (re)train the digits classifier used as the tiny study's judge
 	$(BIN)/goc train-classifier
 
-EVAL_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-50,fora-50+goc,fora-50+goc:auto,l2c,l2c+goc,l2c+goc:auto
+EVAL_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-50,fora-50+goc,fora-50+goc:auto,l2c,l2c+goc,l2c+goc:auto,l2c+goc:coupling=unit,l2c+goc:auto:coupling=unit
 
-eval-tiny: setup ## the committed tiny-digits results table: 10 methods x 2,000 samples x cfg 1.5 and 4.0 (resumable)
+eval-tiny: setup ## the committed tiny-digits results table: 12 methods x 2,000 samples x cfg 1.5 and 4.0 (resumable)
 	$(BIN)/goc eval --model tiny-digits --cfg-scale 1.5,4.0 --num-samples 2000 --per-device-batch 250 \
 		--methods $(EVAL_METHODS) \
 		--latency-repeats 5 --fid-bootstrap 20 --out runs/eval/tiny-digits --table figures/05_eval_tiny

@@ -108,6 +108,7 @@ def cache_method_from_args(args: argparse.Namespace):
     _only_with("--router-thres", args.router_thres, args.cache == "l2c", "--cache l2c")
     _only_with("--goc-weight", args.goc_weight, args.compensator == "goc", "--compensator goc")
     _only_with("--goc-steps", args.goc_steps, args.compensator == "goc", "--compensator goc")
+    _only_with("--goc-coupling", args.goc_coupling, args.compensator == "goc", "--compensator goc")
     _only_with("--taylor-order", args.taylor_order, args.compensator == "taylor", "--compensator taylor")
     options: dict = {}
     if args.cache == "fora":
@@ -135,6 +136,8 @@ def cache_method_from_args(args: argparse.Namespace):
         comp["weight"] = args.goc_weight
     if args.goc_steps is not None:
         comp["correction_steps"] = args.goc_steps
+    if args.goc_coupling is not None:
+        comp["coupling"] = args.goc_coupling
     if args.taylor_order is not None:
         comp["order"] = args.taylor_order
     return CacheMethod(args.cache, options, args.compensator, comp)
@@ -203,7 +206,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     config = getattr(engine.compensator, "config", None)
     if method.compensator == "goc" and isinstance(config.weight, float):
         steps = "every reused step" if config.correction_steps is None else ",".join(map(str, config.correction_steps))
-        print(f"GOC: w = {config.weight:.4g}, correction steps {steps}")
+        print(f"GOC: w = {config.weight:.4g}, correction steps {steps}, {config.coupling} coupling")
     print(
         f"cache {method.label()} ({schedule.name}): {100 * schedule.cache_ratio:.1f}% of unit-steps reused, "
         f"{100 * schedule.cache_ratio_macs(macs.units):.1f}% of branch MACs, "
@@ -285,6 +288,13 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="goc: correction steps, e.g. 3,5,7,9, or auto (inflection-aware, from priors; default: the paper's "
         "list for the schedule)",
+    )
+    g.add_argument(
+        "--goc-coupling",
+        choices=["block", "unit"],
+        default=None,
+        help="goc: correct a unit only when its whole block is reused (block, the published default) or each unit "
+        "on its own (unit)",
     )
     g.add_argument(
         "--priors",
@@ -649,50 +659,37 @@ def load_model_from_args(args: argparse.Namespace, device: str):
 def cmd_inflections(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from goc_utils.cache.method import GOC_REFERENCE_WEIGHT
-    from goc_utils.priors import PriorStats, calibrate_weight, inflection_steps, simulate_goc, unit_macs_weights
-    from goc_utils.priors import weighted_error as total_error
+    from goc_utils.cache.schedule import build_schedule
+    from goc_utils.priors import PriorStats, auto_goc
 
     stats = PriorStats.load(args.priors)
     options = {"router": args.router, "thres": args.router_thres} if args.schedule == "l2c" else {}
-    from goc_utils.cache.schedule import build_schedule
-
     schedule = build_schedule(args.schedule, stats.steps, stats.depth, **options)
-    uw = unit_macs_weights(stats)
-    source = args.source or ("samples" if stats.has_gram else "mean")
-    if args.weight == "auto":
-        probe = calibrate_weight(stats, schedule, None, "global", uw, source=source)
-    else:
-        probe = GOC_REFERENCE_WEIGHT.get(args.schedule, 1.2) if args.weight is None else args.weight
-    correct, inflections, _ = inflection_steps(stats, schedule, probe, uw, source=source)
-    if args.weight == "auto":
-        weight = calibrate_weight(stats, schedule, correct, args.granularity, uw, source=source)
-    else:
-        weight = probe
-    plain, goc = total_error(simulate_goc(stats, schedule, weight, correct, source=source), uw)
-    ref_steps = schedule.reference_correction_steps
+    weight = schedule.reference_weight if args.weight is None else args.weight
+    auto = auto_goc(stats, schedule, "auto", weight, args.coupling, args.granularity, args.source)
     print(
         f"priors: {stats.model}, DDIM-{stats.steps}, cfg {stats.cfg_scale:g}, {stats.count} samples; "
-        f"schedule {schedule.name} (reuses at steps {schedule.reuse_steps()}); replayed on the "
-        + ("per-sample trajectories" if source == "samples" else "class-averaged mean trajectory")
+        f"schedule {schedule.name} (reuses at steps {schedule.reuse_steps()}); {auto.coupling} coupling; "
+        "replayed on the "
+        + ("per-sample trajectories" if auto.source == "samples" else "class-averaged mean trajectory")
     )
-    print(f"correction steps: {','.join(map(str, correct)) or '(none)'}")
-    print(f"inflection steps (correction skipped): {','.join(map(str, inflections)) or '(none)'}")
-    if isinstance(weight, np.ndarray):
-        per_step = {s: round(float(weight[s][weight[s] != 0].mean()), 3) for s in correct if (weight[s] != 0).any()}
+    print(f"correction steps: {','.join(map(str, auto.steps)) or '(none)'}")
+    print(f"inflection steps (correction skipped): {','.join(map(str, auto.inflections)) or '(none)'}")
+    if isinstance(auto.weight, np.ndarray):
+        w = auto.weight
+        per_step = {s: round(float(w[s][w[s] != 0].mean()), 3) for s in auto.steps if (w[s] != 0).any()}
         print(f"weight ({args.granularity}): mean per step {per_step}")
     else:
-        print(f"weight: {weight:.4f}" + (" (least squares)" if args.weight == "auto" else ""))
+        print(f"weight: {auto.weight:.4f}" + (" (least squares)" if args.weight == "auto" else ""))
+    plain = auto.error_plain
     print(
         f"predicted error (MACs-weighted relative L2, summed over reused units): plain reuse {plain:.3f} -> "
-        f"GOC {goc:.3f} ({100 * (goc / plain - 1):+.1f}%)"
+        f"GOC {auto.error_auto:.3f} ({100 * (auto.error_auto / plain - 1):+.1f}%)"
     )
-    if ref_steps is not None:
-        ref_weight = GOC_REFERENCE_WEIGHT.get(args.schedule, 1.2)
-        _, ref = total_error(simulate_goc(stats, schedule, ref_weight, ref_steps, source=source), uw)
+    if schedule.reference_correction_steps is not None:
         print(
-            f"paper's hand-set steps {','.join(map(str, ref_steps))} with w={ref_weight}: GOC {ref:.3f} "
-            f"({100 * (ref / plain - 1):+.1f}%)"
+            f"paper's hand-set steps {','.join(map(str, schedule.reference_correction_steps))} with "
+            f"w={schedule.reference_weight}: GOC {auto.error_paper:.3f} ({100 * (auto.error_paper / plain - 1):+.1f}%)"
         )
     return 0
 
@@ -736,6 +733,12 @@ def add_priors_parsers(sub: argparse._SubParsersAction) -> None:
         choices=["global", "step", "unit"],
         default="global",
         help="auto weight: one w, one per step, or one per unit (default global)",
+    )
+    p.add_argument(
+        "--coupling",
+        choices=["block", "unit"],
+        default="block",
+        help="GOC corrects a unit only when its whole block is reused (block, published) or each unit on its own",
     )
     p.set_defaults(func=cmd_inflections)
 

@@ -122,6 +122,8 @@ def eval_sample(
     method, engine = build_engine(model, settings, text)
     manifest = settings.manifest(method, text)
     config = getattr(engine.compensator, "config", None)
+    if hasattr(config, "coupling"):  # runs from before the published block coupling are not resumed silently
+        manifest["goc_coupling"] = config.coupling
     if "auto" in manifest.values() and config is not None:  # record what "auto" resolved to
         weight = np.asarray(config.weight, dtype=float)
         manifest["resolved_weight"] = round(float(weight), 6) if weight.ndim == 0 else weight.round(6).tolist()

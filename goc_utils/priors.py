@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from goc_utils import paths
 from goc_utils.cache.engine import CacheEngine
+from goc_utils.cache.goc import COUPLINGS
 from goc_utils.cache.schedule import CacheSchedule, none_schedule
 from goc_utils.errors import GocError, InvalidArgumentError
 from goc_utils.models import DiT
@@ -416,6 +417,7 @@ def simulate_goc(
     unit_weights: tuple[float, float] = (1.0, 1.0),
     fit_step_weights: bool = False,
     source: str | None = None,
+    coupling: str = "block",
 ) -> Simulation:
     """Replay GOC's queue on the prior trajectories of the attention / MLP units.
 
@@ -429,11 +431,21 @@ def simulate_goc(
     at each reused step is chosen greedily, in step order, where it lowers the
     ``unit_weights``-weighted (e.g. MACs) sum of relative errors over the step's reused
     units given the queue so far; otherwise ``correction_steps`` (None = every reused step).
-    ``terms`` holds, per reused (step, block, unit) with two queued values, the least-squares
-    terms ``a = <F - P, P - Q> / ||F||^2`` and ``c = ||P - Q||^2 / ||F||^2`` used by
-    :func:`calibrate_weight`.
+    ``coupling`` follows the compensator (:class:`~goc_utils.cache.goc.GOCConfig`): with ``"block"``
+    (published) a reused unit is a correction candidate only when every unit of its block is reused
+    at the step with two queued values; the others are reused plain (and queued). ``terms`` holds,
+    per correction candidate (step, block, unit), the least-squares terms
+    ``a = <F - P, P - Q> / ||F||^2`` and ``c = ||P - Q||^2 / ||F||^2`` used by :func:`calibrate_weight`.
+
+    Example (two steps of one unit, then a reused step): with ``F_0 = (1, 0)``, ``F_1 = (1, 1)`` and
+    ``F_2 = (1, 2)``, the queue at step 2 holds ``P = F_1`` and ``Q = F_0``; plain reuse errs by
+    ``||F_2 - F_1|| / ||F_2|| = 1 / sqrt(5)``, GOC with w = 1 returns ``2 F_1 - F_0 = (1, 2) = F_2``
+    exactly (error 0), and the least-squares terms are ``a = c = 1 / 5`` (so w* = 1). In coefficient
+    space the queue values are ``P = e_1``, ``Q = e_0`` and the GOC output ``e_1 + w (e_1 - e_0)``.
     """
     schedule.check_fits(stats.steps, stats.depth)
+    if coupling not in COUPLINGS:
+        raise InvalidArgumentError(f"GOC coupling must be one of {', '.join(COUPLINGS)} (got {coupling!r})")
     source = source or ("samples" if stats.has_gram else "mean")
     gram = stats.gram(source)
     reused = ~schedule.mask
@@ -450,6 +462,7 @@ def simulate_goc(
     for s in range(steps):
         candidates = {}
         for b in range(depth):
+            block_ok = all(reused[s, b, u] and len(queue.get((b, u), ())) == 2 for u in range(2))
             for u in range(2):
                 if not reused[s, b, u]:
                     continue
@@ -458,7 +471,7 @@ def simulate_goc(
                 norm2 = max(k[s, s], 1e-30)
                 residual = eye[s] - q[-1]  # F_s - used[s-1]
                 err_plain[s, b, u] = np.sqrt(max(residual @ k @ residual, 0.0) / norm2)
-                if len(q) == 2:
+                if len(q) == 2 and (coupling == "unit" or block_ok):
                     diff = q[-1] - q[-2]
                     terms[(s, b, u)] = (float(residual @ k @ diff) / norm2, float(diff @ k @ diff) / norm2)
                     candidates[(b, u)] = (residual, diff, k, norm2)
@@ -503,15 +516,18 @@ def inflection_steps(
     weight: float | np.ndarray = 1.2,
     unit_weights: tuple[float, float] = (1.0, 1.0),
     source: str | None = None,
+    coupling: str = "block",
 ) -> tuple[list[int], list[int], Simulation]:
     """The inflection-aware rule: ``(correction steps, inflection steps, simulation)``.
 
     Replaying GOC on the prior trajectory in step order, a reused step is corrected where
-    the correction lowers the MACs-weighted relative error of that step's reused units
-    (the trajectory keeps its direction), and skipped otherwise: the skipped steps with
-    two queued values are the inflection steps.
+    the correction lowers the MACs-weighted relative error of that step's correction
+    candidates (the trajectory keeps its direction), and skipped otherwise: the skipped steps
+    with correction candidates are the inflection steps. ``coupling``: see :func:`simulate_goc`.
     """
-    sim = simulate_goc(stats, schedule, weight, decide=True, unit_weights=unit_weights, source=source)
+    sim = simulate_goc(
+        stats, schedule, weight, decide=True, unit_weights=unit_weights, source=source, coupling=coupling
+    )
     correctable = sorted({s for (s, _, _) in sim.terms})
     correct = [s for s in correctable if sim.corrected[s]]
     return correct, [s for s in correctable if not sim.corrected[s]], sim
@@ -526,6 +542,7 @@ def calibrate_weight(
     initial: float = 1.0,
     iterations: int = 8,
     source: str | None = None,
+    coupling: str = "block",
 ) -> float | np.ndarray:
     """Least-squares GOC weight on the prior trajectory.
 
@@ -537,18 +554,19 @@ def calibrate_weight(
     sequentially in step order (exact), and global / per-unit weights by ``iterations``
     fixed-point rounds from ``initial`` on the queue the fitted weight produces.
     Returns a float (global) or an array ``(steps, depth, 2)`` (step / unit; 0 where nothing is corrected).
-    ``source``: the trajectories replayed (see :func:`simulate_goc`).
+    ``source`` and ``coupling``: the trajectories replayed and which units GOC corrects (see :func:`simulate_goc`).
     """
-    if granularity not in ("global", "step", "unit"):
+    if granularity not in GRANULARITIES:
         raise InvalidArgumentError(f"granularity must be global, step or unit (got {granularity!r})")
+    replay = {"source": source, "coupling": coupling}
     if granularity == "step":
         sim = simulate_goc(
-            stats, schedule, 0.0, correction_steps, unit_weights=unit_weights, fit_step_weights=True, source=source
+            stats, schedule, 0.0, correction_steps, unit_weights=unit_weights, fit_step_weights=True, **replay
         )
         return np.where(sim.corrected[:, None, None], sim.weights, 0.0)
     weight: float | np.ndarray = initial
     for _ in range(iterations):
-        sim = simulate_goc(stats, schedule, weight, correction_steps, source=source)
+        sim = simulate_goc(stats, schedule, weight, correction_steps, **replay)
         steps_used = {s for s in range(stats.steps) if sim.corrected[s]}
         num = np.zeros((stats.steps, stats.depth, 2))
         den = np.zeros((stats.steps, stats.depth, 2))
@@ -564,6 +582,9 @@ def calibrate_weight(
     return weight
 
 
+GRANULARITIES = ("global", "step", "unit")
+
+
 def unit_macs_weights(stats: PriorStats) -> tuple[float, float]:
     """``(attention, MLP)`` branch MACs of the priors' model, normalised to the attention branch."""
     from goc_utils.macs import branch_macs
@@ -572,19 +593,87 @@ def unit_macs_weights(stats: PriorStats) -> tuple[float, float]:
     return 1.0, mlp / attention
 
 
-def resolve_goc_auto(stats: PriorStats, schedule: CacheSchedule, options: dict) -> dict:
-    """Fill ``correction_steps="auto"`` / ``weight="auto"`` of GOC options from priors.
+@dataclass
+class AutoGOC:
+    """What :func:`auto_goc` resolved, with the replay's predicted errors.
 
-    The weight used to locate inflections is the given number, or the global least-squares
-    weight over every reused step; the automatic weight is then the global least-squares
-    weight over the chosen correction steps.
+    Attributes:
+        steps: the correction steps (inflection-aware, or the ones given).
+        inflections: reused steps with correction candidates where the correction is skipped.
+        weight: w (a float, or an array ``(steps, depth, 2)`` for ``step`` / ``unit`` granularity).
+        probe: the w used to locate the inflections.
+        error_plain, error_auto, error_paper: predicted error (MACs-weighted relative L2, summed over
+            reused units) of plain reuse, of GOC with ``steps`` / ``weight``, and of GOC with the
+            schedule's published steps and w (NaN when the schedule has no published steps).
+        source: the trajectories replayed (``samples`` or ``mean``); coupling: as the compensator.
+        probe_simulation: the replay that located the inflections (what the priors figure plots).
+    """
+
+    steps: list[int]
+    inflections: list[int]
+    weight: float | np.ndarray
+    probe: float | np.ndarray
+    error_plain: float
+    error_auto: float
+    error_paper: float
+    source: str
+    coupling: str
+    probe_simulation: Simulation = field(repr=False)
+
+
+def auto_goc(
+    stats: PriorStats,
+    schedule: CacheSchedule,
+    steps: str | Sequence[int] | None = "auto",
+    weight: str | float | np.ndarray = "auto",
+    coupling: str = "block",
+    granularity: str = "global",
+    source: str | None = None,
+) -> AutoGOC:
+    """Automatic GOC from priors: inflection-aware correction steps and the least-squares weight.
+
+    The one place where GOC's ``"auto"`` options are resolved (method strings ``+goc:auto``,
+    ``goc inflections``, the study's tables and figures):
+
+    1. the probe weight is ``weight`` when it is a number, else the global least-squares w over
+       every reused step;
+    2. ``steps="auto"``: replaying GOC with the probe in step order, a step is corrected where the
+       correction lowers the predicted error (:func:`inflection_steps`); the skipped ones are the
+       inflections. Otherwise the given steps (None = every reused step) are kept;
+    3. ``weight="auto"``: the least-squares w over the chosen steps, at ``granularity``;
+    4. the predicted errors of plain reuse, of the result, and of the schedule's published steps and w.
+
+    Errors are MACs-weighted (an MLP branch counts by its MACs relative to an attention branch).
+
+    Example:
+        >>> stats = PriorStats.load("data/priors/tiny-digits_ddim20_cfg4.safetensors")
+        >>> from goc_utils.cache import build_schedule
+        >>> auto = auto_goc(stats, build_schedule("fora-50", 20, stats.depth))
+        >>> auto.error_auto < auto.error_plain
+        True
     """
     uw = unit_macs_weights(stats)
-    options = dict(options)
-    weight = options.get("weight")
-    if options.get("correction_steps") == "auto":
-        probe = weight if isinstance(weight, (int, float)) else calibrate_weight(stats, schedule, None, "global", uw)
-        options["correction_steps"], _, _ = inflection_steps(stats, schedule, probe, uw)
-    if weight == "auto":
-        options["weight"] = calibrate_weight(stats, schedule, options.get("correction_steps"), "global", uw)
-    return options
+    source = source or ("samples" if stats.has_gram else "mean")
+    replay = {"source": source, "coupling": coupling}
+    if isinstance(weight, str):
+        if weight != "auto":
+            raise InvalidArgumentError(f"GOC weight must be a number or 'auto' (got {weight!r})")
+        probe = calibrate_weight(stats, schedule, None, "global", uw, **replay)
+    else:
+        probe = weight
+    if isinstance(steps, str):
+        if steps != "auto":
+            raise InvalidArgumentError(f"GOC correction steps must be a list of steps or 'auto' (got {steps!r})")
+        chosen, inflections, probe_sim = inflection_steps(stats, schedule, probe, uw, **replay)
+    else:
+        chosen = None if steps is None else [int(s) for s in steps]
+        inflections = []
+        probe_sim = simulate_goc(stats, schedule, probe, chosen, **replay)
+    final = calibrate_weight(stats, schedule, chosen, granularity, uw, **replay) if isinstance(weight, str) else probe
+    plain, auto = weighted_error(simulate_goc(stats, schedule, final, chosen, **replay), uw)
+    paper = float("nan")
+    if schedule.reference_correction_steps is not None:
+        sim = simulate_goc(stats, schedule, schedule.reference_weight, schedule.reference_correction_steps, **replay)
+        paper = weighted_error(sim, uw)[1]
+    steps_out = list(chosen) if chosen is not None else sorted({s for (s, _, _) in probe_sim.terms})
+    return AutoGOC(steps_out, inflections, final, probe, plain, auto, paper, source, coupling, probe_sim)

@@ -252,6 +252,7 @@ def inflection_table(
     schedules: Sequence[str] = ("fora-25", "fora-50", "l2c"),
     router: str | None = None,
     sources: Sequence[str] = ("samples", "mean"),
+    coupling: str = "block",
 ):
     """Per host schedule and replayed trajectory: automatic correction steps and weight vs the paper's.
 
@@ -261,11 +262,9 @@ def inflection_table(
     relative L2) error of plain reuse, of GOC with the paper's steps and w, and of GOC with the
     inflection-aware steps and least-squares w.
     """
-    from goc_utils.cache.method import GOC_REFERENCE_WEIGHT
     from goc_utils.cache.schedule import build_schedule
-    from goc_utils.priors import calibrate_weight, inflection_steps, simulate_goc, unit_macs_weights, weighted_error
+    from goc_utils.priors import auto_goc
 
-    uw = unit_macs_weights(stats)
     rows = []
     for source in sources:
         if source == "samples" and not stats.has_gram:
@@ -275,24 +274,19 @@ def inflection_table(
                 continue
             options = {"router": router, "thres": 0.1} if name == "l2c" else {}
             schedule = build_schedule(name, stats.steps, stats.depth, **options)
-            probe = calibrate_weight(stats, schedule, None, "global", uw, source=source)
-            steps, inflections, _ = inflection_steps(stats, schedule, probe, uw, source=source)
-            weight = calibrate_weight(stats, schedule, steps, "global", uw, source=source)
-            plain, auto = weighted_error(simulate_goc(stats, schedule, weight, steps, source=source), uw)
-            ref_w, ref_steps = GOC_REFERENCE_WEIGHT[name], schedule.reference_correction_steps
-            _, ref = weighted_error(simulate_goc(stats, schedule, ref_w, ref_steps, source=source), uw)
+            auto = auto_goc(stats, schedule, source=source, coupling=coupling)
             rows.append(
                 {
                     "schedule": name,
                     "replayed on": "per-sample trajectories" if source == "samples" else "class-mean trajectory",
-                    "paper steps": ",".join(map(str, ref_steps or ())),
-                    "paper w": ref_w,
-                    "auto steps": ",".join(map(str, steps)),
-                    "inflections": ",".join(map(str, inflections)),
-                    "auto w": round(weight, 3),
-                    "error plain": round(plain, 3),
-                    "error paper GOC": round(ref, 3),
-                    "error auto GOC": round(auto, 3),
+                    "paper steps": ",".join(map(str, schedule.reference_correction_steps or ())),
+                    "paper w": schedule.reference_weight,
+                    "auto steps": ",".join(map(str, auto.steps)),
+                    "inflections": ",".join(map(str, auto.inflections)),
+                    "auto w": round(auto.weight, 3),
+                    "error plain": round(auto.error_plain, 3),
+                    "error paper GOC": round(auto.error_paper, 3),
+                    "error auto GOC": round(auto.error_auto, 3),
                 }
             )
     return rows
@@ -332,16 +326,16 @@ def show_table(rows: list[dict]):
 def goc_on_priors_figure(stats, schedule_name: str, router: str | None = None):
     """:func:`goc_utils.viz.goc_simulation_plot` for the automatic steps and weight of a host schedule."""
     from goc_utils.cache.schedule import build_schedule
-    from goc_utils.priors import calibrate_weight, inflection_steps, unit_macs_weights
+    from goc_utils.priors import auto_goc, unit_macs_weights
     from goc_utils.viz import goc_simulation_plot
 
     options = {"router": router, "thres": 0.1} if schedule_name == "l2c" else {}
     schedule = build_schedule(schedule_name, stats.steps, stats.depth, **options)
-    uw = unit_macs_weights(stats)
-    probe = calibrate_weight(stats, schedule, None, "global", uw)
-    _, _, sim = inflection_steps(stats, schedule, probe, uw)
+    auto = auto_goc(stats, schedule)
     return goc_simulation_plot(
-        sim, f"{schedule_name}: GOC on the prior trajectory, w = {probe:.2f} (red: inflection steps)", uw
+        auto.probe_simulation,
+        f"{schedule_name}: GOC on the prior trajectory, w = {auto.probe:.2f} (red: inflection steps)",
+        unit_macs_weights(stats),
     )
 
 

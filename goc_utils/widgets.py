@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from goc_utils.cache.goc import COUPLINGS
 from goc_utils.cache.method import CacheMethod
 from goc_utils.errors import GocError
 from goc_utils.macs import model_macs, theoretical_speedup
@@ -22,7 +23,8 @@ class ThresholdExplorer:
     """Sliders and toggles over a caching method, re-sampling the same noise on every change.
 
     Controls: schedule (FORA / L2C), FORA interval and step range, L2C router threshold,
-    compensator (none / GOC / Taylor), GOC weight and correction steps (list or ``auto``).
+    compensator (none / GOC / Taylor), GOC weight, correction steps (list or ``auto``) and
+    coupling (``block``: published; ``unit``: each unit on its own).
     ``state`` holds the latest ``cache_ratio``, ``cache_ratio_macs``, ``speedup``, ``rmse``
     (vs the un-cached run with the same noise), ``images`` (uint8) and ``error`` (a message
     when the settings are invalid).
@@ -59,6 +61,13 @@ class ThresholdExplorer:
         self.correction = w.Text(
             value="", placeholder="3,5,7,9 | auto | empty = every reused step", description="GOC steps", style=style
         )
+        self.coupling = w.ToggleButtons(
+            options=list(COUPLINGS),
+            value="block",
+            description="GOC coupling",
+            tooltips=["correct a unit only when its whole block is reused (published)", "correct each unit on its own"],
+            style=style,
+        )
         self.status = w.HTML()
         self.image = w.Image(format="png")
         controls = [
@@ -69,6 +78,7 @@ class ThresholdExplorer:
             self.compensator,
             self.weight,
             self.correction,
+            self.coupling,
         ]
         for control in controls:
             control.observe(lambda change: self.update(), names="value")
@@ -87,7 +97,7 @@ class ThresholdExplorer:
         if self.compensator.value == "goc":
             text = self.correction.value.strip()
             steps = "auto" if text == "auto" else ([int(s) for s in text.split(",") if s.strip()] if text else None)
-            options = {"weight": self.weight.value, "correction_steps": steps}
+            options = {"weight": self.weight.value, "correction_steps": steps, "coupling": self.coupling.value}
         return CacheMethod(self.schedule.value, schedule_options, self.compensator.value, options)
 
     def update(self) -> dict:

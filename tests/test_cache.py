@@ -192,12 +192,88 @@ def test_taylor_forecast_matches_taylorseer_finite_differences():
 
 
 def test_goc_formula_on_a_toy_queue():
-    comp = build_compensator("goc", weight=0.5, correction_steps=(2, 3))
+    comp = build_compensator("goc", weight=0.5, correction_steps=(2, 3), coupling="unit")
     comp.computed((1, 1), 0, torch.tensor([1.0]))
     comp.computed((1, 1), 1, torch.tensor([3.0]))
     assert comp.reuse((1, 1), 2).item() == 3.0 + 0.5 * (3.0 - 1.0)  # 4.0, queued as used[2]
     assert comp.reuse((1, 1), 3).item() == 4.0 + 0.5 * (4.0 - 3.0)  # gradient uses the corrected value
     assert comp.reuse((1, 1), 4).item() == 4.5  # not a correction step: plain reuse of used[3]
+
+
+def test_goc_block_coupling_on_a_toy_queue():
+    """Published semantics: a reused unit whose partner is recomputed is reused plain (and still queued)."""
+    plan = np.array([[False, True]])  # block 0: attention reused, MLP recomputed
+    results = {}
+    for coupling in ("block", "unit"):
+        comp = build_compensator("goc", weight=0.5, correction_steps=(2, 3), coupling=coupling)
+        for step, value in ((0, 1.0), (1, 3.0)):
+            comp.start_step(step, np.array([[True, True]]))
+            comp.computed((0, 0), step, torch.tensor([value]))
+            comp.computed((0, 1), step, torch.tensor([10 * value]))
+        comp.start_step(2, plan)
+        at_2 = comp.reuse((0, 0), 2).item()
+        comp.computed((0, 1), 2, torch.tensor([50.0]))
+        comp.start_step(3, np.array([[False, False]]))  # the whole block reused: corrected with either coupling
+        results[coupling] = (at_2, comp.reuse((0, 0), 3).item(), comp.reuse((0, 1), 3).item())
+    assert results["block"] == (3.0, 3.0, 50.0 + 0.5 * (50.0 - 30.0))  # plain at 2, queued: zero gradient at 3
+    assert results["unit"] == (4.0, 4.0 + 0.5 * (4.0 - 3.0), 60.0)
+
+
+def test_goc_block_coupling_needs_the_step_plan():
+    comp = build_compensator("goc", weight=0.5, correction_steps=(2,))
+    for step in (0, 1):
+        comp.computed((0, 0), step, torch.tensor([float(step)]))
+    with pytest.raises(RuntimeError, match="start_step"):
+        comp.reuse((0, 0), 2)
+    with pytest.raises(InvalidArgumentError, match="coupling"):
+        build_compensator("goc", coupling="blocks")
+
+
+def test_goc_coupling_in_the_engine_on_a_hand_built_schedule(model):
+    """At correction step 3 block 1 reuses only its attention unit; at step 4 the whole block is reused."""
+    table = np.ones((8, 2 * model.depth), dtype=bool)
+    table[3, [0, 1, 2]] = False  # step 3: block 0 both units, block 1 attention only
+    table[4, [2, 3]] = False  # step 4: block 1 both units
+    schedule = build_schedule("matrix", 8, model.depth, table=table)
+    w = 0.7
+    seen = {}
+    for coupling in ("block", "unit"):
+        compensator = build_compensator("goc", weight=w, correction_steps=(3, 4), coupling=coupling)
+        engine = CacheEngine(model, schedule, compensator)
+        outputs: dict = {}
+        engine.on_unit = lambda s, b, u, value, computed, out=outputs: out.__setitem__((s, b, u), value.clone())
+        generate(model, [1, 2], seed=0, steps=8, cfg_scale=4.0, forward=engine.forward)
+        seen[coupling] = outputs
+    for coupling, out in seen.items():  # block 0 is reused whole at step 3: corrected with either coupling
+        for u in (0, 1):
+            assert torch.equal(out[(3, 0, u)], out[(2, 0, u)] + w * (out[(2, 0, u)] - out[(1, 0, u)])), coupling
+    block, unit = seen["block"], seen["unit"]
+    assert torch.equal(block[(3, 1, 0)], block[(2, 1, 0)])  # reused plain: its partner is recomputed
+    assert torch.equal(unit[(3, 1, 0)], unit[(2, 1, 0)] + w * (unit[(2, 1, 0)] - unit[(1, 1, 0)]))
+    # step 4: the queue holds what was used at step 3 (the plain value with block coupling: zero gradient)
+    assert torch.equal(block[(4, 1, 0)], block[(3, 1, 0)] + w * (block[(3, 1, 0)] - block[(2, 1, 0)]))
+    assert torch.equal(block[(4, 1, 0)], block[(3, 1, 0)])
+    assert torch.equal(unit[(4, 1, 0)], unit[(3, 1, 0)] + w * (unit[(3, 1, 0)] - unit[(2, 1, 0)]))
+
+
+@pytest.mark.parametrize("name", ["fora-25", "fora-50"])
+def test_goc_coupling_does_not_change_fora(model, name):
+    schedule = build_schedule(name, 20, model.depth)
+    runs = [
+        _run(model, schedule, build_compensator("goc", weight=1.2, correction_steps=FORA_50_STEPS, coupling=c))
+        for c in ("block", "unit")
+    ]
+    assert torch.equal(*runs)
+
+
+def test_official_l2c_routers_lone_units_at_the_correction_steps():
+    """REFERENCE.md: reused units at the correction steps whose partner unit is recomputed (23 / 13)."""
+    for steps, expected in ((20, 23), (50, 13)):
+        path = _shared_ref(f"DDIM{steps}_router.pt")
+        schedule = build_schedule("l2c", steps, 28, router=path, thres=0.1)
+        assert schedule.reference_correction_steps == FORA_50_STEPS and schedule.reference_weight == 0.8
+        reused = ~schedule.mask[list(schedule.reference_correction_steps)]
+        assert int((reused & ~reused[:, :, ::-1]).sum()) == expected
 
 
 def test_engine_resets_between_runs_and_handles_cfg(model):
@@ -225,9 +301,17 @@ def test_engine_memory_holds_only_what_can_be_reused(model):
 # ---------------------------------------------------------------- parity with a naive loop
 
 
-def _naive_goc_forward(model, reused, weight, correction_steps):
-    """The reference semantics written out by hand: a dict of per-unit lists, nothing from the engine."""
+def _naive_goc_forward(model, reused, weight, correction_steps, coupling="block"):
+    """The reference semantics written out by hand: a dict of per-unit lists, nothing from the engine.
+
+    ``block`` coupling as in the published ``DiTBlock.forward``: the gradient term is added only when
+    both units of the block are reused at the step and both have two earlier outputs.
+    """
     used: dict = {}
+
+    def two_earlier(step, block, unit):
+        history = used.get((block, unit), [])
+        return len(history) - (1 if len(history) > step else 0) >= 2  # outputs before this step
 
     def forward(x, t, y, step):
         if step == 0:
@@ -237,7 +321,11 @@ def _naive_goc_forward(model, reused, weight, correction_steps):
             history = used.setdefault((block, unit), [])
             if reused(step, block, unit):
                 previous = history[-1]
-                if step in correction_steps and len(history) >= 2:
+                if coupling == "block":
+                    allowed = all(reused(step, block, u) and two_earlier(step, block, u) for u in (0, 1))
+                else:
+                    allowed = len(history) >= 2
+                if step in correction_steps and allowed:
                     out = previous + weight * (previous - history[-2])
                 else:
                     out = previous
@@ -262,9 +350,10 @@ def tiny_model():
     return model
 
 
+@pytest.mark.parametrize("coupling", ["block", "unit"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("case", ["fora-25", "fora-50", "l2c"])
-def test_engine_matches_the_naive_reference_loop(tiny_model, case, seed, tmp_path):
+def test_engine_matches_the_naive_reference_loop(tiny_model, case, seed, coupling, tmp_path):
     depth = tiny_model.depth
     if case == "fora-25":
         reused, weight, steps = (lambda s, b, u: s in (1, 3, 5, 7, 9)), 1.2, (3, 5, 7, 9)
@@ -287,12 +376,19 @@ def test_engine_matches_the_naive_reference_loop(tiny_model, case, seed, tmp_pat
         seed=seed,
         steps=20,
         cfg_scale=4.0,
-        forward=_naive_goc_forward(tiny_model, reused, weight, steps),
+        forward=_naive_goc_forward(tiny_model, reused, weight, steps, coupling),
     ).final
-    engine = CacheEngine(tiny_model, schedule, build_compensator("goc", weight=weight, correction_steps=steps))
+    compensator = build_compensator("goc", weight=weight, correction_steps=steps, coupling=coupling)
+    engine = CacheEngine(tiny_model, schedule, compensator)
     ours = generate(tiny_model, [1, 7, 9], seed=seed, steps=20, cfg_scale=4.0, forward=engine.forward).final
     assert (ours - naive).abs().max().item() <= 1e-6
     assert not torch.equal(ours, generate(tiny_model, [1, 7, 9], seed=seed, steps=20, cfg_scale=4.0).final)
+    if case == "l2c":  # the random router leaves lone reused units at correction steps: the couplings differ
+        other = "unit" if coupling == "block" else "block"
+        compensator = build_compensator("goc", weight=weight, correction_steps=steps, coupling=other)
+        engine = CacheEngine(tiny_model, schedule, compensator)
+        theirs = generate(tiny_model, [1, 7, 9], seed=seed, steps=20, cfg_scale=4.0, forward=engine.forward).final
+        assert (theirs - ours).abs().max() > 1e-4
 
 
 # ---------------------------------------------------------------------- method and MACs

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from goc_utils import paths
+from goc_utils.cache.method import CacheMethod
 from goc_utils.cli import main
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation import EvalSettings, eval_sample, method_folder, parse_methods, read_results
@@ -118,7 +119,16 @@ def test_method_strings():
         "l2c:data/r.pt@0.2+goc:w=0.8",
     ]
     assert method_folder("l2c:data/r.pt@0.2+goc:w=0.8") == "l2c-data_r.pt@0.2+goc-w=0.8"
-    for bad, message in [("fora-51", "unknown method"), ("fora-50+goc:x=1", "unknown option"), ("", "no methods")]:
+    assert CacheMethod.parse("l2c+goc", router="r.pt").compensator_options == {}  # block coupling by default
+    unit = CacheMethod.parse("l2c+goc:auto:coupling=unit", router="r.pt")
+    assert unit.compensator_options == {"weight": "auto", "correction_steps": "auto", "coupling": "unit"}
+    assert unit.label() == "l2c+goc:unit"
+    for bad, message in [
+        ("fora-51", "unknown method"),
+        ("fora-50+goc:x=1", "unknown option"),
+        ("", "no methods"),
+        ("fora-50+goc:coupling=blocks", "coupling must be one of block, unit"),
+    ]:
         with pytest.raises(InvalidArgumentError, match=message):
             parse_methods(bad)
     with pytest.raises(InvalidArgumentError, match="twice"):

@@ -120,6 +120,39 @@ def test_per_sample_gram_and_replay_match_a_naive_replay(model):
     assert not np.allclose(np.nan_to_num(mean_sim.error_plain), np.nan_to_num(sim.error_plain))
 
 
+@pytest.mark.parametrize("coupling", ["block", "unit"])
+def test_replay_follows_the_coupling(model, coupling):
+    """A per-unit schedule with a lone reused unit at a correction step: the replay matches a naive one."""
+    classes, steps, w, corrections = [1, 4, 8], 6, 0.6, [3, 4, 5]
+    stats = extract_priors(model, "small", classes, steps=steps, batch_size=3, progress=False)
+    feats = _unit_features(model, classes, [0], steps)
+    table = np.ones((steps, 2 * model.depth), dtype=bool)
+    table[3, [0, 1, 2]] = False  # step 3: block 0 whole, block 1 attention only
+    table[4, [2, 3]] = False  # step 4: block 1 whole
+    table[5, [3]] = False  # step 5: block 1 MLP only
+    schedule = build_schedule("matrix", steps, model.depth, table=table)
+    sim = simulate_goc(stats, schedule, w, corrections, coupling=coupling)
+    for block in range(model.depth):
+        queues = {0: [], 1: []}
+        for s in range(steps):
+            reused = [not schedule.mask[s, block, u] for u in (0, 1)]
+            whole = all(reused[u] and len(queues[u]) == 2 for u in (0, 1))
+            for u in (0, 1):
+                f, queue = feats[:, s, block, u], queues[u]
+                value = f
+                if reused[u]:
+                    may_correct = len(queue) == 2 and (whole or coupling == "unit")
+                    value = queue[-1] + w * (queue[-1] - queue[-2]) if s in corrections and may_correct else queue[-1]
+                    norm = np.mean(np.sum(f**2, 1))
+                    expected = np.sqrt(np.mean(np.sum((f - value) ** 2, 1)) / norm)
+                    predicted = sim.error_goc[s, block, u] if may_correct else sim.error_plain[s, block, u]
+                    assert predicted == pytest.approx(expected, rel=1e-4), (s, block, u)
+                    assert np.isnan(sim.error_goc[s, block, u]) == (not may_correct)
+                queues[u] = (queue + [value])[-2:]
+    lone = {(3, 1, 0), (5, 1, 1)}
+    assert ({key for key in lone if key in sim.terms} == lone) == (coupling == "unit")
+
+
 def test_sketch_is_unbiased_for_inner_products():
     from goc_utils.priors import sketch_features
 

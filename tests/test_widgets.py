@@ -50,6 +50,11 @@ def test_l2c_threshold_slider():
     explorer.schedule.value = "l2c"
     explorer.thres.value = 0.1
     at_01 = explorer.state["cache_ratio"]
+    assert explorer.coupling.value == "block" and explorer.method().compensator_options["coupling"] == "block"
+    block_rmse = explorer.state["rmse"]
+    explorer.coupling.value = "unit"  # the tiny router reuses lone units at correction steps
+    assert explorer.state["rmse"] != block_rmse and explorer.state["cache_ratio"] == at_01
+    explorer.coupling.value = "block"
     explorer.thres.value = 0.5
     assert explorer.state["cache_ratio"] > at_01 > 0
     explorer.thres.value = 0.0

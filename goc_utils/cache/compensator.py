@@ -1,8 +1,11 @@
 """Compensators: what a reused unit returns.
 
-A compensator keeps a small per-unit state (keyed by ``(block, unit)``) and answers two
+A compensator keeps a small per-unit state (keyed by ``(block, unit)``) and answers three
 calls from the engine at step ``s``:
 
+* ``start_step(step, recompute)``: before any unit of the step, the step's plan: a bool array
+  ``(depth, 2)``, True where the unit is recomputed (a compensator that couples the units of a
+  block, like GOC as published, decides here; the default ignores it);
 * ``computed(key, step, value)``: the unit was recomputed and produced ``value``;
 * ``reuse(key, step) -> value``: the unit is reused; return its approximation.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from goc_utils.errors import InvalidArgumentError
@@ -39,6 +43,9 @@ class Compensator:
     def release(self, key: UnitKey) -> None:
         """Drop the state of one unit (it will not be reused again in this run)."""
         self.state.pop(key, None)
+
+    def start_step(self, step: int, recompute: np.ndarray) -> None:
+        """Called once per step before its units; ``recompute`` is the ``(depth, 2)`` plan of the step."""
 
     def computed(self, key: UnitKey, step: int, value: torch.Tensor) -> None:
         raise NotImplementedError

@@ -59,6 +59,7 @@ class CacheEngine:
         recompute = self.schedule.mask[step]
         last_reuse = self._last_reuse
         compensator = self.compensator
+        compensator.start_step(step, recompute)
         observer = self.on_unit
 
         def unit_fn(block: int, unit: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:

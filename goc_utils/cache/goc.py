@@ -10,6 +10,14 @@ At a reused unit at step ``s``:
 and ``out`` is queued as ``used[s]``. With FORA's alternating pattern the "gradient"
 ``used[s-1] - used[s-2]`` is (fresh output) - (previous cached approximation). Steps not
 listed in ``correction_steps`` are the inflection steps where the correction is skipped.
+
+**Coupling.** In the published code (``DiTBlock.forward`` of the Learning-to-Cache + GOC path)
+the correction is applied to a block's units only when *every* unit of the block (attention
+and MLP) is reused at that step with two queued outputs; a reused unit whose partner is
+recomputed is reused plain, and still queued as used. That is ``coupling="block"``, the default
+for every host. ``coupling="unit"`` (our extension) corrects each reused unit on its own. FORA
+reuses whole blocks, so both give the same result there; Learning-to-Cache's router reuses
+units one by one, and there they differ.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ import torch
 from goc_utils.cache.compensator import Compensator, UnitKey, register_compensator
 from goc_utils.errors import InvalidArgumentError
 
+COUPLINGS = ("block", "unit")
+"""GOC's coupling of the units of a block: ``block`` (published) or ``unit`` (per-unit extension)."""
+
 
 @dataclass
 class GOCConfig:
@@ -35,10 +46,14 @@ class GOCConfig:
         correction_steps: steps at which reused units are corrected (the paper's DDIM-20
             lists: ``(3, 5, 7, 9)`` for fora-25, ``(3, 5, 7, 9, 11, 13, 15, 19)`` for fora-50
             and L2C). None corrects at every reused step.
+        coupling: ``"block"`` (default, as published: a unit is corrected only when both units of its
+            block are reused at the step with two queued outputs) or ``"unit"`` (each reused unit on
+            its own; our extension).
     """
 
     weight: float | Mapping[int, float] | np.ndarray = 1.2
     correction_steps: Sequence[int] | None = None
+    coupling: str = "block"
 
     def __post_init__(self) -> None:
         if isinstance(self.correction_steps, str):
@@ -51,6 +66,8 @@ class GOCConfig:
             if any(s < 0 for s in steps):
                 raise InvalidArgumentError(f"GOC correction steps must be >= 0 (got {list(self.correction_steps)})")
             self.correction_steps = tuple(sorted(set(steps)))
+        if self.coupling not in COUPLINGS:
+            raise InvalidArgumentError(f"GOC coupling must be one of {', '.join(COUPLINGS)} (got {self.coupling!r})")
         if isinstance(self.weight, (int, float)) and not np.isfinite(self.weight):
             raise InvalidArgumentError(f"GOC weight must be a finite number (got {self.weight})")
 
@@ -74,6 +91,26 @@ class GOCCompensator(Compensator):
         self.config = config or GOCConfig()
         steps = self.config.correction_steps
         self._correct = None if steps is None else frozenset(steps)
+        self._block_coupled = self.config.coupling == "block"
+        self._eligible = np.zeros(0, dtype=bool)  # (depth,) blocks whose units may be corrected at _plan_step
+        self._plan_step = -1
+
+    def reset(self) -> None:
+        super().reset()
+        self._plan_step = -1
+
+    def start_step(self, step: int, recompute: np.ndarray) -> None:
+        """With block coupling: mark the blocks whose units are all reused with two queued outputs."""
+        if not self._block_coupled:
+            return
+        depth, units = recompute.shape
+        self._plan_step = step
+        self._eligible = np.array(
+            [
+                all(not recompute[b, u] and len(self.state.get((b, u), ())) == 2 for u in range(units))
+                for b in range(depth)
+            ]
+        )
 
     def _queue(self, key: UnitKey, value: torch.Tensor) -> None:
         queue = self.state.setdefault(key, [])
@@ -88,6 +125,13 @@ class GOCCompensator(Compensator):
         queue = self.state[key]
         previous = queue[-1]
         corrects = self._correct is None or step in self._correct
+        if corrects and self._block_coupled:
+            if self._plan_step != step:
+                raise RuntimeError(
+                    f"GOC with block coupling needs the plan of step {step}: call start_step(step, recompute) "
+                    "before reuse (the cache engine does)"
+                )
+            corrects = bool(self._eligible[key[0]])
         if corrects and len(queue) == 2:
             out = previous + self.config.weight_at(step, key) * (previous - queue[0])
         else:

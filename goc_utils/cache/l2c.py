@@ -4,7 +4,8 @@ Checkpoint format (the official one): ``{'routers': state_dict}`` of a ``ModuleL
 routers, keys ``'{k}.prob'``, each a vector of ``2 * depth`` logits (unit ``2i`` = attention
 of block i, ``2i + 1`` = MLP). Semantics, as in the reference implementation:
 
-* scores are ``sigmoid(logits)``; a unit is recomputed where ``score > thres`` and reused otherwise;
+* scores are ``sigmoid(logits)`` (float32, as the router computes them); a unit is recomputed where
+  ``score > thres`` and reused otherwise;
 * reuse happens only at the second step of each pair of steps (odd ``s``); even steps recompute all;
 * router ``k`` belongs to the k-th timestep of the ascending respaced list, so sampling
   step ``s`` (0 = noisiest) uses router ``N - 1 - s``.
@@ -23,7 +24,10 @@ import torch
 
 from goc_utils.cache.schedule import CacheSchedule, ScheduleError, register_schedule
 
-L2C_CORRECTION_STEPS_DDIM20 = (3, 5, 7, 9, 11, 13, 15, 19)
+L2C_CORRECTION_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
+"""GOC's published correction steps with Learning-to-Cache (set by hand in its code, for every step count)."""
+L2C_GOC_WEIGHT = 0.8
+"""GOC's published w with Learning-to-Cache."""
 
 
 def load_router_logits(path: str | Path) -> np.ndarray:
@@ -51,8 +55,9 @@ def load_router_logits(path: str | Path) -> np.ndarray:
 def router_mask(logits: np.ndarray, thres: float) -> np.ndarray:
     """``(steps, depth, 2)`` recompute mask from router logits ``(steps, 2 * depth)``."""
     steps = logits.shape[0]
-    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    recompute = scores[::-1] > thres  # sampling step s uses router N - 1 - s
+    # float32 sigmoid and comparison, the published arithmetic (STE: score > thres on the router's tensor)
+    scores = torch.sigmoid(torch.as_tensor(np.ascontiguousarray(logits), dtype=torch.float32))
+    recompute = (scores > thres).numpy()[::-1].copy()  # sampling step s uses router N - 1 - s
     recompute[0::2] = True  # only the second step of each pair reuses
     return recompute.reshape(steps, -1, 2)
 
@@ -70,5 +75,6 @@ def l2c(steps: int, depth: int, router: str | Path | None = None, thres: float =
             f"router {Path(router).name!r} has {logits.shape[0]} routers of {logits.shape[1]} units, but the run "
             f"needs {steps} routers of {2 * depth} units ({steps} steps, {depth} blocks): use a router trained for it"
         )
-    reference = L2C_CORRECTION_STEPS_DDIM20 if steps == 20 else None
-    return CacheSchedule(router_mask(logits, thres), name=f"l2c@{thres:g}", reference_correction_steps=reference)
+    # The published L2C + GOC path hard-codes its correction steps whatever the step count (DDIM-50 too).
+    reference = tuple(s for s in L2C_CORRECTION_STEPS if s < steps)
+    return CacheSchedule(router_mask(logits, thres), f"l2c@{thres:g}", reference, reference_weight=L2C_GOC_WEIGHT)

@@ -16,9 +16,6 @@ from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, bu
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.models import DiT
 
-GOC_REFERENCE_WEIGHT = {"fora": 1.2, "fora-25": 1.2, "fora-50": 1.2, "matrix": 1.2, "l2c": 0.8}
-"""GOC's published w per host schedule (FORA 1.2, Learning-to-Cache 0.8)."""
-
 
 @dataclass
 class CacheMethod:
@@ -54,16 +51,19 @@ class CacheMethod:
                 f"schedule {schedule.name!r} recomputes everything (choose --cache fora-50, l2c, ...)"
             )
         if self.compensator == "goc":
-            options.setdefault("weight", GOC_REFERENCE_WEIGHT.get(self.schedule, 1.2))
+            options.setdefault("weight", schedule.reference_weight)
             options.setdefault("correction_steps", schedule.reference_correction_steps)
             if "auto" in (options["weight"], options["correction_steps"]):
                 if priors is None:
                     raise InvalidArgumentError(
                         "GOC 'auto' steps / weight need a priors file: create one with `goc priors` (or pass --priors)"
                     )
-                from goc_utils.priors import resolve_goc_auto
+                from goc_utils.priors import auto_goc
 
-                options = resolve_goc_auto(priors, schedule, options)
+                auto = auto_goc(
+                    priors, schedule, options["correction_steps"], options["weight"], options.get("coupling", "block")
+                )
+                options.update(correction_steps=auto.steps, weight=auto.weight)
             bad = [s for s in options["correction_steps"] or () if not 0 <= int(s) < steps]
             if bad:
                 raise ScheduleError(f"GOC correction step {bad[0]} is outside the run's steps 0..{steps - 1}")
@@ -75,6 +75,7 @@ class CacheMethod:
 
         Examples: ``"none"``, ``"fora-50+goc"`` (the paper's w and steps), ``"fora-50+goc:auto"``
         (inflection-aware steps and least-squares w from priors), ``"l2c+goc:w=0.8:steps=auto"``,
+        ``"l2c+goc:coupling=unit"`` (correct each reused unit on its own instead of whole reused blocks),
         ``"fora-25+taylor:k=2"``. ``l2c`` takes its router file and threshold from the arguments
         unless the string names them: ``"l2c:data/routers/x.pt@0.1+goc:w=0.8"``, ``"l2c@0.2"``.
         """
@@ -119,17 +120,27 @@ class CacheMethod:
                 comp["weight"] = value if value == "auto" else _number(value, text)
             elif (compensator, key) == ("goc", "steps") and value == "auto":
                 comp["correction_steps"] = "auto"
+            elif (compensator, key) == ("goc", "coupling"):
+                if value not in goc.COUPLINGS:
+                    raise InvalidArgumentError(
+                        f"GOC coupling must be one of {', '.join(goc.COUPLINGS)} (got {value!r} in method {text!r})"
+                    )
+                comp["coupling"] = value
             elif (compensator, key) == ("taylor", "k"):
                 comp["order"] = int(_number(value, text))
             else:
                 raise InvalidArgumentError(
-                    f"unknown option {opt!r} in method {text!r}; use goc:auto, goc:w=W|auto, goc:steps=auto, taylor:k=K"
+                    f"unknown option {opt!r} in method {text!r}; use goc:auto, goc:w=W|auto, goc:steps=auto, "
+                    "goc:coupling=block|unit, taylor:k=K"
                 )
         return cls(schedule, options, compensator, comp)
 
     def label(self) -> str:
-        """Short name such as ``fora-50+goc``."""
-        return self.schedule if self.compensator == "none" else f"{self.schedule}+{self.compensator}"
+        """Short name such as ``fora-50+goc`` (``+goc:unit`` for the per-unit coupling)."""
+        if self.compensator == "none":
+            return self.schedule
+        suffix = ":unit" if self.compensator_options.get("coupling") == "unit" else ""
+        return f"{self.schedule}+{self.compensator}{suffix}"
 
 
 def _number(value: str, text: str) -> float:

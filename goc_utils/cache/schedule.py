@@ -30,12 +30,16 @@ class CacheSchedule:
     Attributes:
         mask: bool array ``(steps, depth, 2)``; ``mask[s, i, 0]`` attention, ``[s, i, 1]`` MLP of block i.
         name: human-readable description (``"fora-50"``, ``"l2c@0.1"``...).
-        reference_correction_steps: GOC correction steps published with this schedule, or None.
+        reference_correction_steps: GOC correction steps published with this schedule, or None
+            (then GOC corrects at every reused step by default).
+        reference_weight: GOC's published w for this host: 1.2 for FORA-like fixed schedules (the
+            default), 0.8 for Learning-to-Cache.
     """
 
     mask: np.ndarray
     name: str = "custom"
     reference_correction_steps: tuple[int, ...] | None = field(default=None)
+    reference_weight: float = 1.2
 
     def __post_init__(self) -> None:
         mask = np.asarray(self.mask)
