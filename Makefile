@@ -24,7 +24,7 @@ study: setup ## set up and run the study on the embedded tiny-digits model (writ
 	$(BIN)/goc tiny-report
 	$(BIN)/goc notebooks --preset tiny
 
-smoke: setup ## run every notebook in smoke mode (as the tests do)
+smoke: setup ## run every notebook in smoke mode, as the tests do (figures to runs/smoke/figures, never figures/)
 	$(BIN)/goc notebooks --preset tiny --smoke
 
 lab: setup ## open the notebooks in JupyterLab with the project's environment

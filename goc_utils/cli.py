@@ -581,16 +581,15 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
-    from goc_utils.notebooks import load_params_file, run_notebooks
+    from goc_utils.notebooks import figures_dir_for, load_params_file, run_notebooks
 
     only = [o.strip() for o in args.only.split(",")] if args.only else None
     started = time.perf_counter()
-    done = run_notebooks(args.preset, args.smoke, load_params_file(args.params), only)
+    figures = figures_dir_for(args.smoke, args.figures_dir)
+    done = run_notebooks(args.preset, args.smoke, load_params_file(args.params), only, figures_dir=figures)
     for path, seconds in done:
         print(f"{path.name}: {seconds:.1f} s -> {path}")
-    from goc_utils import paths
-
-    print(f"{len(done)} notebooks in {time.perf_counter() - started:.1f} s; figures in {paths.FIGURES_DIR}")
+    print(f"{len(done)} notebooks in {time.perf_counter() - started:.1f} s; figures in {figures}")
     return 0
 
 
@@ -604,6 +603,11 @@ def add_notebooks_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true", help="fast mode (few samples), as in the tests")
     p.add_argument("--params", default=None, help="YAML file of parameter overrides (e.g. ckpt and vae for xl)")
     p.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
+    p.add_argument(
+        "--figures-dir",
+        default=None,
+        help="where figures and tables go (default: figures/; with --smoke: runs/smoke/figures/)",
+    )
     p.set_defaults(func=cmd_notebooks)
 
 

@@ -14,7 +14,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -172,24 +172,63 @@ class ResultRow:
     agreement: float | None
 
 
+DECIMALS = {
+    "inception_score": 2,
+    "fid": 2,
+    "fid_std": 2,
+    "sfid": 2,
+    "precision": 3,
+    "recall": 3,
+    "agreement": 3,
+    "cache_ratio": 3,
+    "cache_ratio_macs": 3,
+    "macs_speedup": 3,
+    "latency_s": 4,
+    "measured_speedup": 3,
+    "psnr_vs_none": 1,
+    "ssim_vs_none": 4,
+}
+"""Decimals kept per column: what the measurement supports (FID resolves ~1 with 2,000 samples; float
+arithmetic differs across CPUs in the 5th-6th digit), so that another machine writes the same table bytes."""
+
 COLUMNS = {
     "method": ("method", "{}"),
     "cfg_scale": ("cfg", "{:g}"),
     "samples": ("samples", "{}"),
-    "inception_score": ("IS", "{:.3f}"),
-    "fid": ("FID", "{:.3f}"),
-    "fid_std": ("FID bootstrap std", "{:.3f}"),
-    "sfid": ("sFID", "{:.3f}"),
-    "precision": ("precision", "{:.4f}"),
-    "recall": ("recall", "{:.4f}"),
-    "agreement": ("class agreement", "{:.4f}"),
+    "inception_score": ("IS", "{:.2f}"),
+    "fid": ("FID", "{:.2f}"),
+    "fid_std": ("FID bootstrap std", "{:.2f}"),
+    "sfid": ("sFID", "{:.2f}"),
+    "precision": ("precision", "{:.3f}"),
+    "recall": ("recall", "{:.3f}"),
+    "agreement": ("class agreement", "{:.3f}"),
     "cache_ratio": ("cached units", "{:.1%}"),
     "macs_speedup": ("MACs speedup", "{:.3f}x"),
     "latency_s": ("latency s/batch", "{:.4f}"),
     "measured_speedup": ("measured speedup", "{:.3f}x"),
-    "psnr_vs_none": ("PSNR vs none dB", "{:.2f}"),
+    "psnr_vs_none": ("PSNR vs none dB", "{:.1f}"),
     "ssim_vs_none": ("SSIM vs none", "{:.4f}"),
 }
+
+
+def rounded(row: ResultRow) -> ResultRow:
+    """The row with every measured number rounded to :data:`DECIMALS` (infinite values kept)."""
+    values = {}
+    for key, decimals in DECIMALS.items():
+        value = getattr(row, key)
+        if isinstance(value, float) and np.isfinite(value):
+            values[key] = round(value, decimals) + 0.0  # + 0.0: no "-0.0"
+    return replace(row, **values)
+
+
+def _csv_cell(key: str, value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if not np.isfinite(value):
+            return "inf" if value > 0 else str(value)
+        return f"{value:.{DECIMALS[key]}f}" if key in DECIMALS else f"{value:g}"
+    return str(value)
 
 
 def _cell(value, fmt: str) -> str:
@@ -221,22 +260,20 @@ def format_results(rows: Sequence[ResultRow], timing: bool = True) -> str:
 def write_results(
     rows: Sequence[ResultRow], out_dir: str | Path, name: str = "results", timing: bool = True
 ) -> tuple[Path, Path]:
-    """``<name>.csv`` (full precision) and ``<name>.md`` in ``out_dir`` (``timing=False``: no wall-clock columns)."""
+    """``<name>.csv`` and ``<name>.md`` in ``out_dir``, numbers rounded to :data:`DECIMALS`.
+
+    ``timing=False`` leaves out the wall-clock columns (a byte-reproducible table).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    rows = [rounded(r) for r in rows]
     with csv_path.open("w", newline="") as f:
         fields = [k for k in asdict(rows[0]) if timing or k not in TIMING_COLUMNS]
         writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow(
-                {
-                    k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v))
-                    for k, v in asdict(row).items()
-                    if k in fields
-                }  # fmt: skip
-            )
+            writer.writerow({k: _csv_cell(k, v) for k, v in asdict(row).items() if k in fields})
     md_path.write_text(format_results(rows, timing))
     return csv_path, md_path
 

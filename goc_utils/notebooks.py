@@ -1,7 +1,8 @@
 """Headless execution of the study notebooks with papermill: ``goc notebooks``.
 
 Notebooks ``notebooks/NN_name.ipynb`` run in order; executed copies go to
-``runs/notebooks/`` (git-ignored) and figures to ``figures/``. Parameters come from a
+``runs/notebooks/`` (git-ignored) and figures to ``figures/`` (a smoke run: to
+``runs/smoke/figures/``, so that it never overwrites the committed figures). Parameters come from a
 preset (``tiny`` = the embedded model, the default; ``xl`` = DiT-XL/2, which needs
 checkpoint paths from ``--params``), ``--smoke`` (fast CI runs) and an optional YAML file.
 A failing notebook is reported as one line naming the notebook and the cell.
@@ -9,6 +10,7 @@ A failing notebook is reported as one line naming the notebook and the cell.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -62,18 +64,55 @@ def run_notebooks(
     only: list[str] | None = None,
     output_dir: Path | None = None,
     progress: bool = True,
+    figures_dir: Path | None = None,
 ) -> list[tuple[Path, float]]:
-    """Execute the notebooks in order; return ``(executed copy, seconds)`` per notebook."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+    """Execute the notebooks in order; return ``(executed copy, seconds)`` per notebook.
 
+    Figures go to ``figures_dir``, else to ``$GOC_FIGURES_DIR`` when set, else to ``figures/``
+    (:func:`figures_dir_for` with ``smoke``: ``runs/smoke/figures/``).
+    """
     if preset not in PRESETS:
         raise InvalidArgumentError(f"unknown study preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     parameters = dict(PRESETS[preset]) | {"smoke": smoke, "interactive": False} | (params or {})
     output_dir = Path(output_dir or paths.EXECUTED_NOTEBOOKS_DIR)
     output_dir.mkdir(parents=True, exist_ok=True)
+    figures = figures_dir_for(smoke, figures_dir)
+    previous = os.environ.get(FIGURES_VARIABLE)
+    os.environ[FIGURES_VARIABLE] = str(figures)  # the kernels inherit it (goc_utils.paths.FIGURES_DIR)
+    try:
+        return _execute(study_notebooks(only), parameters, output_dir, progress)
+    finally:
+        if previous is None:
+            os.environ.pop(FIGURES_VARIABLE, None)
+        else:
+            os.environ[FIGURES_VARIABLE] = previous
+
+
+FIGURES_VARIABLE = "GOC_FIGURES_DIR"
+
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
+"""Kernel arguments: no start-up warnings (ipykernel warns about its loopback-only TCP transport)."""
+
+
+def figures_dir_for(smoke: bool, figures_dir: str | Path | None = None) -> Path:
+    """Where a run's figures go: the given folder, ``$GOC_FIGURES_DIR``, or ``figures/``.
+
+    A smoke run (few samples, CI quality) defaults to ``runs/smoke/figures/`` instead, so that it never
+    overwrites the committed figures.
+    """
+    if figures_dir is not None:
+        return Path(figures_dir).resolve()
+    if os.environ.get(FIGURES_VARIABLE):
+        return Path(os.environ[FIGURES_VARIABLE]).resolve()
+    return paths.RUNS_DIR / "smoke" / "figures" if smoke else paths.PROJECT_ROOT / "figures"
+
+
+def _execute(notebooks: list[Path], parameters: dict, output_dir: Path, progress: bool) -> list[tuple[Path, float]]:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
     done = []
-    for notebook in study_notebooks(only):
+    for notebook in notebooks:
         started = time.perf_counter()
         target = output_dir / notebook.name
         try:
@@ -85,6 +124,7 @@ def run_notebooks(
                 cwd=str(paths.NOTEBOOKS_DIR),
                 progress_bar=progress,
                 log_output=False,
+                extra_arguments=QUIET_KERNEL,
             )
         except PapermillExecutionError as exc:
             raise NotebookError(

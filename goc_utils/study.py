@@ -392,7 +392,7 @@ def method_table(model, results: dict, errors: dict, steps: int, router: str | N
                 "cached units": f"{100 * schedule.cache_ratio:.1f}%",
                 "cached MACs": f"{100 * schedule.cache_ratio_macs(macs.units):.1f}%",
                 "theoretical speedup": f"{theoretical_speedup(macs, schedule):.3f}x",
-                "final RMSE vs none": f"{float(errors[method][-1]):.4f}",
+                "final RMSE vs none": f"{float(errors[method][-1]):.3g}",
             }
         )
     return rows
@@ -425,7 +425,7 @@ def fid_table(
     from dataclasses import asdict
 
     from goc_utils.errors import InvalidArgumentError
-    from goc_utils.evaluation import EvalSettings, parse_methods, run_eval, write_results
+    from goc_utils.evaluation import EvalSettings, parse_methods, rounded, run_eval, write_results
     from goc_utils.metrics.batches import batch_info
     from goc_utils.metrics.features import build_extractor
 
@@ -458,4 +458,4 @@ def fid_table(
                 "latency s/batch": f"{r.latency_s:.4f}", "measured speedup": f"{r.measured_speedup:.3f}x"}
                for r in rows]  # fmt: skip
     write_table(latency, f"{name}_latency")
-    return [asdict(r) for r in rows]
+    return [asdict(rounded(r)) for r in rows]  # figures drawn from the committed (rounded) numbers

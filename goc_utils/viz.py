@@ -263,6 +263,8 @@ def per_step_error_plot(errors: dict[str, np.ndarray]):
         if method == "none":
             continue
         style = "-" if "+" not in method else ("--" if "goc" in method else ":")
+        # 3 significant digits: the plotted points do not move with CPU-dependent float differences
+        values = [float(f"{v:.3g}") for v in np.asarray(values, dtype=float)]
         ax.plot(range(len(values)), values, style, marker="o", ms=2.5, label=method)
     ax.set_xlabel("step s (0 = noisiest)")
     ax.set_ylabel("RMSE vs un-cached x_s")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -14,19 +13,10 @@ from goc_utils.cache.method import CacheMethod
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.macs import model_macs, theoretical_speedup
 from goc_utils.models import create_model
-from goc_utils.paths import PROJECT_ROOT
 from goc_utils.sampling import generate
-from tests.conftest import small_dit
+from tests.conftest import router_file, small_dit
 
-REF = str(PROJECT_ROOT.parent / "shared" / "reference" / "l2c")  # ../shared beside the checkout, as in CI
 FORA_50_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
-
-
-def _shared_ref(name: str):
-    path = PROJECT_ROOT.parent / "shared" / "reference" / "l2c" / name
-    if not path.is_file():
-        pytest.fail(f"reference router {path} is missing (../shared must sit beside the checkout)")
-    return path
 
 
 def _run(model, schedule=None, compensator=None, seed=0, steps=20, cfg=4.0, labels=(1, 2)):
@@ -36,10 +26,9 @@ def _run(model, schedule=None, compensator=None, seed=0, steps=20, cfg=4.0, labe
     return generate(model, list(labels), seed=seed, steps=steps, cfg_scale=cfg, forward=forward).final
 
 
-def _router_file(path, logits: np.ndarray):
-    routers = {f"{k}.prob": torch.tensor(row, dtype=torch.float32) for k, row in enumerate(logits)}
-    torch.save({"routers": routers, "opt": {}, "args": argparse.Namespace(model="x")}, path)
-    return path
+def _xl_router(tmp_path, steps: int = 20):
+    """A random router shaped like the official DiT-XL/2 ones (steps x 56 units)."""
+    return router_file(tmp_path / f"xl{steps}.pt", np.random.default_rng(0).normal(-1, 2, (steps, 56)))
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +39,11 @@ def model():
 # ----------------------------------------------------------------------------- schedules
 
 
-def test_official_l2c_routers_cache_ratios():
-    s20 = build_schedule("l2c", 20, 28, router=_shared_ref("DDIM20_router.pt"), thres=0.1)
+def test_official_l2c_routers_cache_ratios(reference_file):
+    s20 = build_schedule("l2c", 20, 28, router=reference_file("l2c/DDIM20_router.pt"), thres=0.1)
     assert (s20.reused_units, s20.mask.size) == (248, 1120)
     assert round(100 * s20.cache_ratio, 1) == 22.1
-    s50 = build_schedule("l2c", 50, 28, router=_shared_ref("DDIM50_router.pt"), thres=0.1)
+    s50 = build_schedule("l2c", 50, 28, router=reference_file("l2c/DDIM50_router.pt"), thres=0.1)
     assert (s50.reused_units, s50.mask.size) == (664, 2800)
     assert s20.mask[0::2].all() and s50.mask[0::2].all()  # only odd steps reuse
 
@@ -63,7 +52,7 @@ def test_l2c_uses_router_n_minus_1_minus_s(tmp_path):
     logits = np.full((4, 6), 5.0)
     logits[0, 3] = -5.0  # router 0 -> sampling step 3, block 1 MLP
     logits[2, 0] = -5.0  # router 2 -> sampling step 1, block 0 attention
-    schedule = build_schedule("l2c", 4, 3, router=_router_file(tmp_path / "r.pt", logits), thres=0.5)
+    schedule = build_schedule("l2c", 4, 3, router=router_file(tmp_path / "r.pt", logits), thres=0.5)
     assert set(zip(*np.nonzero(~schedule.mask), strict=True)) == {(3, 1, 1), (1, 0, 0)}
 
 
@@ -99,9 +88,9 @@ def test_matrix_files_per_block_and_per_unit(tmp_path):
         ("matrix", {"steps": 5, "depth": 4}, "needs 4 \\(blocks\\) or 8 \\(units\\)"),
         ("fora", {"steps": 10, "depth": 3, "interval": -1}, "interval must be >= 1"),
         ("fora", {"steps": 10, "depth": 3, "start": 4, "stop": 20}, "range 4:20"),
-        ("l2c", {"steps": 20, "depth": 12, "router": f"{REF}/DDIM20_router.pt"}, "needs 20 routers of 24 units"),
-        ("l2c", {"steps": 50, "depth": 28, "router": f"{REF}/DDIM20_router.pt"}, "needs 50 routers"),
-        ("l2c", {"steps": 20, "depth": 28, "router": f"{REF}/DDIM20_router.pt", "thres": 1.5}, "in \\[0, 1\\]"),
+        ("l2c", {"steps": 20, "depth": 12, "router": "XL20"}, "needs 20 routers of 24 units"),
+        ("l2c", {"steps": 50, "depth": 28, "router": "XL20"}, "needs 50 routers"),
+        ("l2c", {"steps": 20, "depth": 28, "router": "XL20", "thres": 1.5}, "in \\[0, 1\\]"),
         ("nope", {"steps": 10, "depth": 3}, "unknown cache schedule"),
     ],
 )
@@ -109,6 +98,8 @@ def test_schedule_errors_are_one_line(builder, kwargs, match, tmp_path):
     np.save(tmp_path / "m.npy", np.ones((5, 3), dtype=int))
     if builder == "matrix":
         kwargs = kwargs | {"path": tmp_path / "m.npy"}
+    if kwargs.get("router") == "XL20":
+        kwargs = kwargs | {"router": _xl_router(tmp_path)}
     with pytest.raises(ScheduleError, match=match) as info:
         build_schedule(builder, **kwargs)
     assert "\n" not in str(info.value)
@@ -148,7 +139,7 @@ def test_goc_with_zero_weight_equals_its_host(model, name, tmp_path):
     options = {}
     if name == "l2c":
         rng = np.random.default_rng(0)
-        options = {"router": _router_file(tmp_path / "r.pt", rng.normal(-1, 2, (20, 2 * model.depth))), "thres": 0.3}
+        options = {"router": router_file(tmp_path / "r.pt", rng.normal(-1, 2, (20, 2 * model.depth))), "thres": 0.3}
     schedule = build_schedule(name, 20, model.depth, **options)
     assert schedule.reused_units > 0
     host = _run(model, schedule, build_compensator("none"))
@@ -159,7 +150,7 @@ def test_goc_with_zero_weight_equals_its_host(model, name, tmp_path):
 
 def test_l2c_threshold_zero_reuses_nothing(model, tmp_path):
     logits = np.random.default_rng(1).normal(0, 3, (20, 2 * model.depth))
-    schedule = build_schedule("l2c", 20, model.depth, router=_router_file(tmp_path / "r.pt", logits), thres=0.0)
+    schedule = build_schedule("l2c", 20, model.depth, router=router_file(tmp_path / "r.pt", logits), thres=0.0)
     assert schedule.reused_units == 0
     assert torch.equal(_run(model, schedule, build_compensator("goc", weight=1.0)), _run(model))
 
@@ -266,10 +257,10 @@ def test_goc_coupling_does_not_change_fora(model, name):
     assert torch.equal(*runs)
 
 
-def test_official_l2c_routers_lone_units_at_the_correction_steps():
+def test_official_l2c_routers_lone_units_at_the_correction_steps(reference_file):
     """REFERENCE.md: reused units at the correction steps whose partner unit is recomputed (23 / 13)."""
     for steps, expected in ((20, 23), (50, 13)):
-        path = _shared_ref(f"DDIM{steps}_router.pt")
+        path = reference_file(f"l2c/DDIM{steps}_router.pt")
         schedule = build_schedule("l2c", steps, 28, router=path, thres=0.1)
         assert schedule.reference_correction_steps == FORA_50_STEPS and schedule.reference_weight == 0.8
         reused = ~schedule.mask[list(schedule.reference_correction_steps)]
@@ -369,7 +360,7 @@ def test_engine_matches_the_naive_reference_loop(tiny_model, case, seed, couplin
             return s % 2 == 1 and not scores[20 - 1 - s, 2 * b + u] > 0.1
 
         weight, steps = 0.8, FORA_50_STEPS
-        schedule = build_schedule("l2c", 20, depth, router=_router_file(tmp_path / "r.pt", logits), thres=0.1)
+        schedule = build_schedule("l2c", 20, depth, router=router_file(tmp_path / "r.pt", logits), thres=0.1)
     naive = generate(
         tiny_model,
         [1, 7, 9],
@@ -407,7 +398,7 @@ def test_cache_method_fills_published_defaults(model, tmp_path):
         CacheMethod("fora-50", {}, "goc", {"correction_steps": [25]}).engine(model, 20)
 
 
-def test_dit_xl2_macs():
+def test_dit_xl2_macs(tmp_path):
     with torch.device("meta"):
         macs = model_macs(create_model("DiT-XL/2"))
     assert abs(macs.forward / 118.6e9 - 1) < 0.005
@@ -417,7 +408,7 @@ def test_dit_xl2_macs():
     fora50 = build_schedule("fora-50", 20, 28)
     expected = 20 * macs.forward / (20 * macs.forward - 10 * 28 * (macs.attention_branch + macs.mlp_branch))
     assert theoretical_speedup(macs, fora50) == pytest.approx(expected)
-    l2c = build_schedule("l2c", 20, 28, router=_shared_ref("DDIM20_router.pt"))
+    l2c = build_schedule("l2c", 20, 28, router=_xl_router(tmp_path))
     assert l2c.cache_ratio_macs(macs.units) != l2c.cache_ratio  # MLP units weigh 1.8x attention units
 
 

@@ -13,6 +13,7 @@ import torch
 
 from goc_utils.cli import main
 from goc_utils.models import create_model
+from tests.conftest import router_file
 
 
 def _run(argv, capsys):
@@ -204,9 +205,7 @@ def test_sample_with_cache_reports_its_ratio(tmp_path, tiny_ckpt, capsys):
     ],
 )
 def test_bad_cache_options_are_one_line(argv, message, tiny_ckpt, tmp_path, capsys):
-    from goc_utils.paths import PROJECT_ROOT
-
-    router = str(PROJECT_ROOT.parent / "shared" / "reference" / "l2c" / "DDIM20_router.pt")
+    router = str(router_file(tmp_path / "xl20.pt", np.zeros((20, 56))))  # shaped like the DiT-XL/2 routers
     argv = [router if a == "ROUTER20" else a for a in argv]
     code, _, err = _run(["sample", "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "g.png")] + argv, capsys)
     assert code == 2 and message in err, err

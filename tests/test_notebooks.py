@@ -52,6 +52,25 @@ def test_notebooks_run_in_smoke_mode(tmp_path, monkeypatch):
     assert fid_table.startswith("| method | cfg | samples | IS | FID |") and "| fora-50+goc | 1.5 | 40 |" in fid_table
 
 
+def test_smoke_runs_never_write_the_committed_figures(tmp_path, monkeypatch, capfd):
+    from goc_utils import paths
+    from goc_utils.cli import main
+    from goc_utils.notebooks import figures_dir_for
+
+    monkeypatch.delenv("GOC_FIGURES_DIR", raising=False)
+    assert figures_dir_for(smoke=True) == paths.RUNS_DIR / "smoke" / "figures"
+    assert figures_dir_for(smoke=False) == paths.PROJECT_ROOT / "figures"
+    assert figures_dir_for(smoke=True, figures_dir=tmp_path) == tmp_path.resolve()
+    committed = {p.name: p.stat().st_mtime_ns for p in (paths.PROJECT_ROOT / "figures").glob("01_*")}
+    smoke_figure = paths.RUNS_DIR / "smoke" / "figures" / "01_samples.png"
+    smoke_figure.unlink(missing_ok=True)
+    assert main(["notebooks", "--smoke", "--only", "01"]) == 0
+    assert smoke_figure.is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in (paths.PROJECT_ROOT / "figures").glob("01_*")} == committed
+    out, err = capfd.readouterr()  # the kernels' own output too
+    assert "runs/smoke/figures" in out and "without encryption" not in out + err
+
+
 def test_wrong_parameter_type_names_notebook_and_cell(tmp_path, monkeypatch):
     monkeypatch.setenv("GOC_FIGURES_DIR", str(tmp_path / "figures"))
     with pytest.raises(
