@@ -1,26 +1,35 @@
-"""Latency benchmark of caching methods: ``goc bench``.
+"""Methods compared on the same noise: wall-clock timing and trajectories.
 
-For each method (schedule x compensator) the same sampling run is timed after warm-up;
-reported: median and spread (min-max) of the wall time, the MACs-theoretical speedup over
-no cache, the measured speedup, their ratio, and for compensated methods the overhead over
-their host schedule with plain reuse, and the RMSE of the final samples against the
-un-cached run with the same noise (model space). Targets (README): measured >= 90% of theoretical for
-DiT-XL/2 at fora-50; GOC overhead <= 2% (the paper reports about 2%).
+* :func:`time_engines` is the one timing loop (warm-up, then round-robin repeats so that a slow phase
+  of the machine hits every method alike); ``goc bench`` (:func:`run_bench`) and ``goc eval``'s latency
+  column use it.
+* :func:`run_bench` (``goc bench``) reports per method the median and spread (min-max) of the wall time,
+  the MACs-theoretical speedup over no cache, the measured speedup, their ratio, the overhead of a
+  compensator over its host schedule with plain reuse, and the RMSE of the final samples against the
+  un-cached run with the same noise. Targets (README): measured >= 90% of theoretical for DiT-XL/2 at
+  fora-50; GOC overhead <= 2% (the paper reports about 2%).
+* :func:`same_noise_runs` samples every method from the same noise and returns the per-step error
+  against the un-cached trajectory (notebook 04).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.method import CacheMethod
+from goc_utils.errors import InvalidArgumentError
 from goc_utils.macs import model_macs, theoretical_speedup
 from goc_utils.models import DiT
-from goc_utils.sampling import generate
+from goc_utils.sampling import SampleResult, generate
+from goc_utils.tables import markdown_table
 
 DEFAULT_METHODS = (
     "none",
@@ -28,6 +37,47 @@ DEFAULT_METHODS = (
     "fora-50", "fora-50+goc", "fora-50+taylor",
     "l2c", "l2c+goc", "l2c+taylor",
 )  # fmt: skip
+
+
+def time_engines(
+    model: DiT,
+    engines: dict[str, CacheEngine],
+    labels: Sequence[int],
+    noise: torch.Tensor,
+    steps: int,
+    cfg_scale: float,
+    sampler: str = "ddim",
+    repeats: int = 3,
+    warmup: int = 1,
+    progress: bool = True,
+) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
+    """Seconds per run of every engine on the same labels and noise: ``(times, final samples)``.
+
+    ``warmup`` untimed rounds, then ``repeats`` timed rounds, each round running every engine once
+    (round-robin). The final samples are those of the last round.
+    """
+    if repeats < 1 or warmup < 0:
+        raise InvalidArgumentError(f"timing needs repeats >= 1 and warmup >= 0 (got {repeats} and {warmup})")
+    device = next(model.parameters()).device
+    noise = noise.to(device)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    finals: dict[str, torch.Tensor] = {}
+    with tqdm(total=len(engines) * (warmup + repeats), desc="timing", leave=False, disable=not progress) as bar:
+        for round_ in range(warmup + repeats):
+            for name, engine in engines.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                finals[name] = generate(
+                    model, labels, steps=steps, sampler=sampler, cfg_scale=cfg_scale, forward=engine.forward,
+                    noise=noise,
+                ).final  # fmt: skip
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if round_ >= warmup:
+                    times[name].append(time.perf_counter() - start)
+                bar.update()
+    return times, finals
 
 
 @dataclass
@@ -51,11 +101,6 @@ class BenchRow:
         return self.measured_speedup / self.theoretical_speedup
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_bench(
     model: DiT,
     methods: list[str],
@@ -69,35 +114,27 @@ def run_bench(
     progress: bool = True,
     priors=None,
 ) -> list[BenchRow]:
-    """Time ``generate`` under each method; the first method should be ``none`` (the baseline)."""
-    device = next(model.parameters()).device
+    """Time ``generate`` under each method (labels ``0, 1, ...``, the noise of seed 0); ``none`` is the baseline."""
     labels = [i % model.num_classes for i in range(batch)]
+    torch.manual_seed(0)
+    noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size)
     macs = model_macs(model)
+    engines = {m: CacheMethod.parse(m, router=router, thres=thres).engine(model, steps, priors) for m in methods}
+    times, finals = time_engines(model, engines, labels, noise, steps, cfg_scale, repeats=repeats, warmup=warmup,
+                                 progress=progress)  # fmt: skip
+    reference = finals.get("none")
     rows: dict[str, BenchRow] = {}
-    reference = None
-    for text in tqdm(methods, desc="bench", disable=not progress):
-        method = CacheMethod.parse(text, router=router, thres=thres)
-        engine = method.engine(model, steps, priors)
-        times = []
-        for i in range(warmup + repeats):
-            _sync(device)
-            start = time.perf_counter()
-            final = generate(model, labels, seed=0, steps=steps, cfg_scale=cfg_scale, forward=engine.forward).final
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-        if text == "none":
-            reference = final
+    for text, engine in engines.items():
         schedule = engine.schedule
         rows[text] = BenchRow(
             method=text,
             cache_ratio=schedule.cache_ratio,
             cache_ratio_macs=schedule.cache_ratio_macs(macs.units),
-            median_s=statistics.median(times),
-            min_s=min(times),
-            max_s=max(times),
+            median_s=statistics.median(times[text]),
+            min_s=min(times[text]),
+            max_s=max(times[text]),
             theoretical_speedup=theoretical_speedup(macs, schedule),
-            rmse_vs_none=None if reference is None else float(((final - reference) ** 2).mean().sqrt()),
+            rmse_vs_none=None if reference is None else float(((finals[text] - reference) ** 2).mean().sqrt()),
         )
     baseline = rows.get("none")
     for row in rows.values():
@@ -111,20 +148,60 @@ def run_bench(
 
 def format_table(rows: list[BenchRow]) -> str:
     """Markdown table of a benchmark."""
-    lines = [
-        "| method | cached units | cached MACs | median s | min-max s | theor. speedup | measured speedup "
-        "| measured/theor. | overhead vs host | final RMSE vs none |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        overhead = "" if r.overhead_vs_host is None else f"{100 * r.overhead_vs_host:+.1f}%"
-        lines.append(
-            f"| {r.method} | {100 * r.cache_ratio:.1f}% | {100 * r.cache_ratio_macs:.1f}% | {r.median_s:.4f} | "
-            f"{r.min_s:.4f}-{r.max_s:.4f} | {r.theoretical_speedup:.3f}x | {r.measured_speedup:.3f}x | "
-            f"{100 * r.efficiency:.0f}% | {overhead} | {'' if r.rmse_vs_none is None else f'{r.rmse_vs_none:.4f}'} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(
+        [
+            {
+                "method": r.method,
+                "cached units": f"{100 * r.cache_ratio:.1f}%",
+                "cached MACs": f"{100 * r.cache_ratio_macs:.1f}%",
+                "median s": f"{r.median_s:.4f}",
+                "min-max s": f"{r.min_s:.4f}-{r.max_s:.4f}",
+                "theor. speedup": f"{r.theoretical_speedup:.3f}x",
+                "measured speedup": f"{r.measured_speedup:.3f}x",
+                "measured/theor.": f"{100 * r.efficiency:.0f}%",
+                "overhead vs host": "" if r.overhead_vs_host is None else f"{100 * r.overhead_vs_host:+.1f}%",
+                "final RMSE vs none": "" if r.rmse_vs_none is None else f"{r.rmse_vs_none:.4f}",
+            }
+            for r in rows
+        ]
+    )
 
 
 def rows_as_dicts(rows: list[BenchRow]) -> list[dict]:
     return [asdict(r) | {"efficiency": r.efficiency} for r in rows]
+
+
+def same_noise_runs(
+    model: DiT,
+    methods: Sequence[str],
+    labels: Sequence[int],
+    seed: int = 0,
+    steps: int = 20,
+    cfg_scale: float = 4.0,
+    router: str | None = None,
+    priors=None,
+    vae=None,
+) -> tuple[dict[str, SampleResult], dict[str, np.ndarray]]:
+    """Run every method from the same noise; return ``(results, per-step RMSE vs the un-cached run)``.
+
+    ``results[method]`` is a :class:`~goc_utils.sampling.SampleResult`; the per-step error of
+    method m is the RMSE between its sample after step s and the un-cached sample after step s.
+    """
+    results, trajectories = {}, {}
+    for text in ["none", *[m for m in methods if m != "none"]]:
+        engine = CacheMethod.parse(text, router=router).engine(model, steps, priors)
+        states: list[torch.Tensor] = []
+        results[text] = generate(
+            model,
+            labels,
+            seed=seed,
+            steps=steps,
+            cfg_scale=cfg_scale,
+            vae=vae,
+            forward=engine.forward,
+            callback=lambda s, x, states=states: states.append(x[: len(labels)].clone()),
+        )
+        trajectories[text] = torch.stack(states)
+    reference = trajectories["none"]
+    errors = {m: ((t - reference) ** 2).flatten(1).mean(1).sqrt().numpy() for m, t in trajectories.items()}
+    return results, errors

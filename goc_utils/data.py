@@ -15,7 +15,7 @@ DIGITS_LEVELS = 16.0
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     """All digits as model-space images ``(1797, 1, 8, 8)`` float32 in [-1, 1] and labels ``(1797,)`` int64."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn's import is slow and only the digits need it
 
     digits = load_digits()
     images = torch.from_numpy(digits.images.astype(np.float32) / (DIGITS_LEVELS / 2) - 1.0).unsqueeze(1)

@@ -29,3 +29,9 @@ class VAEError(GocError):
 
 class InvalidArgumentError(GocError, ValueError):
     """A numeric or structural argument outside its valid range."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message (its type name when the message is empty)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

@@ -10,21 +10,32 @@ the un-cached run of the same noise (PSNR / SSIM), and timed; one table row per 
 from __future__ import annotations
 
 import csv
+import os
 import re
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+import torch.distributed as torch_dist
 
-from goc_utils.cache.method import CacheMethod
+from goc_utils import paths
+from goc_utils.bench import time_engines
+from goc_utils.cache.method import CacheMethod, split_methods
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.files import atomic_write_text
+from goc_utils.macs import model_macs, theoretical_speedup
+from goc_utils.metrics.adm import fid_bootstrap_std
+from goc_utils.metrics.batches import batch_info, check_same_size, read_labels
+from goc_utils.metrics.evaluate import reference_features, score_features
+from goc_utils.metrics.features import extract_cached
+from goc_utils.metrics.fidelity import file_fidelity
 from goc_utils.models import DiT
-from goc_utils.sampling import generate, per_sample_inputs, sample_to_npz
+from goc_utils.priors import priors_for_run
+from goc_utils.sampling import per_sample_inputs, sample_to_npz
+from goc_utils.tables import csv_text, markdown_table
 
 TABLE_METHODS = ("none", "fora-25", "fora-25+goc", "fora-50", "fora-50+goc", "l2c", "l2c+goc")
 """The paper's comparison: each host schedule with plain reuse and with GOC."""
@@ -69,8 +80,6 @@ class EvalSettings:
 def _portable(value):
     """Paths inside the project as relative paths, so a clone elsewhere resumes the same run."""
     if isinstance(value, str) and Path(value).is_absolute():
-        from goc_utils import paths
-
         try:
             return str(Path(value).resolve().relative_to(paths.PROJECT_ROOT))
         except ValueError:
@@ -83,11 +92,22 @@ def method_folder(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@+=-]", "_", text.replace(":", "-").replace("/", "_"))
 
 
-def parse_methods(text: str) -> list[str]:
-    """Comma-separated method strings, checked one by one (unknown names fail here, before any sampling)."""
-    methods = [m.strip() for m in text.split(",") if m.strip()]
+def parse_methods(text: str, single: bool = False) -> list[str]:
+    """Comma-separated method strings, checked one by one (unknown names fail here, before any sampling).
+
+    A part made of digits continues the previous method's step list (``fora-50+goc:steps=3,5,7``).
+    ``single``: exactly one method (``goc eval-sample --method``).
+    """
+    methods = split_methods(text)
     if not methods:
         raise InvalidArgumentError("no methods given; e.g. --methods none,fora-50,fora-50+goc")
+    if single and len(methods) > 1:
+        try:
+            CacheMethod.parse(text, router="router.pt")  # its own error names what is wrong in it
+        except InvalidArgumentError:
+            if not all(_parses(m) for m in methods):
+                raise
+        raise InvalidArgumentError("--method takes one method; use `goc eval --methods a,b,...` for several")
     for m in methods:
         CacheMethod.parse(m, router="router.pt")
     if len(set(methods)) != len(methods):
@@ -95,13 +115,19 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
+def _parses(text: str) -> bool:
+    try:
+        CacheMethod.parse(text, router="router.pt")
+        return True
+    except InvalidArgumentError:
+        return False
+
+
 def build_engine(model: DiT, settings: EvalSettings, text: str):
     """The parsed method and its cache engine for this run (priors loaded for ``goc:auto``)."""
     method = CacheMethod.parse(text, router=settings.router, thres=settings.thres)
     priors = None
     if "auto" in (method.compensator_options.get("weight"), method.compensator_options.get("correction_steps")):
-        from goc_utils.priors import priors_for_run
-
         priors = priors_for_run(settings.model, model, settings.steps, settings.cfg_scale, settings.priors)
     return method, method.engine(model, settings.steps, priors)
 
@@ -251,10 +277,7 @@ def format_results(rows: Sequence[ResultRow], timing: bool = True) -> str:
     optional = ("agreement", "fid_std")
     keys = [k for k in COLUMNS if k not in optional or any(getattr(r, k) is not None for r in rows)]
     keys = [k for k in keys if timing or k not in TIMING_COLUMNS]
-    lines = ["| " + " | ".join(COLUMNS[k][0] for k in keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(getattr(row, k), COLUMNS[k][1]) for k in keys) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table([{COLUMNS[k][0]: _cell(getattr(row, k), COLUMNS[k][1]) for k in keys} for row in rows])
 
 
 def write_results(
@@ -264,18 +287,13 @@ def write_results(
 
     ``timing=False`` leaves out the wall-clock columns (a byte-reproducible table).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
     rows = [rounded(r) for r in rows]
-    with csv_path.open("w", newline="") as f:
-        fields = [k for k in asdict(rows[0]) if timing or k not in TIMING_COLUMNS]
-        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_cell(k, v) for k, v in asdict(row).items() if k in fields})
-    md_path.write_text(format_results(rows, timing))
-    return csv_path, md_path
+    fields = [k for k in asdict(rows[0]) if timing or k not in TIMING_COLUMNS]
+    csv_rows = [{k: _csv_cell(k, v) for k, v in asdict(row).items() if k in fields} for row in rows]
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / f"{name}.csv", csv_text(csv_rows))
+    md_path = atomic_write_text(out_dir / f"{name}.md", format_results(rows, timing))
+    return out_dir / f"{name}.csv", md_path
 
 
 def read_results(path: str | Path) -> list[dict]:
@@ -295,35 +313,6 @@ def read_results(path: str | Path) -> list[dict]:
     return rows
 
 
-def time_methods(
-    model: DiT, settings: EvalSettings, methods: Sequence[str], batch: int, repeats: int
-) -> dict[str, float]:
-    """Median seconds to sample one batch of ``batch`` images with each method.
-
-    Every method runs once untimed, then the timed runs go round-robin over the methods so
-    that a slow phase of the machine hits all of them alike.
-    """
-    labels, noise = per_sample_inputs(model, range(batch), settings.seed)
-    device = next(model.parameters()).device
-    noise = noise.to(device)
-    engines = {text: build_engine(model, settings, text)[1] for text in methods}
-    times: dict[str, list[float]] = {text: [] for text in methods}
-    with tqdm(total=len(methods) * (repeats + 1), desc="latency", leave=False) as bar:
-        for round_ in range(repeats + 1):
-            for text, engine in engines.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                generate(model, labels, steps=settings.steps, sampler=settings.sampler, cfg_scale=settings.cfg_scale,
-                         forward=engine.forward, noise=noise)  # fmt: skip
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if round_:
-                    times[text].append(time.perf_counter() - start)
-                bar.update()
-    return {text: statistics.median(values) for text, values in times.items()}
-
-
 def score_methods(
     model: DiT,
     settings: EvalSettings,
@@ -339,13 +328,6 @@ def score_methods(
 
     ``fid_bootstrap`` > 1 adds the bootstrap spread of each FID (that many resamples).
     """
-    from goc_utils.macs import model_macs, theoretical_speedup
-    from goc_utils.metrics.adm import fid_bootstrap_std
-    from goc_utils.metrics.batches import batch_info, check_same_size, read_labels
-    from goc_utils.metrics.evaluate import reference_features, score_features
-    from goc_utils.metrics.features import extract_cached
-    from goc_utils.metrics.fidelity import file_fidelity
-
     ref = reference_features(ref_path, extractor, progress)
     macs = model_macs(model)
     rows = []
@@ -391,27 +373,21 @@ class Distributed:
 
     def close(self) -> None:
         if self.world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            torch_dist.destroy_process_group()
 
 
 def init_distributed(device: str) -> Distributed:
     """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 (NCCL on GPUs, gloo on CPU)."""
-    import os
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Distributed(device=device)
-    import torch.distributed as dist
-
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Distributed(dist.get_rank(), world, device, dist.barrier)
+    torch_dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Distributed(torch_dist.get_rank(), world, device, torch_dist.barrier)
 
 
 def run_eval(
@@ -440,7 +416,12 @@ def run_eval(
         )  # fmt: skip
     if dist.rank != 0:
         return None
-    latency = time_methods(model, settings, list(dict.fromkeys(["none", *methods])), latency_batch, latency_repeats)
+    timed = list(dict.fromkeys(["none", *methods]))
+    labels, noise = per_sample_inputs(model, range(latency_batch), settings.seed)
+    engines = {text: build_engine(model, settings, text)[1] for text in timed}
+    times, _ = time_engines(model, engines, labels, noise, settings.steps, settings.cfg_scale, settings.sampler,
+                            repeats=latency_repeats, progress=progress)  # fmt: skip
+    latency = {text: statistics.median(values) for text, values in times.items()}
     return score_methods(model, settings, methods, samples, ref_path, extractor, latency, progress, fid_bootstrap)
 
 
@@ -458,6 +439,5 @@ __all__ = [
     "parse_methods",
     "read_results",
     "score_methods",
-    "time_methods",
     "write_results",
 ]

@@ -15,9 +15,11 @@ DiT-XL/2 at 256 px: 118.6 G per forward; 1.51 G per attention branch, 2.72 G per
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from goc_utils.cache.schedule import CacheSchedule
-from goc_utils.models import DiT
+if TYPE_CHECKING:  # annotations only: models.py imports this module
+    from goc_utils.cache.schedule import CacheSchedule
+    from goc_utils.models import DiT
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from timm.models.vision_transformer import Attention, Mlp, PatchEmbed
 from torch import nn
 
 from goc_utils import paths
-from goc_utils.errors import CheckpointError, UnknownPresetError
+from goc_utils.errors import CheckpointError, InvalidArgumentError, UnknownPresetError, first_line
+from goc_utils.macs import model_macs
 
 UnitFn = Callable[[int, int, Callable[[], torch.Tensor]], torch.Tensor]
 """``unit_fn(block_index, unit, compute) -> branch output``.
@@ -382,15 +384,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         )
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r} ({first_line[:160]}); expected a DiT .pt state dict, "
+            f"cannot read checkpoint {str(path)!r} ({first_line(exc, 160)}); expected a DiT .pt state dict, "
             "a DiT train.py checkpoint or a .safetensors file"
         ) from None
     if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
@@ -495,3 +494,44 @@ def load_model(
     check_state_dict(model, state_dict, str(ckpt), name)
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval()
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a CUDA request without a GPU is one line."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"--device {name} requested but no CUDA GPU is visible; use --device cpu")
+    return name
+
+
+def model_info(name: str, image_size: int | None = None) -> dict:
+    """Architecture facts of a preset (``goc info``), built on the meta device (no memory, no weights)."""
+    info = preset_info(name)
+    with torch.device("meta"):
+        model = create_model(name, image_size)
+    out = {
+        "model": name,
+        "depth": model.depth,
+        "hidden_size": model.hidden_size,
+        "num_heads": model.num_heads,
+        "patch_size": model.patch_size,
+        "input_size": model.input_size,
+        "in_channels": model.in_channels,
+        "num_classes": model.num_classes,
+        "learn_sigma": model.learn_sigma,
+        "tokens": model.num_tokens,
+        "params": count_parameters(model),
+        "latent": info.latent,
+        "image_size": image_size or info.default_image_size,
+    }
+    macs = model_macs(model)
+    out.update(
+        macs_forward=macs.forward,
+        macs_attention_branch=macs.attention_branch,
+        macs_mlp_branch=macs.mlp_branch,
+        macs_adaln_per_block=macs.adaln_per_block,
+    )
+    if info.checkpoint is not None:
+        out["checkpoint"] = str(info.checkpoint)
+    return out

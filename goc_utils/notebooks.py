@@ -14,8 +14,10 @@ import os
 import time
 from pathlib import Path
 
+import yaml
+
 from goc_utils import paths
-from goc_utils.errors import GocError, InvalidArgumentError
+from goc_utils.errors import GocError, InvalidArgumentError, first_line
 
 PRESETS: dict[str, dict] = {
     "tiny": {"model": "tiny-digits"},
@@ -46,8 +48,6 @@ def load_params_file(path: str | Path | None) -> dict:
     """Parameters from a YAML file (a mapping of parameter name -> value)."""
     if path is None:
         return {}
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise InvalidArgumentError(f"params file {str(path)!r} does not exist")
@@ -108,7 +108,7 @@ def figures_dir_for(smoke: bool, figures_dir: str | Path | None = None) -> Path:
 
 
 def _execute(notebooks: list[Path], parameters: dict, output_dir: Path, progress: bool) -> list[tuple[Path, float]]:
-    import papermill
+    import papermill  # lazy: papermill and its kernels are needed only to execute notebooks
     from papermill.exceptions import PapermillExecutionError
 
     done = []
@@ -128,7 +128,7 @@ def _execute(notebooks: list[Path], parameters: dict, output_dir: Path, progress
             )
         except PapermillExecutionError as exc:
             raise NotebookError(
-                f"{notebook.name} failed in cell {exc.exec_count}: {exc.ename}: {str(exc.evalue).splitlines()[0]} "
+                f"{notebook.name} failed in cell {exc.exec_count}: {exc.ename}: {first_line(exc.evalue)} "
                 f"(executed copy: {target})"
             ) from None
         done.append((target, time.perf_counter() - started))

@@ -37,13 +37,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from goc_utils import paths
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.goc import COUPLINGS
 from goc_utils.cache.schedule import CacheSchedule, none_schedule
-from goc_utils.errors import GocError, InvalidArgumentError
+from goc_utils.errors import GocError, InvalidArgumentError, first_line
+from goc_utils.files import atomic_save_safetensors
+from goc_utils.macs import branch_macs
 from goc_utils.models import DiT
 from goc_utils.sampling import draw_noise, generate
 
@@ -150,6 +153,10 @@ class PriorStats:
         self.seeds += other.seeds
         return self
 
+    def auto_goc(self, schedule: CacheSchedule, steps="auto", weight="auto", coupling: str = "block") -> AutoGOC:
+        """:func:`auto_goc` on these priors (what the cache engine calls to resolve GOC's ``"auto"`` options)."""
+        return auto_goc(self, schedule, steps, weight, coupling)
+
     # ------------------------------------------------------------------ views
     @property
     def mean(self) -> np.ndarray:
@@ -213,8 +220,6 @@ class PriorStats:
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
         """One safetensors file: float64 sums + a JSON header (model, steps, cfg, classes, seeds, count)."""
-        from goc_utils.training import atomic_save_safetensors
-
         tensors = {name: torch.from_numpy(getattr(self, name)) for name in STAT_NAMES}
         atomic_save_safetensors(tensors, Path(path), {"goc_priors": json.dumps(self.header())})
         return Path(path)
@@ -222,8 +227,6 @@ class PriorStats:
     @classmethod
     def load(cls, path: str | Path) -> PriorStats:
         """Read a priors file (one-line :class:`PriorsError` when missing or corrupt)."""
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise PriorsError(f"priors file {str(path)!r} does not exist; create it with `goc priors --out {path}`")
@@ -233,7 +236,7 @@ class PriorStats:
                 tensors = {k: f.get_tensor(k).numpy() for k in f.keys()}
         except Exception as exc:  # noqa: BLE001 - truncated / foreign file
             raise PriorsError(
-                f"priors file {str(path)!r} is corrupt or not a goc priors file ({str(exc).splitlines()[0][:100]}); "
+                f"priors file {str(path)!r} is corrupt or not a goc priors file ({first_line(exc, 100)}); "
                 "recreate it with `goc priors`"
             ) from None
         if header.get("format") != PRIORS_FORMAT:
@@ -291,6 +294,49 @@ def priors_for_run(model_name: str, model: DiT, steps: int, cfg_scale: float, pa
 # --------------------------------------------------------------------------------------
 
 
+class PriorRecorder:
+    """Feeds one sampling batch's features into :class:`PriorStats` as the sampler produces them.
+
+    The cache engine reports every unit output (``observe``, its ``on_unit`` observer) and a forward
+    hook on every block reports the block output; the recorder keeps, per (block, kind), the previous
+    step's copy (for the adjacent-step statistics) and the batch's sketches so far (for ``gram``).
+    Only the first ``n`` rows of a batch (the conditional half of the CFG batch) are recorded.
+    """
+
+    def __init__(self, stats: PriorStats) -> None:
+        self.stats = stats
+        self.reset(0)
+
+    def reset(self, n: int) -> None:
+        """Start a batch of ``n`` samples."""
+        self.n, self.step = n, 0
+        self.previous: dict[tuple[int, int], torch.Tensor] = {}
+        self.history: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    def observe(self, step: int, block: int, kind: int, value: torch.Tensor, computed: bool = True) -> None:
+        """Record the features ``value (B, T, D)`` of ``kind`` (0 attention, 1 MLP, 2 block output) at ``step``."""
+        self.step = step
+        x = value[: self.n]
+        key = (block, kind)
+        self.previous[key] = self.stats.add(step, block, kind, x, self.previous.get(key) if step > 0 else None)
+        if kind < 2:
+            sketch = sketch_features(x)
+            history = self.history.setdefault(key, [])
+            self.stats.add_gram(step, block, kind, sketch, history)
+            history.append(sketch)
+
+    def block_hook(self, block: int):
+        """A forward hook for ``model.blocks[block]`` recording its output at the current step."""
+        return lambda module, inputs, output: self.observe(self.step, block, 2, output)
+
+    def finish(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Count the batch's ``(class, seed)`` pairs in the statistics."""
+        self.stats.count += len(pairs)
+        self.stats.gram_count += len(pairs)
+        self.stats.classes += [c for c, _ in pairs]
+        self.stats.seeds += [s for _, s in pairs]
+
+
 def extract_priors(
     model: DiT,
     model_name: str,
@@ -311,50 +357,26 @@ def extract_priors(
         raise InvalidArgumentError(
             f"class id {bad[0]} is out of range for {model_name}; use 0..{model.num_classes - 1}"
         )
+    if batch_size < 1:
+        raise InvalidArgumentError(f"--batch-size must be >= 1 (got {batch_size})")
     pairs = [(int(c), int(s)) for s in seeds for c in classes]
     stats = PriorStats(model_name, steps, cfg_scale, model.depth, model.num_tokens, model.hidden_size)
     device = next(model.parameters()).device
+    recorder = PriorRecorder(stats)
     engine = CacheEngine(model, none_schedule(steps, model.depth))
-    state: dict = {}
-
-    def observe(step: int, block: int, unit: int, value: torch.Tensor, computed: bool) -> None:
-        record(step, block, unit, value)
-
-    def record(step: int, block: int, kind: int, value: torch.Tensor) -> None:
-        previous = state["prev"].get((block, kind)) if step > 0 else None
-        state["prev"][(block, kind)] = stats.add(step, block, kind, value[: state["n"]], previous)
-        if kind < 2:
-            history = state["history"].setdefault((block, kind), [])
-            sketch = sketch_features(value[: state["n"]])
-            stats.add_gram(step, block, kind, sketch, history)
-            history.append(sketch)
-
-    def block_hook(index: int):
-        def hook(module, inputs, output):
-            record(state["step"], index, 2, output)
-
-        return hook
-
-    def forward(x, t, y, step):
-        state["step"] = step
-        return engine.forward(x, t, y, step=step)
-
-    engine.on_unit = observe
-    handles = [block.register_forward_hook(block_hook(i)) for i, block in enumerate(model.blocks)]
+    engine.on_unit = recorder.observe
+    handles = [block.register_forward_hook(recorder.block_hook(i)) for i, block in enumerate(model.blocks)]
     try:
         batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
         for batch in tqdm(batches, desc=f"priors {model_name}", disable=not progress):
             noise = torch.cat([draw_noise(model, 1, seed, device) for _, seed in batch])
-            state.update(n=len(batch), prev={}, history={})
-            generate(model, [c for c, _ in batch], steps=steps, cfg_scale=cfg_scale, forward=forward, noise=noise)
-            stats.count += len(batch)
-            stats.gram_count += len(batch)
-            stats.classes += [c for c, _ in batch]
-            stats.seeds += [s for _, s in batch]
+            recorder.reset(len(batch))
+            labels = [c for c, _ in batch]
+            generate(model, labels, steps=steps, cfg_scale=cfg_scale, forward=engine.forward, noise=noise)
+            recorder.finish(batch)
     finally:
         for handle in handles:
             handle.remove()
-        engine.on_unit = None
     return stats
 
 
@@ -587,8 +609,6 @@ GRANULARITIES = ("global", "step", "unit")
 
 def unit_macs_weights(stats: PriorStats) -> tuple[float, float]:
     """``(attention, MLP)`` branch MACs of the priors' model, normalised to the attention branch."""
-    from goc_utils.macs import branch_macs
-
     attention, mlp = branch_macs(stats.tokens, stats.hidden)
     return 1.0, mlp / attention
 

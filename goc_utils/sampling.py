@@ -7,21 +7,21 @@ is the plain model, so a cache engine plugs in without touching the sampler.
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from goc_utils.data import to_uint8
 from goc_utils.diffusion import cfg_denoiser, create_diffusion
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.files import atomic_write_text, write_npz, write_npz_stream
 from goc_utils.models import DiT
+from goc_utils.vae import decode_latents
 
 
 @dataclass
@@ -49,13 +49,15 @@ def plain_forward(model: DiT) -> Callable[..., torch.Tensor]:
     return forward
 
 
-def check_sampling_args(model: DiT, labels: Sequence[int], steps: int, cfg_scale: float) -> None:
+def check_sampling_args(
+    model: DiT, labels: Sequence[int], steps: int, cfg_scale: float, model_name: str = "this model"
+) -> None:
     """Raise one-line errors for labels out of range, steps < 1 and a negative / NaN cfg scale."""
     if len(labels) == 0:
         raise InvalidArgumentError("no class labels given; pass e.g. --classes 0,1,2")
     bad = [c for c in labels if not 0 <= int(c) < model.num_classes]
     if bad:
-        raise InvalidArgumentError(f"class id {bad[0]} is out of range for this model; use 0..{model.num_classes - 1}")
+        raise InvalidArgumentError(f"class id {bad[0]} is out of range for {model_name}; use 0..{model.num_classes - 1}")
     if int(steps) < 1:
         raise InvalidArgumentError(f"steps must be >= 1 (got {steps})")
     if not cfg_scale >= 0:  # also catches NaN
@@ -115,12 +117,28 @@ def generate(
         out = diffusion.sample_loop(denoiser, z, y, sampler=sampler, progress=progress, callback=callback)
     final = out[: len(labels)].float()
     if vae is not None:
-        from goc_utils.vae import decode_latents
-
         pixels = decode_latents(vae, final.to(next(vae.parameters()).device, next(vae.parameters()).dtype))
     else:
         pixels = final
     return SampleResult(final=final.cpu(), images=to_uint8(pixels.float()), labels=np.asarray(labels, dtype=np.int64))
+
+
+def parse_classes(text: str) -> list[int]:
+    """``"207,360"`` or ``"0-9"`` -> class ids (one-line error when malformed)."""
+    classes: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                classes.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                classes.append(int(part))
+        except ValueError:
+            raise InvalidArgumentError(f"malformed class list {text!r}; use e.g. 3,5,7 or 0-9") from None
+    if not classes:
+        raise InvalidArgumentError(f"empty class list {text!r}; use e.g. 3,5,7 or 0-9")
+    return classes
 
 
 def class_labels(classes: Sequence[int], per_class: int = 1) -> list[int]:
@@ -128,25 +146,6 @@ def class_labels(classes: Sequence[int], per_class: int = 1) -> list[int]:
     if per_class < 1:
         raise InvalidArgumentError(f"--per-class must be >= 1 (got {per_class})")
     return [int(c) for c in classes for _ in range(per_class)]
-
-
-def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
-    """Write an ``.npz`` deterministically (fixed zip timestamps) and atomically (temp + rename).
-
-    ``np.savez`` stamps the current time into the archive, so the same arrays would give
-    different bytes a minute later; here the same arrays always give the same file.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, array in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, buffer.getvalue())
-    os.replace(tmp, path)
-    return path
 
 
 def save_samples_npz(path: str | Path, result: SampleResult) -> Path:
@@ -219,38 +218,7 @@ def check_manifest(out_dir: Path, manifest: dict) -> None:
                 "rerun with the same settings to resume, or choose a new --out"
             )
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def write_npz_stream(
-    path: str | Path, arrays: dict[str, tuple[tuple[int, ...], np.dtype, Iterable[np.ndarray]]]
-) -> Path:
-    """Like :func:`write_npz` for arrays too big to hold: each is ``(shape, dtype, chunks along axis 0)``.
-
-    Same bytes as :func:`write_npz` on the concatenated arrays (fixed timestamps, stored, atomic).
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, (shape, dtype, chunks) in arrays.items():
-            header = io.BytesIO()
-            np.lib.format.write_array_header_1_0(
-                header,
-                {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)},
-            )
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            size = len(header.getvalue()) + int(np.prod(shape)) * np.dtype(dtype).itemsize
-            info.file_size = size
-            with archive.open(info, "w", force_zip64=size > 0x7FFFFFFF) as member:
-                member.write(header.getvalue())
-                for chunk in chunks:
-                    member.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
-    os.replace(tmp, path)
-    return path
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def merge_shards(out_dir: Path, ranges: list[tuple[int, int]]) -> Path:
@@ -298,8 +266,6 @@ def sample_to_npz(
     ``manifest`` (model, method, seed, ...) is stored as ``run.json``; resuming with other
     settings is refused.
     """
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     ranges = shard_ranges(num_samples, batch)
     barrier = barrier or (lambda: None)

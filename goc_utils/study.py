@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +12,43 @@ import torch
 from tqdm.auto import tqdm
 
 from goc_utils import paths
+from goc_utils.bench import same_noise_runs
+from goc_utils.cache import CacheMethod, split_methods, without_router
+from goc_utils.cache.l2c import default_router
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.evaluation import EvalSettings, parse_methods, rounded, run_eval, write_results
+from goc_utils.macs import model_macs, theoretical_speedup
+from goc_utils.metrics.batches import batch_info
 from goc_utils.metrics.digits import predicted_digits
-from goc_utils.models import load_model
-from goc_utils.sampling import class_labels, generate
-from goc_utils.viz import save_labelled_grid
+from goc_utils.metrics.features import build_extractor
+from goc_utils.models import check_preset, load_model, preset_info, resolve_device
+from goc_utils.priors import (
+    PriorsError,
+    PriorStats,
+    auto_goc,
+    check_compatible,
+    default_priors_path,
+    extract_priors,
+    unit_macs_weights,
+)
+from goc_utils.sampling import class_labels, generate, parse_classes
+from goc_utils.tables import show_table, write_table
+from goc_utils.vae import load_vae
+from goc_utils.viz import goc_simulation_plot, save_labelled_grid
+
+__all__ = [  # what the notebooks use
+    "StudyParams",
+    "fid_table",
+    "goc_on_priors_figure",
+    "inflection_table",
+    "load_or_extract_priors",
+    "method_table",
+    "notebook_methods",
+    "same_noise_runs",
+    "show_table",
+    "tiny_digits_report",
+    "write_table",
+]
 
 
 @dataclass
@@ -75,11 +108,14 @@ def tiny_digits_report(
         f"(classifier agreement {100 * best.agreement:.1f}%)",
         predicted=predicted[pick],
     )
-    lines = ["| cfg scale | samples | classifier agreement |", "|---|---|---|"]
-    lines += [f"| {r.cfg_scale:g} | {r.samples} | {100 * r.agreement:.1f}% |" for r in rows]
-    (out_dir / "00_tiny_agreement.md").write_text("\n".join(lines) + "\n")
-    csv = ["cfg_scale,samples,agreement"] + [f"{r.cfg_scale:g},{r.samples},{r.agreement:.4f}" for r in rows]
-    (out_dir / "00_tiny_agreement.csv").write_text("\n".join(csv) + "\n")
+    write_table(
+        [{"cfg scale": f"{r.cfg_scale:g}", "samples": r.samples, "classifier agreement": f"{100 * r.agreement:.1f}%"}
+         for r in rows],
+        "00_tiny_agreement",
+        out_dir,
+        csv_rows=[{"cfg_scale": f"{r.cfg_scale:g}", "samples": r.samples, "agreement": f"{r.agreement:.4f}"}
+                  for r in rows],
+    )  # fmt: skip
     return rows
 
 
@@ -110,9 +146,6 @@ class StudyParams:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        from goc_utils.errors import InvalidArgumentError
-        from goc_utils.models import check_preset
-
         # notebook parameters use "" / 0 for "not given" (papermill cannot parse Optional annotations)
         if self.ckpt == "":
             self.ckpt = None
@@ -136,17 +169,11 @@ class StudyParams:
                 raise InvalidArgumentError(
                     f"parameter {f.name}={value!r} has type {type(value).__name__}; expected {f.type}"
                 )
-        check_preset(self.model)
-        if self.steps < 1:
-            raise InvalidArgumentError(f"parameter steps must be >= 1 (got {self.steps})")
-        if not self.cfg_scale >= 0:
-            raise InvalidArgumentError(f"parameter cfg_scale must be >= 0 (got {self.cfg_scale})")
+        check_preset(self.model)  # steps and cfg_scale are checked where they are used (the sampler)
 
     @property
     def torch_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return resolve_device(self.device)
 
     def load_model(self):
         """The DiT in eval mode on the chosen device."""
@@ -154,61 +181,7 @@ class StudyParams:
 
     def load_vae(self):
         """The VAE for latent presets, None for pixel presets."""
-        from goc_utils.models import preset_info
-
-        if not preset_info(self.model).latent:
-            return None
-        from goc_utils.vae import load_vae
-
-        return load_vae(self.vae, self.torch_device)
-
-
-def parse_classes(text: str) -> list[int]:
-    """``"207,360"`` or ``"0-9"`` -> class ids (one-line error when malformed)."""
-    from goc_utils.errors import InvalidArgumentError
-
-    classes: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                classes.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                classes.append(int(part))
-        except ValueError:
-            raise InvalidArgumentError(f"malformed class list {text!r}; use e.g. 3,5,7 or 0-9") from None
-    if not classes:
-        raise InvalidArgumentError(f"empty class list {text!r}; use e.g. 3,5,7 or 0-9")
-    return classes
-
-
-def method_errors(
-    model,
-    methods: Sequence[str],
-    labels: Sequence[int],
-    seeds: Sequence[int] = (0,),
-    steps: int = 20,
-    cfg_scale: float = 4.0,
-    router: str | None = None,
-    priors=None,
-    progress: bool = True,
-) -> dict[str, float]:
-    """Final-sample RMSE (model space) of each caching method vs the un-cached run with the same noise.
-
-    ``methods`` are method strings (``"fora-50+goc:auto"``, see :meth:`CacheMethod.parse`);
-    the error is averaged over ``seeds``.
-    """
-    from goc_utils.cache.method import CacheMethod
-
-    errors = {m: [] for m in methods}
-    for seed in tqdm(list(seeds), desc="method errors", disable=not progress):
-        reference = generate(model, labels, seed=seed, steps=steps, cfg_scale=cfg_scale).final
-        for text in methods:
-            engine = CacheMethod.parse(text, router=router).engine(model, steps, priors)
-            final = generate(model, labels, seed=seed, steps=steps, cfg_scale=cfg_scale, forward=engine.forward).final
-            errors[text].append(float(((final - reference) ** 2).mean().sqrt()))
-    return {m: float(np.mean(v)) for m, v in errors.items()}
+        return load_vae(self.vae, self.torch_device) if preset_info(self.model).latent else None
 
 
 def load_or_extract_priors(p: StudyParams, classes: str = "all", per_class: int = 1, save: bool = True):
@@ -217,8 +190,6 @@ def load_or_extract_priors(p: StudyParams, classes: str = "all", per_class: int 
     Freshly extracted priors are saved to the default location only when no file is there
     (a committed file is never overwritten by a run over other classes).
     """
-    from goc_utils.priors import PriorsError, PriorStats, check_compatible, default_priors_path, extract_priors
-
     path = default_priors_path(p.model, p.steps, p.cfg_scale)
     model = p.load_model()
     wanted = list(range(model.num_classes)) if classes == "all" else parse_classes(classes)
@@ -260,20 +231,14 @@ def inflection_table(
     rule) and ``mean`` (on the class-averaged trajectory, the paper's prior knowledge); ``samples``
     is skipped for files without per-sample statistics. Rows hold the predicted (MACs-weighted
     relative L2) error of plain reuse, of GOC with the paper's steps and w, and of GOC with the
-    inflection-aware steps and least-squares w.
+    inflection-aware steps and least-squares w. Schedules needing a router are skipped without one.
     """
-    from goc_utils.cache.schedule import build_schedule
-    from goc_utils.priors import auto_goc
-
     rows = []
     for source in sources:
         if source == "samples" and not stats.has_gram:
             continue
-        for name in schedules:
-            if name == "l2c" and router is None:
-                continue
-            options = {"router": router, "thres": 0.1} if name == "l2c" else {}
-            schedule = build_schedule(name, stats.steps, stats.depth, **options)
+        for name in without_router(list(schedules), router)[0]:
+            schedule = CacheMethod.parse(name, router=router).build_schedule(stats.steps, stats.depth)
             auto = auto_goc(stats, schedule, source=source, coupling=coupling)
             rows.append(
                 {
@@ -292,45 +257,9 @@ def inflection_table(
     return rows
 
 
-def write_table(rows: list[dict], name: str) -> Path:
-    """Write ``figures/<name>.csv`` and ``.md`` from a list of dict rows; returns the .md path."""
-    import csv
-
-    out_dir = paths.FIGURES_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keys = list(rows[0]) if rows else []
-    with open(out_dir / f"{name}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
-    return out_dir / f"{name}.md"
-
-
-def default_router(model: str, steps: int) -> str | None:
-    """The committed L2C router for a preset and step count, if there is one."""
-    if model == "tiny-digits" and steps == 20 and paths.TINY_DIGITS_ROUTER.is_file():
-        return str(paths.TINY_DIGITS_ROUTER)
-    return None
-
-
-def show_table(rows: list[dict]):
-    """A pandas DataFrame of dict rows (rendered by Jupyter)."""
-    import pandas as pd
-
-    return pd.DataFrame(rows)
-
-
 def goc_on_priors_figure(stats, schedule_name: str, router: str | None = None):
     """:func:`goc_utils.viz.goc_simulation_plot` for the automatic steps and weight of a host schedule."""
-    from goc_utils.cache.schedule import build_schedule
-    from goc_utils.priors import auto_goc, unit_macs_weights
-    from goc_utils.viz import goc_simulation_plot
-
-    options = {"router": router, "thres": 0.1} if schedule_name == "l2c" else {}
-    schedule = build_schedule(schedule_name, stats.steps, stats.depth, **options)
+    schedule = CacheMethod.parse(schedule_name, router=router).build_schedule(stats.steps, stats.depth)
     auto = auto_goc(stats, schedule)
     return goc_simulation_plot(
         auto.probe_simulation,
@@ -339,49 +268,16 @@ def goc_on_priors_figure(stats, schedule_name: str, router: str | None = None):
     )
 
 
-def same_noise_runs(
-    model,
-    methods: Sequence[str],
-    labels: Sequence[int],
-    seed: int = 0,
-    steps: int = 20,
-    cfg_scale: float = 4.0,
-    router: str | None = None,
-    priors=None,
-    vae=None,
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """Run every method from the same noise; return ``(results, per-step RMSE vs the un-cached run)``.
-
-    ``results[method]`` is a :class:`~goc_utils.sampling.SampleResult`; the per-step error of
-    method m is the RMSE between its sample after step s and the un-cached sample after step s.
-    """
-    from goc_utils.cache.method import CacheMethod
-
-    results, trajectories = {}, {}
-    for text in ["none", *[m for m in methods if m != "none"]]:
-        engine = CacheMethod.parse(text, router=router).engine(model, steps, priors)
-        states: list[torch.Tensor] = []
-        results[text] = generate(
-            model,
-            labels,
-            seed=seed,
-            steps=steps,
-            cfg_scale=cfg_scale,
-            vae=vae,
-            forward=engine.forward,
-            callback=lambda s, x: states.append(x[: len(labels)].clone()),
-        )
-        trajectories[text] = torch.stack(states)
-    reference = trajectories["none"]
-    errors = {m: ((t - reference) ** 2).flatten(1).mean(1).sqrt().numpy() for m, t in trajectories.items()}
-    return results, errors
+def notebook_methods(methods: str, router: str | None, priors, smoke: bool = False) -> list[str]:
+    """The method strings a notebook can run: those needing a router are dropped without one, ``auto``
+    ones without priors; ``smoke`` keeps the fora-50 ones."""
+    wanted = without_router(split_methods(methods), router)[0]
+    wanted = [m for m in wanted if priors is not None or not CacheMethod.parse(m, router=router).needs_priors]
+    return [m for m in wanted if "fora-50" in m] if smoke else wanted
 
 
 def method_table(model, results: dict, errors: dict, steps: int, router: str | None = None) -> list[dict]:
     """Cache ratio (units, MACs), theoretical speedup and final RMSE vs no cache for each method."""
-    from goc_utils.cache.method import CacheMethod
-    from goc_utils.macs import model_macs, theoretical_speedup
-
     macs = model_macs(model)
     rows = []
     for method in results:
@@ -422,13 +318,6 @@ def fid_table(
     ``make eval-tiny`` fills too, so a finished run is only re-scored. ``l2c`` methods are skipped
     when no router is given and none is committed for the model.
     """
-    from dataclasses import asdict
-
-    from goc_utils.errors import InvalidArgumentError
-    from goc_utils.evaluation import EvalSettings, parse_methods, rounded, run_eval, write_results
-    from goc_utils.metrics.batches import batch_info
-    from goc_utils.metrics.features import build_extractor
-
     features = features or ("digits" if p.model == "tiny-digits" else "inception")
     ref = ref_batch or (str(paths.DIGITS_REFERENCE_BATCH) if features == "digits" else "")
     if not ref:
@@ -438,7 +327,7 @@ def fid_table(
         )
     batch_info(ref)
     router_path = router or default_router(p.model, p.steps)
-    wanted = [m for m in parse_methods(methods) if router_path or not m.startswith("l2c")]
+    wanted = without_router(parse_methods(methods), router_path)[0]
     scales = [float(c) for c in cfg_scales.split(",") if c.strip()]
     model, vae = p.load_model(), p.load_vae()
     extractor = build_extractor(features, p.torch_device, inception_weights or None)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from goc_utils import paths
-from goc_utils.errors import VAEError
+from goc_utils.errors import VAEError, first_line
 
 LATENT_SCALE = 0.18215
 """Latents are ``scale * vae.encode(x).mean``; samples are decoded from ``latents / scale``."""
@@ -39,7 +39,7 @@ def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
     Example:
         >>> vae = load_vae("/path/to/sd-vae-ft-ema")  # doctest: +SKIP
     """
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # lazy: heavy, and only latent presets (DiT-XL/2) need it
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
@@ -54,7 +54,7 @@ def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
         try:
             vae = AutoencoderKL.from_pretrained(str(as_path))
         except Exception as exc:  # noqa: BLE001 - report any reader failure in one line
-            raise VAEError(f"cannot load the VAE in {str(as_path)!r}: {str(exc).splitlines()[0][:200]}") from None
+            raise VAEError(f"cannot load the VAE in {str(as_path)!r}: {first_line(exc)}") from None
         return vae.to(device).eval()
     local = local_vae_dir(hub_id)
     if (local / "config.json").is_file():

@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+import seaborn as sns
 from PIL import Image
+
+from goc_utils import paths
+from goc_utils.priors import KINDS, gradient_consistency, step_similarity
 
 
 def image_grid(images: np.ndarray, nrow: int, padding: int = 2, pad_value: int = 255) -> np.ndarray:
@@ -48,8 +53,6 @@ def sample_grid_figure(
     With ``predicted`` (a classifier's verdicts), a red ``label→prediction`` marks each
     sample whose predicted class differs from its label.
     """
-    import matplotlib.pyplot as plt
-
     n = len(images)
     rows = -(-n // nrow)
     size = 0.6 if images.shape[1] <= 32 else 1.6
@@ -73,8 +76,6 @@ def sample_grid_figure(
 
 def save_figure(fig, name_or_path: str | Path, dpi: int = 150) -> Path:
     """Save ``fig`` as PNG and PDF (byte-reproducible): a bare name goes to ``figures/<name>.png|.pdf``."""
-    from goc_utils import paths
-
     path = Path(name_or_path)
     if path.suffix != ".png":
         path = paths.figure_path(str(name_or_path))
@@ -93,24 +94,14 @@ def save_labelled_grid(
     predicted: Sequence[int] | None = None,
 ) -> Path:
     """:func:`sample_grid_figure` saved as PNG + PDF and closed (for scripts)."""
-    import matplotlib.pyplot as plt
-
     fig = sample_grid_figure(images, labels, nrow, title, predicted)
     out = save_figure(fig, path)
     plt.close(fig)
     return out
 
 
-def _plt():
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _block_step_heatmap(ax, values: np.ndarray, first_step: int, title: str, **style) -> None:
     """A (block, step) heatmap with steps ``first_step ..`` on x and blocks on y."""
-    import seaborn as sns
-
     depth, count = values.shape
     sns.heatmap(
         values, ax=ax, xticklabels=list(range(first_step, first_step + count)), yticklabels=list(range(depth)), **style
@@ -128,9 +119,6 @@ def similarity_heatmaps(stats, statistic: str = "adjacent_cos", kinds: Sequence[
     step's, averaged over samples) or ``adjacent_rel_l1`` (relative L1 change).
     """
 
-    from goc_utils.priors import KINDS
-
-    plt = _plt()
     values = stats.scalar(statistic)
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 0.18 * stats.depth + 1.6), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=True):
@@ -143,11 +131,6 @@ def similarity_heatmaps(stats, statistic: str = "adjacent_cos", kinds: Sequence[
 
 def step_similarity_matrices(stats, blocks: Sequence[int], kind: int = 2):
     """Step x step cosine similarity of the mean features for chosen blocks (one panel each)."""
-    import seaborn as sns
-
-    from goc_utils.priors import KINDS, step_similarity
-
-    plt = _plt()
     fig, axes = plt.subplots(1, len(blocks), figsize=(3.4 * len(blocks), 3.2), squeeze=False)
     for ax, block in zip(axes[0], blocks, strict=True):
         sns.heatmap(
@@ -170,7 +153,6 @@ def step_similarity_matrices(stats, blocks: Sequence[int], kind: int = 2):
 
 def goc_simulation_plot(sim, title: str = "", unit_weights: tuple[float, float] = (1.0, 1.0)):
     """Per reused step: MACs-weighted mean relative error of plain reuse vs GOC on the prior trajectory."""
-    plt = _plt()
     uw = np.broadcast_to(np.asarray(unit_weights, dtype=float), sim.reused.shape[1:])
     steps = [s for s in range(sim.reused.shape[0]) if sim.reused[s].any()]
 
@@ -196,9 +178,6 @@ def goc_simulation_plot(sim, title: str = "", unit_weights: tuple[float, float] 
 
 def change_magnitude_plot(stats):
     """Per step: mean (over blocks) relative L1 change of each feature kind vs the previous step."""
-    from goc_utils.priors import KINDS
-
-    plt = _plt()
     values = stats.scalar("adjacent_rel_l1")
     fig, ax = plt.subplots(figsize=(6, 3))
     for kind, name in enumerate(KINDS):
@@ -215,9 +194,6 @@ def change_magnitude_plot(stats):
 def gradient_consistency_heatmap(stats, kind: int = 2):
     """Block x step heatmap of cos(g_s, g_{s-1}) of the mean trajectory (direction consistency)."""
 
-    from goc_utils.priors import KINDS, gradient_consistency
-
-    plt = _plt()
     values = gradient_consistency(stats)[2:, :, kind].T
     fig, ax = plt.subplots(figsize=(6, 0.18 * stats.depth + 1.6))
     _block_step_heatmap(
@@ -235,7 +211,6 @@ def gradient_consistency_heatmap(stats, kind: int = 2):
 
 def method_grid_figure(results: dict, title: str = ""):
     """Rows = methods, columns = samples: the same noise under every caching method."""
-    plt = _plt()
     methods = list(results)
     n = len(results[methods[0]].images)
     fig, axes = plt.subplots(len(methods), n, figsize=(0.7 * n + 1.6, 0.75 * len(methods) + 0.4), squeeze=False)
@@ -257,7 +232,6 @@ def method_grid_figure(results: dict, title: str = ""):
 
 def per_step_error_plot(errors: dict[str, np.ndarray]):
     """RMSE of each method's intermediate samples vs the un-cached run, per step."""
-    plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     for method, values in errors.items():
         if method == "none":
@@ -281,7 +255,6 @@ def quality_speed_figure(rows: Sequence[dict], metrics: Sequence[str] = ("fid", 
     ``rows`` are result-table rows (dicts with ``method``, ``cfg_scale``, ``macs_speedup`` and the
     metrics); every line starts at the un-cached point, markers are labelled by host schedule.
     """
-    plt = _plt()
     labels = {"fid": "FID (lower is better)", "psnr_vs_none": "PSNR vs un-cached, dB (higher is better)"}
     cfgs = sorted({r["cfg_scale"] for r in rows})
     fig, axes = plt.subplots(len(cfgs), len(metrics), figsize=(4.2 * len(metrics), 3.1 * len(cfgs)), squeeze=False)

@@ -8,22 +8,26 @@ the tables report. Headless (papermill, ``interactive=False``) the notebook rend
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
+from goc_utils.cache import COMPENSATORS
 from goc_utils.cache.goc import COUPLINGS
 from goc_utils.cache.method import CacheMethod
 from goc_utils.errors import GocError
 from goc_utils.macs import model_macs, theoretical_speedup
 from goc_utils.sampling import generate
+from goc_utils.viz import image_grid, sample_grid_figure
 
 
 class ThresholdExplorer:
     """Sliders and toggles over a caching method, re-sampling the same noise on every change.
 
     Controls: schedule (FORA / L2C), FORA interval and step range, L2C router threshold,
-    compensator (none / GOC / Taylor), GOC weight, correction steps (list or ``auto``) and
+    compensator (every registered one: none / GOC / Taylor / ...), GOC weight, correction steps (list or ``auto``) and
     coupling (``block``: published; ``unit``: each unit on its own).
     ``state`` holds the latest ``cache_ratio``, ``cache_ratio_macs``, ``speedup``, ``rmse``
     (vs the un-cached run with the same noise), ``images`` (uint8) and ``error`` (a message
@@ -41,7 +45,7 @@ class ThresholdExplorer:
         priors=None,
         vae=None,
     ) -> None:
-        import ipywidgets as w
+        import ipywidgets as w  # lazy: only the interactive explorer needs it (headless runs use snapshot())
 
         self.model, self.labels, self.steps, self.cfg_scale, self.seed = model, list(labels), steps, cfg_scale, seed
         self.router, self.priors, self.vae = router, priors, vae
@@ -55,7 +59,7 @@ class ThresholdExplorer:
         self.step_range = w.IntRangeSlider(value=(0, steps), min=0, max=steps, description="FORA range", style=style)
         self.thres = w.FloatSlider(value=0.1, min=0.0, max=1.0, step=0.01, description="L2C threshold", style=style)
         self.compensator = w.ToggleButtons(
-            options=["none", "goc", "taylor"], value="goc", description="compensator", style=style
+            options=list(COMPENSATORS), value="goc", description="compensator", style=style
         )
         self.weight = w.FloatSlider(value=1.2, min=0.0, max=2.0, step=0.05, description="GOC weight w", style=style)
         self.correction = w.Text(
@@ -136,12 +140,6 @@ class ThresholdExplorer:
 
     @staticmethod
     def _png(images: np.ndarray) -> bytes:
-        import io
-
-        from PIL import Image
-
-        from goc_utils.viz import image_grid
-
         small = images.shape[1] <= 32
         grid = image_grid(images.repeat(8, 1).repeat(8, 2) if small else images, nrow=len(images))
         buffer = io.BytesIO()
@@ -150,8 +148,6 @@ class ThresholdExplorer:
 
     def snapshot(self):
         """A static matplotlib figure of the current state (for headless runs)."""
-        from goc_utils.viz import sample_grid_figure
-
         if self.state.get("error"):
             raise GocError(self.state["error"])
         title = (

@@ -90,9 +90,9 @@ def test_sample_writes_grid_and_npz(tmp_path, tiny_ckpt, capsys):
         (["--ckpt", "/nonexistent/w.pt"], "does not exist"),
         (["--classes", "3,12"], "class id 12 is out of range for tiny-digits; use 0..9"),
         (["--classes", "x"], "malformed class list"),
-        (["--steps", "0"], "--steps must be >= 1"),
-        (["--cfg-scale", "-1"], "--cfg-scale must be a number >= 0"),
-        (["--cfg-scale", "nan"], "--cfg-scale must be a number >= 0"),
+        (["--steps", "0"], "steps must be >= 1"),
+        (["--cfg-scale", "-1"], "cfg scale must be a number >= 0"),
+        (["--cfg-scale", "nan"], "'nan' is not a finite number"),
         (["--cfg-scale", "abc"], "not a number"),
         (["--out", "/proc/forbidden/grid.png"], "--out '/proc/forbidden/grid.png'"),
         (["--sampler", "euler"], "invalid choice"),
@@ -189,11 +189,11 @@ def test_sample_with_cache_reports_its_ratio(tmp_path, tiny_ckpt, capsys):
     [
         (["--goc-weight", "1.2"], "--goc-weight needs --compensator goc"),
         (["--compensator", "goc"], "needs a schedule that reuses units"),
-        (["--cache", "fora", "--fora-interval", "-2"], "--fora-interval must be >= 1"),
+        (["--cache", "fora", "--fora-interval", "-2"], "FORA interval must be >= 1"),
         (["--cache", "fora", "--fora-range", "x"], "malformed step range"),
-        (["--cache", "l2c"], "--cache l2c needs --router"),
+        (["--cache", "l2c"], "l2c schedule needs --router PATH"),
         (["--cache", "l2c", "--router", "ROUTER20"], "needs 20 routers of 24 units"),
-        (["--cache", "l2c", "--router", "ROUTER20", "--router-thres", "2"], "--router-thres must be in [0, 1]"),
+        (["--cache", "l2c", "--router", "ROUTER20", "--router-thres", "2"], "threshold must be in [0, 1]"),
         (["--cache", "fora-50", "--router", "ROUTER20"], "--router needs --cache l2c"),
         (
             ["--cache", "fora-50", "--compensator", "goc", "--goc-steps", "auto", "--priors", "/nonexistent.st"],
@@ -201,7 +201,7 @@ def test_sample_with_cache_reports_its_ratio(tmp_path, tiny_ckpt, capsys):
         ),
         (["--cache", "fora-50", "--compensator", "goc", "--priors", "p.st"], "--priors needs --goc-steps auto"),
         (["--cache", "fora-50", "--compensator", "goc", "--goc-steps", "3,40"], "step 40 is outside"),
-        (["--cache", "matrix"], "--cache matrix needs --matrix"),
+        (["--cache", "matrix"], "needs exactly one of --matrix PATH"),
     ],
 )
 def test_bad_cache_options_are_one_line(argv, message, tiny_ckpt, tmp_path, capsys):
@@ -210,3 +210,12 @@ def test_bad_cache_options_are_one_line(argv, message, tiny_ckpt, tmp_path, caps
     code, _, err = _run(["sample", "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "g.png")] + argv, capsys)
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_goc_help_does_not_import_torch():
+    code = (
+        "import sys\nfrom goc_utils.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'goc --help imported torch'\nprint('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-500:]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from goc_utils import paths
-from goc_utils.cache.method import CacheMethod
+from goc_utils.cache import CacheMethod, without_router
 from goc_utils.cli import main
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation import EvalSettings, eval_sample, method_folder, parse_methods, read_results
@@ -122,12 +122,27 @@ def test_method_strings():
     assert CacheMethod.parse("l2c+goc", router="r.pt").compensator_options == {}  # block coupling by default
     unit = CacheMethod.parse("l2c+goc:auto:coupling=unit", router="r.pt")
     assert unit.compensator_options == {"weight": "auto", "correction_steps": "auto", "coupling": "unit"}
-    assert unit.label() == "l2c+goc:unit"
+    assert unit.label() == "l2c+goc:auto:coupling=unit"
+    # every schedule the CLI builds is one string; the short forms still work
+    assert CacheMethod.parse("fora:interval=2:range=2-18").schedule_options == {"interval": 2, "start": 2, "stop": 18}
+    assert CacheMethod.parse("matrix:path=m.csv").schedule_options == {"path": "m.csv"}
+    for text in ("l2c:router=r.pt:thres=0.2", "l2c:r.pt@0.2"):
+        assert CacheMethod.parse(text).schedule_options == {"router": "r.pt", "thres": 0.2}
+    assert CacheMethod.parse("l2c@0.3", router="x.pt").schedule_options == {"router": "x.pt", "thres": 0.3}
+    assert CacheMethod.parse("fora-25+taylor:k=2").compensator_options == {"order": 2}
+    assert parse_methods("none,fora-50+goc:steps=3,5,7,l2c+goc") == ["none", "fora-50+goc:steps=3,5,7", "l2c+goc"]
+    kept, skipped = without_router(["none", "l2c", "l2c:r.pt+goc", "fora-50"], None)
+    assert (kept, skipped) == (["none", "l2c:r.pt+goc", "fora-50"], ["l2c"])
+    with pytest.raises(InvalidArgumentError, match="malformed step list"):
+        parse_methods("fora-50+goc:steps=3,,x", single=True)
+    with pytest.raises(InvalidArgumentError, match="takes one method"):
+        parse_methods("none,fora-50", single=True)
     for bad, message in [
         ("fora-51", "unknown method"),
         ("fora-50+goc:x=1", "unknown option"),
         ("", "no methods"),
         ("fora-50+goc:coupling=blocks", "coupling must be one of block, unit"),
+        ("fora:intervall=3", "unknown option 'intervall=3' for schedule 'fora'"),
     ]:
         with pytest.raises(InvalidArgumentError, match=message):
             parse_methods(bad)

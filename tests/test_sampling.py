@@ -42,7 +42,7 @@ def test_npz_layout_matches_the_adm_batch_format(tiny_random, tmp_path):
 
 def test_write_npz_is_atomic_and_loadable(tmp_path):
     write_npz(tmp_path / "x.npz", arr_0=np.arange(6, dtype=np.uint8).reshape(1, 2, 3, 1))
-    assert not (tmp_path / "x.npz.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npz"]  # no temporary file left
     assert np.load(tmp_path / "x.npz")["arr_0"].sum() == 15
 
 

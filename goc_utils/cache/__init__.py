@@ -1,21 +1,33 @@
 """Feature caching for DiT: schedules (which units recompute) x compensators (what reuse returns).
 
-* schedules: ``none``, ``fora``, ``fora-25``, ``fora-50``, ``matrix``, ``l2c`` (:mod:`.schedule`);
-* compensators: ``none`` (plain reuse), ``goc``, ``taylor`` (:mod:`.compensator`);
-* :class:`CacheEngine` combines one of each for a sampling run; :mod:`.macs` counts MACs.
+* schedules: ``none``, ``fora``, ``fora-25``, ``fora-50`` (:mod:`.fora`), ``matrix`` (:mod:`.matrix`),
+  ``l2c`` (:mod:`.l2c`), registered in :data:`SCHEDULES` (:mod:`.schedule`);
+* compensators: ``none`` (plain reuse), ``goc`` (:mod:`.goc`), ``taylor`` (:mod:`.taylor`), registered in
+  :data:`COMPENSATORS` (:mod:`.compensator`);
+* :class:`CacheMethod` (:mod:`.method`) parses method strings; :class:`CacheEngine` combines one schedule
+  and one compensator for a sampling run.
+
+A new method is one file with a registration decorator, imported here once.
 """
 
-from goc_utils.cache.compensator import COMPENSATORS, Compensator, build_compensator
+from goc_utils.cache import fora, goc, l2c, matrix, taylor  # noqa: F401 - the registrations
+from goc_utils.cache.compensator import COMPENSATORS, Compensator, build_compensator, register_compensator
 from goc_utils.cache.engine import CacheEngine
-from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule
+from goc_utils.cache.method import CacheMethod, split_methods, without_router
+from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule, register_schedule
 
 __all__ = [
     "COMPENSATORS",
     "SCHEDULES",
     "CacheEngine",
+    "CacheMethod",
     "CacheSchedule",
     "Compensator",
     "ScheduleError",
     "build_compensator",
     "build_schedule",
+    "register_compensator",
+    "register_schedule",
+    "split_methods",
+    "without_router",
 ]

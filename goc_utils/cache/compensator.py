@@ -11,7 +11,7 @@ calls from the engine at step ``s``:
 
 ``release(key)`` drops a unit's state once the schedule never reuses it again, and
 ``reset()`` clears everything before a run. A compensator never knows about schedules.
-New compensators are one file plus one :func:`register_compensator` line.
+New compensators are one file (a config dataclass + the class) with one :func:`register_compensator` line.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from goc_utils.cache.options import config_options
 from goc_utils.errors import InvalidArgumentError
 
 UnitKey = tuple[int, int]
@@ -84,25 +85,45 @@ class ReuseCompensator(Compensator):
 
 @dataclass
 class CompensatorSpec:
-    """A registered compensator: its config class and constructor."""
+    """A registered compensator: its config dataclass, constructor and method-string options."""
 
     config_cls: type
     build: Callable[..., Compensator]
-    options: dict = field(default_factory=dict)
+    options: dict[str, Callable[[str], dict]] = field(default_factory=dict)
+    flags: dict[str, dict] = field(default_factory=dict)
 
 
-COMPENSATORS: dict[str, CompensatorSpec] = {"none": CompensatorSpec(ReuseConfig, ReuseCompensator)}
-"""Compensators by name (``none``, ``goc``, ``taylor``)."""
+COMPENSATORS: dict[str, CompensatorSpec] = {}
+"""Compensators by name (``none``, ``goc``, ``taylor``, ...)."""
 
 
 def register_compensator(name: str, config_cls: type) -> Callable[[type], type]:
-    """Class decorator adding a compensator to :data:`COMPENSATORS`."""
+    """Class decorator adding a compensator to :data:`COMPENSATORS` (one line per new compensator file).
+
+    The config dataclass declares the method-string options: one per field (``taylor:order=2``), named by
+    ``metadata["option"]`` where given (``goc:w=0.8``), converted by the field's type hint or
+    ``metadata["parse"]``; a ``FLAGS`` class attribute adds options without a value (``goc:auto``).
+
+    Example (a compensator that returns half the previous output, usable as ``fora-50+half``):
+        >>> @dataclass
+        ... class HalfConfig:
+        ...     factor: float = 0.5
+        >>> @register_compensator("half", HalfConfig)
+        ... class Half(ReuseCompensator):
+        ...     def reuse(self, key, step):
+        ...         return self.config.factor * super().reuse(key, step)
+    """
 
     def add(cls: type) -> type:
-        COMPENSATORS[name] = CompensatorSpec(config_cls, cls)
+        COMPENSATORS[name] = CompensatorSpec(
+            config_cls, cls, config_options(config_cls), dict(getattr(config_cls, "FLAGS", {}))
+        )
         return cls
 
     return add
+
+
+register_compensator("none", ReuseConfig)(ReuseCompensator)
 
 
 def build_compensator(name: str, **options) -> Compensator:
@@ -112,8 +133,6 @@ def build_compensator(name: str, **options) -> Compensator:
         >>> build_compensator("goc", weight=1.2, correction_steps=(3, 5, 7, 9)).name
         'goc'
     """
-    from goc_utils.cache import goc, taylor  # noqa: F401 - registration side effect
-
     if name not in COMPENSATORS:
         raise InvalidArgumentError(f"unknown compensator {name!r}; choose one of: {', '.join(COMPENSATORS)}")
     spec = COMPENSATORS[name]

@@ -17,7 +17,18 @@ FORA_25_CORRECTION_STEPS = (3, 5, 7, 9)
 FORA_50_CORRECTION_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
 
 
-@register_schedule("fora")
+def parse_range(text: str) -> dict:
+    """``"2-18"`` (or ``2:18``, ``2-``) -> ``{"start": 2, "stop": 18}``: the method-string form of a step range."""
+    start, sep, stop = text.replace(":", "-").partition("-")
+    if not sep:
+        raise ScheduleError(f"malformed step range {text!r}; use a-b, e.g. 2-18")
+    try:
+        return {"start": int(start or 0), "stop": int(stop) if stop else None}
+    except ValueError:
+        raise ScheduleError(f"malformed step range {text!r}; use a-b, e.g. 2-18") from None
+
+
+@register_schedule("fora", options={"range": parse_range})
 def fora(steps: int, depth: int, interval: int = 2, start: int = 0, stop: int | None = None) -> CacheSchedule:
     """Refresh when ``s % interval == 0`` for ``start <= s < stop``; recompute everywhere else.
 

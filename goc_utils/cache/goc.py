@@ -23,13 +23,24 @@ units one by one, and there they differ.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from goc_utils.cache.compensator import Compensator, UnitKey, register_compensator
+from goc_utils.cache.options import parse_int_list
 from goc_utils.errors import InvalidArgumentError
+
+
+def _number_or_auto(text: str) -> float | str:
+    return "auto" if text == "auto" else float(text)
+
+
+def _steps_or_auto(text: str) -> list[int] | str:
+    return "auto" if text == "auto" else parse_int_list(text)
+
 
 COUPLINGS = ("block", "unit")
 """GOC's coupling of the units of a block: ``block`` (published) or ``unit`` (per-unit extension)."""
@@ -45,15 +56,23 @@ class GOCConfig:
             ``(steps, depth, 2)`` (per-unit weights; our extension). Default 1.2.
         correction_steps: steps at which reused units are corrected (the paper's DDIM-20
             lists: ``(3, 5, 7, 9)`` for fora-25, ``(3, 5, 7, 9, 11, 13, 15, 19)`` for fora-50
-            and L2C). None corrects at every reused step.
+            and L2C). None corrects at every reused step. ``"auto"`` (weight too) is resolved from
+            priors when the engine is built (method strings: ``goc:auto``, ``goc:w=auto``, ``goc:steps=auto``).
         coupling: ``"block"`` (default, as published: a unit is corrected only when both units of its
             block are reused at the step with two queued outputs) or ``"unit"`` (each reused unit on
             its own; our extension).
     """
 
-    weight: float | Mapping[int, float] | np.ndarray = 1.2
-    correction_steps: Sequence[int] | None = None
+    weight: float | Mapping[int, float] | np.ndarray | str = field(
+        default=1.2, metadata={"option": "w", "parse": _number_or_auto}
+    )
+    correction_steps: Sequence[int] | str | None = field(
+        default=None, metadata={"option": "steps", "parse": _steps_or_auto}
+    )
     coupling: str = "block"
+
+    FLAGS: ClassVar[dict[str, dict]] = {"auto": {"weight": "auto", "correction_steps": "auto"}}
+    """``goc:auto``: inflection-aware steps and least-squares w from priors."""
 
     def __post_init__(self) -> None:
         if isinstance(self.correction_steps, str):

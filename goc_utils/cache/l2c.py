@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from goc_utils import paths
 from goc_utils.cache.schedule import CacheSchedule, ScheduleError, register_schedule
+from goc_utils.errors import first_line
 
 L2C_CORRECTION_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
 """GOC's published correction steps with Learning-to-Cache (set by hand in its code, for every step count)."""
@@ -40,7 +42,7 @@ def load_router_logits(path: str | Path) -> np.ndarray:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
         raise ScheduleError(
-            f"cannot read router file {str(path)!r} ({str(exc).strip().splitlines()[0][:120]}); "
+            f"cannot read router file {str(path)!r} ({first_line(exc, 120)}); "
             "expected Learning-to-Cache's {'routers': state_dict} checkpoint"
         ) from None
     routers = obj.get("routers") if isinstance(obj, dict) else None
@@ -78,3 +80,10 @@ def l2c(steps: int, depth: int, router: str | Path | None = None, thres: float =
     # The published L2C + GOC path hard-codes its correction steps whatever the step count (DDIM-50 too).
     reference = tuple(s for s in L2C_CORRECTION_STEPS if s < steps)
     return CacheSchedule(router_mask(logits, thres), f"l2c@{thres:g}", reference, reference_weight=L2C_GOC_WEIGHT)
+
+
+def default_router(model: str, steps: int) -> str | None:
+    """The committed L2C router for a preset and step count (``tiny-digits``, DDIM-20), else None."""
+    if model == "tiny-digits" and steps == 20 and paths.TINY_DIGITS_ROUTER.is_file():
+        return str(paths.TINY_DIGITS_ROUTER)
+    return None

@@ -19,17 +19,21 @@ The result is saved in the official format ``{'routers': {'k.prob': ...}, 'opt',
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
+from torchvision.datasets import ImageFolder
 from tqdm.auto import tqdm
 
 from goc_utils.diffusion import create_diffusion
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.files import atomic_torch_save
 from goc_utils.models import DiT
+from goc_utils.vae import LATENT_SCALE
 
 
 @dataclass
@@ -83,12 +87,6 @@ def image_folder_batches(folder: str | Path, image_size: int, vae, device: str |
     Images are center-cropped to ``image_size`` (ADM's crop), randomly flipped, scaled to
     [-1, 1] and encoded to ``0.18215 * vae.encode(x).latent_dist.sample()``.
     """
-    import numpy as np
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
-
-    from goc_utils.vae import LATENT_SCALE
-
     if not Path(folder).is_dir():
         raise InvalidArgumentError(f"image folder {str(folder)!r} does not exist; pass --data DIR (class_x/*.JPEG)")
     dataset = ImageFolder(str(folder))
@@ -192,7 +190,4 @@ def save_router(
     args = argparse.Namespace(
         model=model_name, num_sampling_steps=config.steps, **{k: v for k, v in asdict(config).items() if k != "steps"}
     )
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"routers": routers, "opt": opt_state, "args": args}, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save({"routers": routers, "opt": opt_state, "args": args}, path)

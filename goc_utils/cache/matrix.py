@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from goc_utils.cache.schedule import CacheSchedule, ScheduleError, register_schedule
+from goc_utils.errors import first_line
 
 
 def read_matrix(path: str | Path) -> np.ndarray:
@@ -33,7 +34,7 @@ def read_matrix(path: str | Path) -> np.ndarray:
     except ScheduleError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure is a malformed file
-        raise ScheduleError(f"cannot parse schedule matrix {str(path)!r}: {str(exc).splitlines()[0][:120]}") from None
+        raise ScheduleError(f"cannot parse schedule matrix {str(path)!r}: {first_line(exc, 120)}") from None
     if matrix.ndim != 2 or not np.isin(matrix, (0, 1)).all():
         raise ScheduleError(
             f"schedule matrix {str(path)!r} must be a 2-D table of 0/1 (rows = steps), got shape {matrix.shape}"

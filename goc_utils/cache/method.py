@@ -1,32 +1,46 @@
 """A caching method = a schedule with its options + a compensator with its options.
 
-:class:`CacheMethod` is what the CLI flags, notebooks and (later) method strings build;
-:meth:`CacheMethod.engine` turns it into a :class:`~goc_utils.cache.engine.CacheEngine`
-for a model and step count, filling the published defaults (GOC's w = 1.2 with FORA and
-0.8 with Learning-to-Cache; the schedule's reference correction steps).
+:class:`CacheMethod` is what method strings, CLI flags and notebooks build; :meth:`CacheMethod.engine`
+turns it into a :class:`~goc_utils.cache.engine.CacheEngine` for a model and step count, filling the
+published defaults from the schedule (GOC's w: ``schedule.reference_weight``; its correction steps:
+``schedule.reference_correction_steps``).
+
+Method strings: ``schedule[:option...][+compensator[:option...]]``, options as ``key=value`` (or a
+flag), mapped onto the schedule builder's keyword arguments and the compensator config's fields
+(:mod:`goc_utils.cache.options`). Examples::
+
+    none   fora-50   fora:interval=3   fora:interval=2:range=2-18   matrix:path=m.csv
+    l2c:router=r.pt:thres=0.2   l2c:r.pt@0.2 (short form)   l2c@0.2 (router from the caller)
+    fora-50+goc   fora-50+goc:auto   l2c+goc:w=0.8:steps=3,5,7   l2c+goc:coupling=unit   fora-25+taylor:k=2
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from goc_utils.cache.compensator import COMPENSATORS, build_compensator
 from goc_utils.cache.engine import CacheEngine
+from goc_utils.cache.options import parse_options
 from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.models import DiT
 
+AUTO = "auto"
+
 
 @dataclass
 class CacheMethod:
-    """Schedule + compensator, by name with options.
+    """Schedule + compensator, by registered name with options.
 
     Attributes:
-        schedule: ``none``, ``fora``, ``fora-25``, ``fora-50``, ``matrix`` or ``l2c``.
-        schedule_options: builder options (``interval``, ``start``, ``stop``, ``path``, ``router``, ``thres``).
-        compensator: ``none`` (plain reuse), ``goc`` or ``taylor``.
-        compensator_options: config options (``weight``, ``correction_steps``, ``order``); GOC's
-            missing ``weight`` / ``correction_steps`` take the published values for the schedule.
+        schedule: a name in :data:`~goc_utils.cache.schedule.SCHEDULES` (``none``, ``fora``, ``fora-25``,
+            ``fora-50``, ``matrix``, ``l2c``, ...).
+        schedule_options: builder keyword arguments (``interval``, ``start``, ``stop``, ``path``, ``router``,
+            ``thres``...).
+        compensator: a name in :data:`~goc_utils.cache.compensator.COMPENSATORS` (``none``, ``goc``, ``taylor``...).
+        compensator_options: config fields (``weight``, ``correction_steps``, ``coupling``, ``order``...); GOC's
+            missing ``weight`` / ``correction_steps`` take the schedule's published values, ``"auto"`` ones are
+            resolved from priors.
     """
 
     schedule: str = "none"
@@ -34,14 +48,19 @@ class CacheMethod:
     compensator: str = "none"
     compensator_options: dict = field(default_factory=dict)
 
+    @property
+    def needs_priors(self) -> bool:
+        """Whether a compensator option is ``"auto"`` (resolved from a priors file)."""
+        return AUTO in self.compensator_options.values()
+
     def build_schedule(self, steps: int, depth: int) -> CacheSchedule:
         return build_schedule(self.schedule, steps, depth, **self.schedule_options)
 
     def engine(self, model: DiT, steps: int, priors=None) -> CacheEngine:
         """A fresh engine for ``model`` sampling ``steps`` steps.
 
-        ``priors`` (a :class:`~goc_utils.priors.PriorStats`) resolves GOC's ``"auto"``
-        correction steps and weight.
+        ``priors`` (a :class:`~goc_utils.priors.PriorStats`) resolves GOC's ``"auto"`` correction steps and
+        weight, through its :meth:`~goc_utils.priors.PriorStats.auto_goc` (the one place ``auto`` is resolved).
         """
         schedule = self.build_schedule(steps, model.depth)
         options = dict(self.compensator_options)
@@ -53,94 +72,84 @@ class CacheMethod:
         if self.compensator == "goc":
             options.setdefault("weight", schedule.reference_weight)
             options.setdefault("correction_steps", schedule.reference_correction_steps)
-            if "auto" in (options["weight"], options["correction_steps"]):
-                if priors is None:
-                    raise InvalidArgumentError(
-                        "GOC 'auto' steps / weight need a priors file: create one with `goc priors` (or pass --priors)"
-                    )
-                from goc_utils.priors import auto_goc
-
-                auto = auto_goc(
-                    priors, schedule, options["correction_steps"], options["weight"], options.get("coupling", "block")
+        if AUTO in options.values():
+            if priors is None:
+                raise InvalidArgumentError(
+                    "GOC 'auto' steps / weight need a priors file: create one with `goc priors` (or pass --priors)"
                 )
-                options.update(correction_steps=auto.steps, weight=auto.weight)
-            bad = [s for s in options["correction_steps"] or () if not 0 <= int(s) < steps]
-            if bad:
-                raise ScheduleError(f"GOC correction step {bad[0]} is outside the run's steps 0..{steps - 1}")
+            auto = priors.auto_goc(
+                schedule, options["correction_steps"], options["weight"], options.get("coupling", "block")
+            )
+            options.update(correction_steps=auto.steps, weight=auto.weight)
+        bad = [s for s in options.get("correction_steps") or () if not 0 <= int(s) < steps]
+        if bad:
+            raise ScheduleError(f"GOC correction step {bad[0]} is outside the run's steps 0..{steps - 1}")
         return CacheEngine(model, schedule, build_compensator(self.compensator, **options))
 
     @classmethod
     def parse(cls, text: str, router: str | None = None, thres: float = 0.1) -> CacheMethod:
-        """``"schedule[+compensator[:option...]]"`` -> method.
+        """``"schedule[:option...][+compensator[:option...]]"`` -> method (see the module docstring).
 
-        Examples: ``"none"``, ``"fora-50+goc"`` (the paper's w and steps), ``"fora-50+goc:auto"``
-        (inflection-aware steps and least-squares w from priors), ``"l2c+goc:w=0.8:steps=auto"``,
-        ``"l2c+goc:coupling=unit"`` (correct each reused unit on its own instead of whole reused blocks),
-        ``"fora-25+taylor:k=2"``. ``l2c`` takes its router file and threshold from the arguments
-        unless the string names them: ``"l2c:data/routers/x.pt@0.1+goc:w=0.8"``, ``"l2c@0.2"``.
+        A schedule with a ``router`` option takes ``router`` / ``thres`` from the arguments unless the string
+        names them. Every error is one line naming the known options.
         """
-        from goc_utils.cache import fora, goc, l2c, matrix, taylor  # noqa: F401 - registration side effect
-
         parts = text.strip().split("+")
         if len(parts) > 2 or not parts[0]:
             raise InvalidArgumentError(f"malformed method {text!r}; use schedule[+compensator], e.g. fora-50+goc")
-        spec = parts[0]
-        schedule = spec.split(":")[0].split("@")[0]
-        argument = spec[len(schedule) :]  # "", ":PATH", ":PATH@T" or "@T"
-        compensator, *opts = (parts[1] if len(parts) == 2 else "none").split(":")
-        options: dict = {}
+        schedule, *schedule_parts = parts[0].split(":")
+        schedule, _, at_thres = schedule.partition("@")
+        compensator, *compensator_parts = (parts[1] if len(parts) == 2 else "none").split(":")
         if schedule not in SCHEDULES or compensator not in COMPENSATORS:
             raise InvalidArgumentError(
                 f"unknown method {text!r}; schedules: {', '.join(SCHEDULES)}; compensators: {', '.join(COMPENSATORS)}"
             )
-        if argument and schedule != "l2c":
+        spec = SCHEDULES[schedule]
+        if "router" in spec.options:  # short forms: l2c:PATH[@THRES], l2c@THRES
+            if schedule_parts and "=" not in schedule_parts[0]:
+                path, sep, at = schedule_parts.pop(0).rpartition("@")
+                path, at = (path, at) if sep else (at, "")
+                schedule_parts.insert(0, f"router={path}")
+                at_thres = at or at_thres
+            defaults = {"router": router, "thres": thres} | ({"thres": _number(at_thres, text)} if at_thres else {})
+        elif at_thres:
+            raise InvalidArgumentError(f"schedule {schedule!r} in method {text!r} takes no @threshold")
+        else:
+            defaults = {}
+        options = defaults | parse_options(schedule_parts, spec.options, {}, f"schedule {schedule!r}", text)
+        if "router" in spec.options and options.get("router") is None:
             raise InvalidArgumentError(
-                f"schedule {spec!r} in method {text!r} takes no argument; only l2c:ROUTER[@THRES] does"
+                f"method {text!r} needs a Learning-to-Cache router: pass --router PATH or write "
+                f"{schedule}:router=PATH (short: {schedule}:PATH@THRES)"
             )
-        if schedule == "l2c":
-            path_text, _, thres_text = argument.removeprefix(":").rpartition("@")
-            if "@" not in argument:
-                path_text, thres_text = argument.removeprefix(":"), ""
-            router = path_text or router
-            if thres_text:
-                thres = _number(thres_text, text)
-                if not 0.0 <= thres <= 1.0:
-                    raise InvalidArgumentError(f"router threshold {thres} in method {text!r} must be in [0, 1]")
-            if router is None:
-                raise InvalidArgumentError(
-                    f"method {text!r} needs a Learning-to-Cache router: pass --router PATH or write l2c:PATH@THRES"
-                )
-            options = {"router": router, "thres": thres}
-        comp: dict = {}
-        for opt in opts:
-            key, _, value = opt.partition("=")
-            if (compensator, key) == ("goc", "auto") and not value:
-                comp.update(weight="auto", correction_steps="auto")
-            elif (compensator, key) == ("goc", "w"):
-                comp["weight"] = value if value == "auto" else _number(value, text)
-            elif (compensator, key) == ("goc", "steps") and value == "auto":
-                comp["correction_steps"] = "auto"
-            elif (compensator, key) == ("goc", "coupling"):
-                if value not in goc.COUPLINGS:
-                    raise InvalidArgumentError(
-                        f"GOC coupling must be one of {', '.join(goc.COUPLINGS)} (got {value!r} in method {text!r})"
-                    )
-                comp["coupling"] = value
-            elif (compensator, key) == ("taylor", "k"):
-                comp["order"] = int(_number(value, text))
-            else:
-                raise InvalidArgumentError(
-                    f"unknown option {opt!r} in method {text!r}; use goc:auto, goc:w=W|auto, goc:steps=auto, "
-                    "goc:coupling=block|unit, taylor:k=K"
-                )
+        if "thres" in options and not 0.0 <= options["thres"] <= 1.0:
+            raise InvalidArgumentError(f"router threshold {options['thres']} in method {text!r} must be in [0, 1]")
+        comp_spec = COMPENSATORS[compensator]
+        what = f"compensator {compensator!r}"
+        comp = parse_options(compensator_parts, comp_spec.options, comp_spec.flags, what, text)
+        try:  # validate the values now (before any sampling), "auto" aside
+            comp_spec.config_cls(**{k: v for k, v in comp.items() if v != AUTO})
+        except TypeError as exc:
+            raise InvalidArgumentError(f"bad options in method {text!r}: {exc}") from None
         return cls(schedule, options, compensator, comp)
 
     def label(self) -> str:
-        """Short name such as ``fora-50+goc`` (``+goc:unit`` for the per-unit coupling)."""
+        """Short name such as ``fora-50+goc``, with non-default text options (``l2c+goc:coupling=unit``)."""
         if self.compensator == "none":
             return self.schedule
-        suffix = ":unit" if self.compensator_options.get("coupling") == "unit" else ""
-        return f"{self.schedule}+{self.compensator}{suffix}"
+        spec = COMPENSATORS[self.compensator]
+        declared = {f.name: f for f in fields(spec.config_cls)}
+        options = dict(self.compensator_options)
+        shown = ""
+        for flag, values in spec.flags.items():  # goc:auto rather than goc:w=auto:steps=auto
+            if values.items() <= options.items():
+                shown += f":{flag}"
+                options = {k: v for k, v in options.items() if k not in values}
+        shown += "".join(
+            f":{declared[k].metadata.get('option', k)}={v}"
+            for k, v in options.items()
+            if isinstance(v, str) and k in declared and v != declared[k].default
+        )
+        return f"{self.schedule}+{self.compensator}{shown}"
 
 
 def _number(value: str, text: str) -> float:
@@ -148,3 +157,32 @@ def _number(value: str, text: str) -> float:
         return float(value)
     except ValueError:
         raise InvalidArgumentError(f"option value {value!r} in method {text!r} is not a number") from None
+
+
+def split_methods(text: str) -> list[str]:
+    """A comma-separated list of method strings; a part that is only digits continues the previous
+    method's step list (``"none,fora-50+goc:steps=3,5,7,l2c"`` -> 3 methods)."""
+    methods: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.isdigit() and methods and methods[-1][-1:].isdigit() and "steps=" in methods[-1]:
+            methods[-1] += f",{part}"
+        elif part:
+            methods.append(part)
+    return methods
+
+
+def without_router(methods: list[str], router: str | None) -> tuple[list[str], list[str]]:
+    """``(kept, skipped)``: the methods that can run when ``router`` is None skip those needing a router
+    (an ``l2c`` schedule without ``router=`` in the string), in the given order."""
+    if router is not None:
+        return list(methods), []
+    kept, skipped = [], []
+    for text in methods:
+        try:
+            CacheMethod.parse(text)
+            kept.append(text)
+        except InvalidArgumentError:
+            if "router" not in SCHEDULES[text.split("+")[0].split(":")[0].split("@")[0]].options:
+                raise
+            skipped.append(text)
+    return kept, skipped

@@ -5,8 +5,9 @@ when unit ``u`` (0 = attention branch, 1 = MLP branch) of block ``i`` is recompu
 step ``s`` (0 = noisiest) and False when its output is reused (then a compensator decides
 what the reused unit returns). A schedule never knows about compensators.
 
-Builders live one per file (``fora.py``, ``matrix.py``, ``l2c.py``) and register here in
-:data:`SCHEDULES`; :func:`build_schedule` turns a name plus options into a schedule.
+Builders live one per file (``fora.py``, ``matrix.py``, ``l2c.py``) and register in
+:data:`SCHEDULES` with :func:`register_schedule` (``goc_utils.cache`` imports them once);
+:func:`build_schedule` turns a name plus options into a schedule.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from goc_utils.cache.options import builder_options
 from goc_utils.errors import InvalidArgumentError
 
 
@@ -98,18 +100,42 @@ def none_schedule(steps: int, depth: int) -> CacheSchedule:
 
 
 ScheduleBuilder = Callable[..., CacheSchedule]
-SCHEDULES: dict[str, ScheduleBuilder] = {"none": none_schedule}
-"""Schedule builders by name: ``builder(steps, depth, **options) -> CacheSchedule``."""
 
 
-def register_schedule(name: str) -> Callable[[ScheduleBuilder], ScheduleBuilder]:
-    """Decorator adding a builder to :data:`SCHEDULES` (one line per new schedule file)."""
+@dataclass
+class ScheduleSpec:
+    """A registered schedule: its builder and the text options of its method strings.
+
+    ``options`` maps a method-string key (``fora:interval=3``) to a converter from the text value to
+    builder keyword arguments; by default one key per keyword parameter of the builder, converted by
+    its type hint (see :mod:`goc_utils.cache.options`).
+    """
+
+    build: ScheduleBuilder
+    options: dict[str, Callable[[str], dict]]
+
+
+SCHEDULES: dict[str, ScheduleSpec] = {}
+"""Schedules by name: ``SCHEDULES[name].build(steps, depth, **options)`` -> :class:`CacheSchedule`."""
+
+
+def register_schedule(
+    name: str, options: dict[str, Callable[[str], dict]] | None = None
+) -> Callable[[ScheduleBuilder], ScheduleBuilder]:
+    """Decorator adding a builder ``builder(steps, depth, **options)`` to :data:`SCHEDULES`.
+
+    ``options``: extra method-string options that do not map one to one onto a keyword argument,
+    e.g. ``{"range": parse_range}`` with ``parse_range("2-18") -> {"start": 2, "stop": 18}``.
+    """
 
     def add(builder: ScheduleBuilder) -> ScheduleBuilder:
-        SCHEDULES[name] = builder
+        SCHEDULES[name] = ScheduleSpec(builder, builder_options(builder, options))
         return builder
 
     return add
+
+
+register_schedule("none")(none_schedule)
 
 
 def build_schedule(name: str, steps: int, depth: int, **options) -> CacheSchedule:
@@ -119,8 +145,6 @@ def build_schedule(name: str, steps: int, depth: int, **options) -> CacheSchedul
         >>> build_schedule("fora", steps=20, depth=12, interval=2).cache_ratio
         0.5
     """
-    from goc_utils.cache import fora, l2c, matrix  # noqa: F401 - registration side effect
-
     if name not in SCHEDULES:
         raise ScheduleError(f"unknown cache schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
-    return SCHEDULES[name](steps, depth, **options)
+    return SCHEDULES[name].build(steps, depth, **options)

@@ -13,7 +13,7 @@ order 0 is plain reuse. Reused (forecast) outputs are never fed back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,7 +30,7 @@ class TaylorConfig:
             Keeps k + 1 computed outputs per reused unit. Default 1.
     """
 
-    order: int = 1
+    order: int = field(default=1, metadata={"option": "k"})
 
     def __post_init__(self) -> None:
         if int(self.order) < 0:

@@ -9,8 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from goc_utils.data import from_uint8
+from goc_utils import paths
+from goc_utils.data import from_uint8, load_digits_tensors, to_uint8
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.metrics.evaluate import make_reference_batch
+from goc_utils.metrics.features import build_extractor
+from goc_utils.training import load_digits_classifier
 
 
 def _check_digit_batch(images: np.ndarray) -> None:
@@ -21,8 +25,6 @@ def _check_digit_batch(images: np.ndarray) -> None:
 @torch.no_grad()
 def digits_logits(images: np.ndarray, classifier=None, batch_size: int = 1024) -> np.ndarray:
     """Classifier logits ``(N, 10)`` float32 for uint8 digit images ``(N, 8, 8, 1)``."""
-    from goc_utils.training import load_digits_classifier
-
     _check_digit_batch(images)
     classifier = classifier or load_digits_classifier()
     x = from_uint8(images)
@@ -42,18 +44,12 @@ def predicted_digits(images: np.ndarray, classifier=None) -> np.ndarray:
 
 def digits_reference_images() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 real digits as an ADM batch: uint8 ``(1797, 8, 8, 1)`` (the samples' conversion) and labels."""
-    from goc_utils.data import load_digits_tensors, to_uint8
-
     images, labels = load_digits_tensors()
     return to_uint8(images), labels.numpy()
 
 
 def write_digits_reference(out=None):
     """Write ``data/reference/digits_ref.npz``: the real digits with their digits-feature statistics."""
-    from goc_utils import paths
-    from goc_utils.metrics.evaluate import make_reference_batch
-    from goc_utils.metrics.features import build_extractor
-
     images, labels = digits_reference_images()
     return make_reference_batch(images, out or paths.DIGITS_REFERENCE_BATCH, build_extractor("digits"), labels)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from goc_utils.files import write_npz
 from goc_utils.metrics.adm import FIDStatistics, compute_statistics, inception_score, precision_recall
 from goc_utils.metrics.batches import BatchFileError, batch_info, check_same_size, read_labels, read_statistics
 from goc_utils.metrics.features import FeatureExtractor, Features, extract
@@ -110,8 +111,6 @@ def make_reference_batch(
     images: np.ndarray, out: str | Path, extractor: FeatureExtractor, labels: np.ndarray | None = None
 ) -> Path:
     """Write an ADM reference batch: ``arr_0`` plus ``mu``, ``sigma``, ``mu_s``, ``sigma_s`` (and labels)."""
-    from goc_utils.sampling import write_npz
-
     feats = extractor(images)
     pool, spatial = compute_statistics(feats.pool), compute_statistics(feats.spatial)
     arrays = {"arr_0": images, "mu": pool.mu, "sigma": pool.sigma, "mu_s": spatial.mu, "sigma_s": spatial.sigma}

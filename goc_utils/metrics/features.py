@@ -20,7 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.files import write_npz
 from goc_utils.metrics.batches import batch_info, iter_images
+from goc_utils.metrics.inception import load_inception
+from goc_utils.training import load_digits_classifier
 
 FEATURE_EXTRACTORS = ("inception", "digits")
 
@@ -86,12 +89,8 @@ def build_extractor(
 ) -> FeatureExtractor:
     """``inception`` (needs local weights) or ``digits`` (the committed classifier)."""
     if name == "inception":
-        from goc_utils.metrics.inception import load_inception
-
         return InceptionExtractor(load_inception(inception_weights), device)
     if name == "digits":
-        from goc_utils.training import load_digits_classifier
-
         return DigitsExtractor(load_digits_classifier(), device)
     raise InvalidArgumentError(f"unknown feature extractor {name!r}; choose one of {', '.join(FEATURE_EXTRACTORS)}")
 
@@ -120,8 +119,6 @@ def extract_cached(path: str | Path, extractor: FeatureExtractor, progress: bool
     The cache is used only while the batch file (size, modification time) and the extractor's
     weights are the ones it was made from; otherwise the features are recomputed and rewritten.
     """
-    from goc_utils.sampling import write_npz
-
     path = Path(path)
     stat = path.stat()
     key = np.array([stat.st_size, stat.st_mtime_ns, _fingerprint(extractor)], dtype=np.float64)

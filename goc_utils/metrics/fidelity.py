@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.metrics.batches import batch_info, iter_images
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
@@ -73,8 +74,6 @@ def ssim(
 
 def file_fidelity(path_a, path_b, batch_size: int = 256, device="cpu") -> tuple[float, float]:
     """``(PSNR, SSIM)`` of two ADM batch files, streamed in chunks (50,000 images never sit in memory)."""
-    from goc_utils.metrics.batches import batch_info, iter_images
-
     info_a, info_b = batch_info(path_a), batch_info(path_b)
     if (info_a.count, info_a.image_shape) != (info_b.count, info_b.image_shape):
         raise InvalidArgumentError(

@@ -1,0 +1,102 @@
+"""Method-string options: ``key=value`` text onto a builder's keyword arguments or a config's fields.
+
+A schedule builder (``fora(steps, depth, interval=2, ...)``) and a compensator's config dataclass
+(``GOCConfig(weight=1.2, ...)``) declare their options once, in their signature / fields; this module
+turns the text of a method string into those keyword arguments, converting each value by its type hint
+(``int``, ``float``, ``str`` / ``Path``, optional variants). Where the text form differs from the Python
+value, the declaration says how:
+
+* a dataclass field's ``metadata``: ``{"option": "w", "parse": parse_weight}`` (short name, converter);
+* a schedule's registration: ``register_schedule("fora", options={"range": parse_range})`` (a text
+  option that sets several keyword arguments);
+* a config's ``FLAGS`` class attribute: options without a value (``goc:auto``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from goc_utils.errors import InvalidArgumentError
+
+Converter = Callable[[str], object]
+
+
+def parse_int_list(text: str) -> list[int]:
+    """``"3,5,7"`` (or ``3/5/7``) -> ``[3, 5, 7]``."""
+    try:
+        return [int(part) for part in text.replace("/", ",").split(",") if part.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"malformed step list {text!r}; use e.g. 3,5,7,9") from None
+
+
+def _converter(hint) -> Converter | None:
+    """A text -> value converter for a type hint, or None when the hint has no text form."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    args = tuple(a for a in args if a is not type(None))
+    if bool in args:
+        return lambda text: text.lower() in ("1", "true", "yes")
+    if int in args:
+        return int
+    if float in args:
+        return float
+    if str in args or Path in args:
+        return str
+    if any(typing.get_origin(a) in (list, tuple, Sequence, typing.Sequence) for a in args):
+        return parse_int_list
+    return None
+
+
+def _convert(convert: Converter, key: str, value: str, text: str):
+    try:
+        return convert(value)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"option {key}={value!r} in method {text!r}: {exc}") from None
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"option {key}={value!r} in method {text!r} is not a valid value") from None
+
+
+def builder_options(builder: Callable, extra: dict[str, Converter] | None = None) -> dict[str, Converter]:
+    """Text options of a schedule builder: its keyword parameters after ``(steps, depth)``, plus ``extra``."""
+    hints = typing.get_type_hints(builder)
+    options: dict[str, Converter] = {}
+    for name in list(inspect.signature(builder).parameters)[2:]:
+        convert = _converter(hints.get(name))
+        if convert is not None:
+            options[name] = (lambda c, n: lambda value: {n: c(value)})(convert, name)
+    return options | dict(extra or {})
+
+
+def config_options(config_cls: type) -> dict[str, Converter]:
+    """Text options of a config dataclass: field name (or ``metadata["option"]``) -> ``{field: value}``."""
+    hints = typing.get_type_hints(config_cls)
+    options: dict[str, Converter] = {}
+    for f in dataclasses.fields(config_cls):
+        convert = f.metadata.get("parse") or _converter(hints.get(f.name))
+        if convert is not None:
+            options[f.metadata.get("option", f.name)] = (lambda c, n: lambda value: {n: c(value)})(convert, f.name)
+    return options
+
+
+def parse_options(
+    parts: Sequence[str], options: dict[str, Converter], flags: dict[str, dict], what: str, text: str
+) -> dict:
+    """``["interval=3", "auto"]`` -> keyword arguments, with one-line errors naming the known options."""
+    out: dict = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep and key in flags:
+            out.update(flags[key])
+        elif sep and key in options:
+            out.update(_convert(options[key], key, value, text))
+        else:
+            known = [f"{k}=..." for k in options] + list(flags)
+            raise InvalidArgumentError(
+                f"unknown option {part!r} for {what} in method {text!r}; "
+                + (f"it takes {', '.join(known)}" if known else "it takes no options")
+            )
+    return out

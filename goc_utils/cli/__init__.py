@@ -1,0 +1,69 @@
+"""The ``goc`` command: thin argument parsing over ``goc_utils``, one module per command group.
+
+``build_parser`` lists every command; a command's own flags are added (and its module imported) only
+when that command runs, so ``goc --help`` does not import torch. Every user error is printed as one
+line ``goc <command>: error: <what and how to fix>`` with exit status 2.
+
+========================  =========================================
+module                    commands
+========================  =========================================
+:mod:`.sample`            ``sample``, ``info``
+:mod:`.train`             ``train-tiny``, ``train-router``, ``train-classifier``
+:mod:`.study`             ``tiny-report``, ``notebooks``, ``bench``
+:mod:`.priors`            ``priors``, ``inflections``
+:mod:`.evaluate`          ``eval-sample``, ``fid``, ``eval``
+========================  =========================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from goc_utils.cli.common import Parser
+from goc_utils.errors import GocError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample": ("sample", "sample a class-conditional image grid (and an ADM-format npz)"),
+    "info": ("sample", "print a preset's architecture as JSON"),
+    "train-tiny": ("train", "train (or resume) the embedded tiny-digits DiT"),
+    "tiny-report": ("study", "sample tiny-digits at cfg 1.5 / 4.0, judge with the classifier"),
+    "train-router": ("train", "train Learning-to-Cache routers (L2C objective, frozen DiT)"),
+    "train-classifier": ("train", "train the digits classifier (tiny study's feature extractor)"),
+    "bench": ("study", "latency of caching methods vs MACs-theoretical speedup"),
+    "notebooks": ("study", "run the study notebooks headless (papermill)"),
+    "priors": ("priors", "extract block-feature priors (streaming statistics of un-cached sampling)"),
+    "inflections": ("priors", "inflection-aware GOC steps and weight from a priors file"),
+    "eval-sample": ("evaluate", "sample N images of one method to an ADM npz (resumable, torchrun)"),
+    "fid": ("evaluate", "IS, FID, sFID, precision, recall of a sample npz vs a reference npz"),
+    "eval": ("evaluate", "sample every method and score it -> results table"),
+}
+"""Command -> (module in ``goc_utils.cli``, one-line help). Each module has ``add_<command>(parser)``."""
+
+
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``goc`` parser; with ``commands``, only their flags are built (their modules imported)."""
+    parser = Parser(prog="goc", description="goc-study: Gradient-Optimized Cache for Diffusion Transformers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        if commands is None or name in commands:
+            getattr(importlib.import_module(f"goc_utils.cli.{module}"), "add_" + name.replace("-", "_"))(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser([command] if command in COMMANDS else [])
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except GocError as exc:
+        print(f"goc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"goc {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,141 @@
+"""What the ``goc`` commands share: the one-line-error parser, value types and flag groups.
+
+Nothing here imports torch: ``goc --help`` builds its parser from this module alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+from goc_utils.errors import InvalidArgumentError
+
+MAX_SEED = 2**63 - 1
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are a single line (no usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def number(text: str) -> float:
+    """A finite float (``inf`` / ``nan`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def weight(text: str) -> float | str:
+    """GOC's w: a number or ``auto``."""
+    return "auto" if text.strip() == "auto" else number(text)
+
+
+def seed(text: str) -> int:
+    """A seed: an integer in 0 .. 2**63 - 1 (one rule for every command)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed {text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed {value} is outside 0..2**63-1")
+    return value
+
+
+def step_range(text: str) -> tuple[int, int | None]:
+    """``"a:b"`` -> (a, b); ``"a:"`` -> (a, None)."""
+    try:
+        start, stop = text.split(":")
+        return int(start or 0), (int(stop) if stop else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"malformed step range {text!r}; use a:b, e.g. 2:18") from None
+
+
+def step_list(text: str) -> list[int] | str:
+    """``"3,5,7,9"`` or ``auto``."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"malformed step list {text!r}; use e.g. 3,5,7,9 or auto") from None
+
+
+def check_writable(path: Path, flag: str) -> Path:
+    """Create the parent folder if needed and make sure a file can be written there."""
+    path = path.expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgumentError(f"{flag} {str(path)!r}: cannot create its folder ({exc.strerror})") from None
+    if path.is_dir():
+        raise InvalidArgumentError(f"{flag} {str(path)!r} is a folder; give a file name")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InvalidArgumentError(f"{flag} {str(path)!r} is not writable; choose another path")
+    return path
+
+
+# ----------------------------------------------------------------------------- flag groups
+
+
+def add_model_arguments(p: argparse.ArgumentParser, vae: bool = True) -> None:
+    """The flags every model-running command shares: preset, weights, VAE, image size, device."""
+    p.add_argument("--model", default="tiny-digits", help="preset: tiny-digits, DiT-XL/2, ... (default tiny-digits)")
+    p.add_argument(
+        "--ckpt",
+        default=None,
+        help="DiT weights (.pt / train.py checkpoint / .safetensors); "
+        "default: the preset's committed weights (tiny-digits)",
+    )
+    if vae:
+        p.add_argument("--vae", default="ema", help="latent presets: ema | mse | local folder | hub id (default ema)")
+    p.add_argument("--image-size", type=int, default=None, help="pixels (256 or 512 for DiT-XL/2; 8 for tiny-digits)")
+    add_device_argument(p)
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i] (default auto)")
+
+
+def add_sampling_arguments(
+    p: argparse.ArgumentParser, cfg_scale: float | None = 4.0, seed_help: str | None = "noise seed (default 0)"
+) -> None:
+    """``--steps``, ``--cfg-scale`` (unless ``cfg_scale`` is None) and ``--seed`` (unless ``seed_help`` is None)."""
+    p.add_argument("--steps", type=int, default=20, help="sampling steps after respacing (default 20)")
+    if cfg_scale is not None:
+        p.add_argument(
+            "--cfg-scale", type=number, default=cfg_scale, help=f"classifier-free guidance scale (default {cfg_scale})"
+        )
+    if seed_help is not None:
+        p.add_argument("--seed", type=seed, default=0, help=seed_help)
+
+
+def add_router_arguments(p: argparse.ArgumentParser, thres_default: float | None = 0.1, help_extra: str = "") -> None:
+    """``--router`` and ``--router-thres`` for the l2c schedule."""
+    p.add_argument("--router", default=None, help="L2C router checkpoint for l2c methods" + help_extra)
+    p.add_argument(
+        "--router-thres", type=number, default=thres_default, help="l2c: recompute where score > T (default 0.1)"
+    )
+
+
+def add_priors_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--priors", default=None, help="priors for goc:auto (default data/priors/<model>_ddim<steps>_cfg<cfg>...)"
+    )
+
+
+def add_out_argument(p: argparse.ArgumentParser, help_text: str, default: str | None = None, required=False) -> None:
+    p.add_argument("--out", default=default, required=required, help=help_text)
+
+
+def add_threads_argument(p: argparse.ArgumentParser, default: int | None = None) -> None:
+    p.add_argument(
+        "--threads", type=int, default=default, help="torch CPU threads" + (f" (default {default})" if default else "")
+    )

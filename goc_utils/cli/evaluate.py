@@ -1,0 +1,207 @@
+"""``goc eval-sample``, ``goc fid`` and ``goc eval``: the ADM evaluation harness."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from goc_utils import paths
+from goc_utils.cache.l2c import default_router
+from goc_utils.cli.common import (
+    add_device_argument,
+    add_model_arguments,
+    add_priors_argument,
+    add_router_arguments,
+    add_sampling_arguments,
+    number,
+)
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.evaluation import (
+    TABLE_METHODS,
+    EvalSettings,
+    eval_sample,
+    format_results,
+    init_distributed,
+    parse_methods,
+    run_eval,
+    write_results,
+)
+from goc_utils.metrics.batches import batch_info
+from goc_utils.metrics.evaluate import evaluate_batches
+from goc_utils.metrics.features import build_extractor
+from goc_utils.models import load_model, preset_info, resolve_device
+from goc_utils.vae import load_vae
+
+METHOD_HELP = (
+    "Method strings: schedule[:option...][+compensator[:option...]], e.g. none, fora-50, fora:interval=3, "
+    "l2c (router from --router) or l2c:router=PATH:thres=0.1, each optionally +goc (the paper's w and steps; "
+    "goc:w=0.8, goc:steps=auto, goc:auto = inflection-aware steps and least-squares w from priors, "
+    "goc:coupling=unit) or +taylor (taylor:k=2)."
+)
+
+
+def _eval_settings(args: argparse.Namespace, cfg_scale: float) -> EvalSettings:
+    return EvalSettings(
+        model=args.model,
+        ckpt=args.ckpt,
+        image_size=args.image_size,
+        vae=args.vae,
+        steps=args.steps,
+        sampler=args.sampler,
+        cfg_scale=cfg_scale,
+        seed=args.seed,
+        per_device_batch=args.per_device_batch,
+        router=args.router or default_router(args.model, args.steps),
+        thres=args.router_thres,
+        priors=args.priors,
+    )
+
+
+def _load_for_eval(args: argparse.Namespace):
+    """Model, VAE and process group for the sampling commands."""
+    if args.num_samples < 1:
+        raise InvalidArgumentError(f"--num-samples must be >= 1 (got {args.num_samples})")
+    dist = init_distributed(resolve_device(args.device))
+    torch.set_grad_enabled(False)
+    model = load_model(args.model, args.ckpt, args.image_size, dist.device)
+    vae = load_vae(args.vae, dist.device) if preset_info(args.model).latent else None
+    return model, vae, dist
+
+
+def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    add_sampling_arguments(p, cfg_scale=None, seed_help="run seed; sample i is seeded from (seed, i) (default 0)")
+    p.add_argument("--num-samples", type=int, default=50000, help="images per method (default 50000)")
+    p.add_argument("--per-device-batch", type=int, default=32, help="images per forward and per shard (default 32)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
+    add_router_arguments(p, help_extra=" (default: the committed tiny router)")
+    add_priors_argument(p)
+
+
+def cmd_eval_sample(args: argparse.Namespace) -> int:
+    (method,) = parse_methods(args.method, single=True)
+    settings = _eval_settings(args, args.cfg_scale)
+    model, vae, dist = _load_for_eval(args)
+    started = time.perf_counter()
+    path = eval_sample(
+        model, settings, method, Path(args.out), args.num_samples, vae, dist.rank, dist.world, dist.barrier
+    )
+    if dist.rank == 0:
+        print(
+            f"{args.num_samples} samples ({method}, cfg {settings.cfg_scale:g}) "
+            f"in {time.perf_counter() - started:.1f} s -> {path}"
+        )
+    dist.close()
+    return 0
+
+
+def add_eval_sample(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Sample --num-samples images into OUT/samples.npz (arr_0 uint8 NHWC, arr_1 labels). Shards are "
+        "written atomically to OUT/shards/; rerunning the same command resumes. Labels are uniform over the classes "
+        "and every sample has its own seed, so the result does not depend on the number of processes. "
+        "Multi-GPU: torchrun --nproc_per_node K -m goc_utils.cli eval-sample ... " + METHOD_HELP
+    )
+    _add_eval_sampling_arguments(p)
+    p.add_argument("--method", default="none", help="one method string (default none); see the description")
+    p.add_argument("--cfg-scale", type=number, default=1.5, help="guidance scale (default 1.5, DiT's FID setting)")
+    p.add_argument("--out", required=True, help="output folder (created; holds run.json, shards/, samples.npz)")
+    p.set_defaults(func=cmd_eval_sample)
+
+
+def _add_feature_arguments(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument(
+        "--features",
+        choices=["inception", "digits"],
+        default=default,
+        help="feature extractor: inception (ImageNet, ADM evaluator) or digits (tiny study)"
+        + (f" (default {default})" if default else " (default: digits for tiny-digits, else inception)"),
+    )
+    p.add_argument(
+        "--inception-weights",
+        default=None,
+        help="local weights-inception-2015-12-05-6726825d.pth (or set GOC_INCEPTION_WEIGHTS)",
+    )
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    extractor = build_extractor(args.features, resolve_device(args.device), args.inception_weights)
+    print(evaluate_batches(args.ref, args.samples, extractor).report())
+    return 0
+
+
+def add_fid(p: argparse.ArgumentParser) -> None:
+    p.description = "The ADM evaluator's numbers for two ADM-format batches (arr_0 uint8 NHWC)."
+    p.add_argument("ref", help="reference batch, e.g. VIRTUAL_imagenet256_labeled.npz or data/reference/digits_ref.npz")
+    p.add_argument("samples", help="sample batch (goc eval-sample's samples.npz)")
+    _add_feature_arguments(p, "inception")
+    add_device_argument(p)
+    p.set_defaults(func=cmd_fid)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    methods = parse_methods(args.methods)
+    features = args.features or ("digits" if args.model == "tiny-digits" else "inception")
+    ref = args.ref_batch or (str(paths.DIGITS_REFERENCE_BATCH) if features == "digits" else None)
+    if ref is None:
+        raise InvalidArgumentError(
+            "--ref-batch is required for Inception features: the ADM reference batch, "
+            "e.g. VIRTUAL_imagenet256_labeled.npz"
+        )
+    batch_info(ref)
+    settings = _eval_settings(args, args.cfg_scale[0])
+    model, vae, dist = _load_for_eval(args)
+    extractor = build_extractor(features, dist.device, args.inception_weights) if dist.rank == 0 else None
+    rows = []
+    for cfg in args.cfg_scale:
+        result = run_eval(
+            model, replace(settings, cfg_scale=cfg), methods, args.num_samples, Path(args.out) / f"cfg{cfg:g}", ref,
+            extractor, vae, args.latency_batch, args.latency_repeats, dist, fid_bootstrap=args.fid_bootstrap,
+        )  # fmt: skip
+        rows += result or []
+    if dist.rank == 0:
+        table = Path(args.table) if args.table else Path(args.out) / "results"
+        csv_path, md_path = write_results(rows, table.parent, table.name)
+        print(format_results(rows))
+        print(f"-> {csv_path}, {md_path}")
+    dist.close()
+    return 0
+
+
+def _cfg_list(text: str) -> list[float]:
+    try:
+        values = [number(part) for part in text.split(",") if part.strip()]
+    except argparse.ArgumentTypeError:
+        values = []
+    if not values or any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"malformed cfg list {text!r}; use e.g. 1.5 or 1.5,4.0")
+    return values
+
+
+def add_eval(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Run goc eval-sample for each method and cfg scale (resumable, torchrun), then score every batch "
+        "against the reference with the ADM metrics, compare with the un-cached samples of the same noise, time "
+        "one batch per method and write OUT/results.csv and .md. " + METHOD_HELP
+    )
+    _add_eval_sampling_arguments(p)
+    p.add_argument(
+        "--methods", default=",".join(TABLE_METHODS), help=f"comma-separated (default {','.join(TABLE_METHODS)})"
+    )
+    p.add_argument("--cfg-scale", type=_cfg_list, default=[1.5], help="guidance scale(s), e.g. 1.5,4.0 (default 1.5)")
+    p.add_argument(
+        "--ref-batch", default=None, help="ADM reference npz (default for digits: data/reference/digits_ref.npz)"
+    )
+    _add_feature_arguments(p, None)
+    p.add_argument("--latency-batch", type=int, default=8, help="images per timed batch (default 8)")
+    p.add_argument("--latency-repeats", type=int, default=3, help="timed runs per method (default 3)")
+    p.add_argument(
+        "--fid-bootstrap", type=int, default=0, help="also report FID's bootstrap std over N resamples (default 0: off)"
+    )
+    p.add_argument("--out", required=True, help="folder for the samples (OUT/cfg<c>/<method>/) and results.*")
+    p.add_argument("--table", default=None, help="path prefix of the table (default OUT/results -> .csv, .md)")
+    p.set_defaults(func=cmd_eval)

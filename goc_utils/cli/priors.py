@@ -1,0 +1,137 @@
+"""``goc priors`` (block-feature statistics of un-cached sampling) and ``goc inflections`` (automatic GOC)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from goc_utils.cache import build_schedule
+from goc_utils.cli.common import (
+    add_model_arguments,
+    add_router_arguments,
+    add_sampling_arguments,
+    add_threads_argument,
+    check_writable,
+    weight,
+)
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.models import load_model, resolve_device
+from goc_utils.priors import GRAM_SOURCES, GRANULARITIES, PriorStats, auto_goc, default_priors_path, extract_priors
+from goc_utils.sampling import parse_classes
+
+
+def cmd_priors(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if args.merge:
+        if out is None:
+            raise InvalidArgumentError("--merge needs --out PATH for the merged file")
+        check_writable(out, "--out")
+        stats = PriorStats.load(args.merge[0])
+        for other in args.merge[1:]:
+            stats.merge(PriorStats.load(other))
+        stats.save(out)
+        print(f"merged {len(args.merge)} files ({stats.count} samples) -> {out}")
+        return 0
+    out = check_writable(out or default_priors_path(args.model, args.steps, args.cfg_scale), "--out")
+    if args.per_class < 1:
+        raise InvalidArgumentError(f"--per-class must be >= 1 (got {args.per_class})")
+    device = resolve_device(args.device)
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, args.ckpt, args.image_size, device)
+    classes = list(range(model.num_classes)) if args.classes == "all" else parse_classes(args.classes)
+    started = time.perf_counter()
+    stats = extract_priors(
+        model,
+        args.model,
+        classes,
+        seeds=list(range(args.per_class)),
+        steps=args.steps,
+        cfg_scale=args.cfg_scale,
+        batch_size=args.batch_size,
+    )
+    stats.save(out)
+    print(
+        f"priors of {stats.count} samples ({args.model}, DDIM-{args.steps}, cfg {args.cfg_scale:g}) in "
+        f"{time.perf_counter() - started:.1f} s -> {out}"
+    )
+    return 0
+
+
+def add_priors(p: argparse.ArgumentParser) -> None:
+    p.description = "Un-cached sampling per (class, seed), statistics accumulated on the fly."
+    add_model_arguments(p, vae=False)
+    add_sampling_arguments(p, seed_help=None)
+    p.add_argument("--classes", default="all", help="all | 0-99 | 3,5 (default all)")
+    p.add_argument("--per-class", type=int, default=1, help="samples (seeds 0..K-1) per class (default 1)")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per sampling batch (default 16)")
+    p.add_argument("--out", default=None, help="priors file (default data/priors/<model>_ddim<steps>_cfg<cfg>...)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="FILE", help="merge shard files into --out instead")
+    add_threads_argument(p)
+    p.set_defaults(func=cmd_priors)
+
+
+def cmd_inflections(args: argparse.Namespace) -> int:
+    stats = PriorStats.load(args.priors)
+    options = {"router": args.router, "thres": args.router_thres} if args.schedule == "l2c" else {}
+    schedule = build_schedule(args.schedule, stats.steps, stats.depth, **options)
+    w = schedule.reference_weight if args.weight is None else args.weight
+    auto = auto_goc(stats, schedule, "auto", w, args.coupling, args.granularity, args.source)
+    print(
+        f"priors: {stats.model}, DDIM-{stats.steps}, cfg {stats.cfg_scale:g}, {stats.count} samples; "
+        f"schedule {schedule.name} (reuses at steps {schedule.reuse_steps()}); {auto.coupling} coupling; "
+        "replayed on the "
+        + ("per-sample trajectories" if auto.source == "samples" else "class-averaged mean trajectory")
+    )
+    print(f"correction steps: {','.join(map(str, auto.steps)) or '(none)'}")
+    print(f"inflection steps (correction skipped): {','.join(map(str, auto.inflections)) or '(none)'}")
+    if isinstance(auto.weight, np.ndarray):
+        aw = auto.weight
+        per_step = {s: round(float(aw[s][aw[s] != 0].mean()), 3) for s in auto.steps if (aw[s] != 0).any()}
+        print(f"weight ({args.granularity}): mean per step {per_step}")
+    else:
+        print(f"weight: {auto.weight:.4f}" + (" (least squares)" if args.weight == "auto" else ""))
+    plain = auto.error_plain
+    print(
+        f"predicted error (MACs-weighted relative L2, summed over reused units): plain reuse {plain:.3f} -> "
+        f"GOC {auto.error_auto:.3f} ({100 * (auto.error_auto / plain - 1):+.1f}%)"
+    )
+    if schedule.reference_correction_steps is not None:
+        print(
+            f"paper's hand-set steps {','.join(map(str, schedule.reference_correction_steps))} with "
+            f"w={schedule.reference_weight}: GOC {auto.error_paper:.3f} ({100 * (auto.error_paper / plain - 1):+.1f}%)"
+        )
+    return 0
+
+
+def add_inflections(p: argparse.ArgumentParser) -> None:
+    p.description = "Replay GOC on the prior trajectory: correction steps, weight, predicted error."
+    p.add_argument("priors", help="priors file from `goc priors`")
+    p.add_argument("--schedule", choices=["fora-25", "fora-50", "l2c"], default="fora-50", help="host schedule")
+    add_router_arguments(p)
+    p.add_argument("--weight", type=weight, default=None, help="w, or auto (least squares); default the paper's")
+    p.add_argument(
+        "--source",
+        choices=list(GRAM_SOURCES),
+        default=None,
+        help="replay on the per-sample trajectories (default when the file has them) or on the class-averaged "
+        "mean trajectory (the paper's prior knowledge)",
+    )
+    p.add_argument(
+        "--granularity",
+        choices=list(GRANULARITIES),
+        default="global",
+        help="auto weight: one w, one per step, or one per unit (default global)",
+    )
+    p.add_argument(
+        "--coupling",
+        choices=["block", "unit"],
+        default="block",
+        help="GOC corrects a unit only when its whole block is reused (block, published) or each unit on its own",
+    )
+    p.set_defaults(func=cmd_inflections)

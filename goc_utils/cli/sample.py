@@ -1,0 +1,189 @@
+"""``goc sample`` (a grid, optionally cached, and an ADM npz) and ``goc info`` (a preset's facts)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from goc_utils.cache import COMPENSATORS, SCHEDULES, CacheMethod
+from goc_utils.cli.common import (
+    add_model_arguments,
+    add_priors_argument,
+    add_router_arguments,
+    add_sampling_arguments,
+    check_writable,
+    step_list,
+    step_range,
+    weight,
+)
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.macs import model_macs, theoretical_speedup
+from goc_utils.models import load_model, model_info, preset_info, resolve_device
+from goc_utils.priors import priors_for_run
+from goc_utils.sampling import check_sampling_args, class_labels, generate, parse_classes, save_samples_npz
+from goc_utils.vae import load_vae
+from goc_utils.viz import save_image_grid
+
+CACHE_FLAGS = {
+    # flag: (attribute, schedule or compensator it belongs to, option name)
+    "--fora-interval": ("fora_interval", "fora", "interval"),
+    "--matrix": ("matrix", "matrix", "path"),
+    "--router": ("router", "l2c", "router"),
+    "--router-thres": ("router_thres", "l2c", "thres"),
+    "--goc-weight": ("goc_weight", "goc", "weight"),
+    "--goc-steps": ("goc_steps", "goc", "correction_steps"),
+    "--goc-coupling": ("goc_coupling", "goc", "coupling"),
+    "--taylor-order": ("taylor_order", "taylor", "order"),
+}
+"""The per-method flags of ``goc sample``; each is refused with one line unless its schedule / compensator is chosen."""
+
+
+def cache_method_from_args(args: argparse.Namespace) -> CacheMethod:
+    """The :class:`CacheMethod` of ``--method`` or of ``--cache`` / ``--compensator`` and their flags.
+
+    Values are checked where they are used (the schedule builders, the compensator configs).
+    """
+    given = {flag: getattr(args, attr) for flag, (attr, _, _) in CACHE_FLAGS.items() if getattr(args, attr) is not None}
+    if args.fora_range is not None:
+        given["--fora-range"] = args.fora_range
+    if args.method is not None:
+        if args.cache != "none" or args.compensator != "none" or given:
+            raise InvalidArgumentError("--method replaces --cache, --compensator and their flags; give one or another")
+        return CacheMethod.parse(args.method)
+    schedule_options: dict = {}
+    compensator_options: dict = {}
+    for flag, value in given.items():
+        if flag == "--fora-range":
+            owner, options = "fora", {"start": value[0], "stop": value[1]}
+        else:
+            _, owner, option = CACHE_FLAGS[flag]
+            options = {option: value}
+        if owner not in (args.cache, args.compensator):
+            kind = "--cache" if owner in SCHEDULES else "--compensator"
+            raise InvalidArgumentError(f"{flag} needs {kind} {owner}")
+        (schedule_options if owner == args.cache else compensator_options).update(options)
+    return CacheMethod(args.cache, schedule_options, args.compensator, compensator_options)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    info = preset_info(args.model)
+    out = check_writable(Path(args.out), "--out")
+    npz = check_writable(Path(args.save_npz), "--save-npz") if args.save_npz else None
+    method = cache_method_from_args(args)
+    device = resolve_device(args.device)
+    torch.set_grad_enabled(False)
+    model = load_model(args.model, args.ckpt, args.image_size, device)
+    labels = class_labels(args.classes, args.per_class)
+    check_sampling_args(model, labels, args.steps, args.cfg_scale, args.model)
+    if args.priors is not None and not method.needs_priors:
+        raise InvalidArgumentError("--priors needs --goc-steps auto or --goc-weight auto")
+    priors = priors_for_run(args.model, model, args.steps, args.cfg_scale, args.priors) if method.needs_priors else None
+    engine = method.engine(model, args.steps, priors)
+    vae = load_vae(args.vae, device) if info.latent else None
+    started = time.perf_counter()
+    result = generate(
+        model,
+        labels,
+        seed=args.seed,
+        steps=args.steps,
+        sampler=args.sampler,
+        cfg_scale=args.cfg_scale,
+        vae=vae,
+        forward=engine.forward,
+        progress=True,
+    )
+    elapsed = time.perf_counter() - started
+    nrow = args.per_class if args.per_class > 1 else min(len(labels), 16)
+    save_image_grid(result.images, out, nrow=nrow, upscale=args.upscale or (4 if not info.latent else 1))
+    if npz is not None:
+        save_samples_npz(npz, result)
+    schedule, macs = engine.schedule, model_macs(model)
+    config = getattr(engine.compensator, "config", None)
+    if method.compensator == "goc" and isinstance(config.weight, float):
+        steps = "every reused step" if config.correction_steps is None else ",".join(map(str, config.correction_steps))
+        print(f"GOC: w = {config.weight:.4g}, correction steps {steps}, {config.coupling} coupling")
+    print(
+        f"cache {method.label()} ({schedule.name}): {100 * schedule.cache_ratio:.1f}% of unit-steps reused, "
+        f"{100 * schedule.cache_ratio_macs(macs.units):.1f}% of branch MACs, "
+        f"theoretical speedup {theoretical_speedup(macs, schedule):.3f}x"
+    )
+    print(
+        f"sampled {len(labels)} images ({args.model}, {args.sampler}-{args.steps}, cfg {args.cfg_scale}, "
+        f"seed {args.seed}) in {elapsed:.2f} s ({len(labels) / elapsed:.1f} images/s) -> {out}"
+        + (f", {npz}" if npz else "")
+    )
+    return 0
+
+
+def _classes(text: str) -> list[int]:
+    try:
+        return parse_classes(text)
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_sample(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    add_sampling_arguments(p)
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
+    p.add_argument("--classes", type=_classes, default="0-9", help="class ids, e.g. 207,992,387 or 0-9 (default 0-9)")
+    p.add_argument("--per-class", type=int, default=1, help="samples per class (default 1)")
+    p.add_argument("--out", default="samples.png", help="grid PNG to write (default samples.png)")
+    p.add_argument("--save-npz", default=None, help="also write arr_0 (uint8 NHWC), labels, final (float32)")
+    p.add_argument("--upscale", type=int, default=None, help="grid pixel upscaling (default 4 for pixel presets)")
+    g = p.add_argument_group("feature caching (schedule x compensator)")
+    g.add_argument(
+        "--method",
+        default=None,
+        help="a method string instead of the flags below, e.g. fora:interval=3+goc:w=1.0 or l2c:router=r.pt+goc:auto",
+    )
+    g.add_argument("--cache", choices=list(SCHEDULES), default="none", help="which units are reused (default none)")
+    g.add_argument("--fora-interval", type=int, default=None, help="fora: refresh every N steps (default 2)")
+    g.add_argument("--fora-range", type=step_range, default=None, help="fora: cache only in steps a:b")
+    g.add_argument("--matrix", default=None, help="matrix: 0/1 table (.json/.csv/.npy), rows = steps, 1 = recompute")
+    add_router_arguments(g, thres_default=None)
+    g.add_argument(
+        "--compensator",
+        choices=list(COMPENSATORS),
+        default="none",
+        help="what a reused unit returns: none = previous output (default), " + ", ".join(list(COMPENSATORS)[1:]),
+    )
+    g.add_argument(
+        "--goc-weight",
+        type=weight,
+        default=None,
+        help="goc: w, or auto (least squares on priors; default 1.2 with FORA, 0.8 with L2C)",
+    )
+    g.add_argument(
+        "--goc-steps",
+        type=step_list,
+        default=None,
+        help="goc: correction steps, e.g. 3,5,7,9, or auto (inflection-aware, from priors; default: the paper's "
+        "list for the schedule)",
+    )
+    g.add_argument(
+        "--goc-coupling",
+        choices=["block", "unit"],
+        default=None,
+        help="goc: correct a unit only when its whole block is reused (block, the published default) or each unit "
+        "on its own (unit)",
+    )
+    add_priors_argument(g)
+    g.add_argument("--taylor-order", type=int, default=None, help="taylor: forecast order k (default 1)")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(json.dumps(model_info(args.model, args.image_size), indent=2))
+    return 0
+
+
+def add_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny-digits", help="preset name (default tiny-digits)")
+    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the preset's)")
+    p.set_defaults(func=cmd_info)
+

@@ -1,0 +1,139 @@
+"""``goc tiny-report``, ``goc notebooks`` and ``goc bench``: the study's reports and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from goc_utils.bench import DEFAULT_METHODS, format_table, rows_as_dicts, run_bench
+from goc_utils.cache import split_methods, without_router
+from goc_utils.cache.l2c import default_router
+from goc_utils.cli.common import (
+    add_model_arguments,
+    add_priors_argument,
+    add_router_arguments,
+    add_sampling_arguments,
+    add_threads_argument,
+)
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.models import create_model, load_model, resolve_device
+from goc_utils.notebooks import figures_dir_for, load_params_file, run_notebooks
+from goc_utils.priors import priors_for_run
+from goc_utils.study import tiny_digits_report
+
+
+def cmd_tiny_report(args: argparse.Namespace) -> int:
+    if args.per_class < 1 or args.steps < 1:
+        raise InvalidArgumentError("--per-class and --steps must be >= 1")
+    rows = tiny_digits_report(
+        per_class=args.per_class,
+        steps=args.steps,
+        seed=args.seed,
+        ckpt=args.ckpt,
+        out_dir=Path(args.out_dir) if args.out_dir else None,
+    )
+    for r in rows:
+        print(
+            f"cfg {r.cfg_scale:g}: classifier agreement {100 * r.agreement:.1f}% on {r.samples} samples "
+            f"({r.images_per_second:.0f} images/s)"
+        )
+    return 0
+
+
+def add_tiny_report(p: argparse.ArgumentParser) -> None:
+    p.description = "Writes figures/00_tiny_samples.png and figures/00_tiny_agreement.md."
+    p.add_argument("--per-class", type=int, default=50, help="samples per digit and cfg scale (default 50)")
+    add_sampling_arguments(p, cfg_scale=None)
+    p.add_argument("--ckpt", default=None, help="weights (default: the committed tiny-digits EMA)")
+    p.add_argument("--out-dir", default=None, help="output folder (default figures/)")
+    p.set_defaults(func=cmd_tiny_report)
+
+
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    only = [o.strip() for o in args.only.split(",")] if args.only else None
+    started = time.perf_counter()
+    figures = figures_dir_for(args.smoke, args.figures_dir)
+    done = run_notebooks(args.preset, args.smoke, load_params_file(args.params), only, figures_dir=figures)
+    for path, seconds in done:
+        print(f"{path.name}: {seconds:.1f} s -> {path}")
+    print(f"{len(done)} notebooks in {time.perf_counter() - started:.1f} s; figures in {figures}")
+    return 0
+
+
+def add_notebooks(p: argparse.ArgumentParser) -> None:
+    p.description = "Execute notebooks/NN_*.ipynb in order; executed copies go to runs/notebooks/."
+    p.add_argument("--preset", choices=["tiny", "xl"], default="tiny", help="tiny (embedded model) or xl (DiT-XL/2)")
+    p.add_argument("--smoke", action="store_true", help="fast mode (few samples), as in the tests")
+    p.add_argument("--params", default=None, help="YAML file of parameter overrides (e.g. ckpt and vae for xl)")
+    p.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
+    p.add_argument(
+        "--figures-dir",
+        default=None,
+        help="where figures and tables go (default: figures/; with --smoke: runs/smoke/figures/)",
+    )
+    p.set_defaults(func=cmd_notebooks)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.random_weights:
+        torch.manual_seed(0)
+        model = create_model(args.model, args.image_size).to(device).eval()
+    else:
+        model = load_model(args.model, args.ckpt, args.image_size, device)
+    router = args.router or default_router(args.model, args.steps)
+    methods, skipped = without_router(split_methods(args.methods), router)
+    if skipped:
+        print(f"(skipping {', '.join(skipped)}: no --router given and none committed for {args.model})")
+    priors = None
+    if any(":" in m and "auto" in m for m in methods):
+        priors = priors_for_run(args.model, model, args.steps, args.cfg_scale, args.priors)
+    rows = run_bench(
+        model,
+        methods,
+        steps=args.steps,
+        batch=args.batch,
+        cfg_scale=args.cfg_scale,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        router=router,
+        thres=args.router_thres,
+        priors=priors,
+    )
+    header = (
+        f"goc bench: {args.model}{' (random weights)' if args.random_weights else ''}, {device}, "
+        f"DDIM-{args.steps}, batch {args.batch}, cfg {args.cfg_scale}, {args.repeats} repeats"
+    )
+    if args.json:
+        print(json.dumps({"setup": header, "rows": rows_as_dicts(rows)}, indent=2))
+    else:
+        print(header)
+        print(format_table(rows))
+    return 0
+
+
+def add_bench(p: argparse.ArgumentParser) -> None:
+    p.description = "Time sampling under each caching method (warm-up, then repeats)."
+    add_model_arguments(p, vae=False)
+    p.add_argument("--random-weights", action="store_true", help="DiT-initialised random weights (timing only)")
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="comma-separated method strings, e.g. fora-50+goc:auto, fora-25+taylor:k=2, fora:interval=3",
+    )
+    add_router_arguments(p, help_extra=" (default: the committed tiny-digits router; skipped without one)")
+    add_priors_argument(p)
+    add_sampling_arguments(p, seed_help=None)
+    p.add_argument("--batch", type=int, default=1, help="images per run (default 1; CFG doubles it)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    add_threads_argument(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_bench)
