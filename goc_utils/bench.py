@@ -115,6 +115,8 @@ def run_bench(
     priors=None,
 ) -> list[BenchRow]:
     """Time ``generate`` under each method (labels ``0, 1, ...``, the noise of seed 0); ``none`` is the baseline."""
+    if batch < 1:
+        raise InvalidArgumentError(f"--batch must be >= 1 (got {batch})")
     labels = [i % model.num_classes for i in range(batch)]
     torch.manual_seed(0)
     noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size)

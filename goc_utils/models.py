@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +169,11 @@ class DiT(nn.Module):
         learn_sigma: bool = True,
     ):
         super().__init__()
+        if input_size < 1 or input_size % patch_size:
+            raise InvalidArgumentError(
+                f"model input {input_size}x{input_size} is not a positive multiple of the patch size {patch_size}; "
+                "choose another --image-size"
+            )
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
@@ -338,7 +345,9 @@ def check_preset(name: str) -> None:
 def input_size_for(name: str, image_size: int | None = None) -> int:
     """Model input side for a preset at ``image_size`` pixels (latents are 8x smaller)."""
     info = preset_info(name)
-    image_size = image_size or info.default_image_size
+    image_size = info.default_image_size if image_size is None else image_size
+    if image_size < 1:
+        raise InvalidArgumentError(f"--image-size must be a positive number of pixels (got {image_size})")
     if info.latent:
         if image_size % 8:
             raise CheckpointError(f"image size {image_size} is not a multiple of 8 (the VAE factor); use 256 or 512")
@@ -385,7 +394,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch adds multi-line advice to refused pickles; our line says it
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         raise CheckpointError(
@@ -497,11 +507,15 @@ def load_model(
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a CUDA request without a GPU is one line."""
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything but cpu / cuda[:i] / auto is one line."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise InvalidArgumentError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidArgumentError(f"--device {name} requested but no CUDA GPU is visible; use --device cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise InvalidArgumentError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible")
     return name
 
 

@@ -51,7 +51,12 @@ def load_params_file(path: str | Path | None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InvalidArgumentError(f"params file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise InvalidArgumentError(f"params file {str(path)!r} is not valid YAML{line}; fix it") from None
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"params file {str(path)!r} must hold a mapping of parameter: value")
     return data

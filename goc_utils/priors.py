@@ -81,6 +81,9 @@ class PriorsError(GocError):
     """A priors file that is missing, corrupt, or made for another model / step count / cfg."""
 
 
+HEADER_KEYS = ("model", "steps", "cfg_scale", "depth", "tokens", "hidden", "classes", "seeds", "count")
+"""What a priors file's header must hold."""
+
 STAT_NAMES = ("sum_feature", "sum_abs", "sum_l2", "sum_cos", "sum_rel_l1", "sum_gram")
 
 
@@ -242,6 +245,11 @@ class PriorStats:
         if header.get("format") != PRIORS_FORMAT:
             raise PriorsError(
                 f"priors file {str(path)!r} has format {header.get('format')!r}, expected {PRIORS_FORMAT}"
+            )
+        missing = [k for k in HEADER_KEYS if k not in header]
+        if missing:
+            raise PriorsError(
+                f"priors file {str(path)!r}: its header lacks {', '.join(missing)}; recreate it with `goc priors`"
             )
         stats = cls(
             header["model"],

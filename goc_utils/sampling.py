@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from goc_utils.data import to_uint8
-from goc_utils.diffusion import cfg_denoiser, create_diffusion
+from goc_utils.diffusion import NUM_TRAIN_TIMESTEPS, cfg_denoiser, create_diffusion
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.files import atomic_write_text, write_npz, write_npz_stream
 from goc_utils.models import DiT
@@ -57,9 +57,11 @@ def check_sampling_args(
         raise InvalidArgumentError("no class labels given; pass e.g. --classes 0,1,2")
     bad = [c for c in labels if not 0 <= int(c) < model.num_classes]
     if bad:
-        raise InvalidArgumentError(f"class id {bad[0]} is out of range for {model_name}; use 0..{model.num_classes - 1}")
-    if int(steps) < 1:
-        raise InvalidArgumentError(f"steps must be >= 1 (got {steps})")
+        raise InvalidArgumentError(
+            f"class id {bad[0]} is out of range for {model_name}; use 0..{model.num_classes - 1}"
+        )
+    if not 1 <= int(steps) <= NUM_TRAIN_TIMESTEPS:
+        raise InvalidArgumentError(f"steps must be in 1..{NUM_TRAIN_TIMESTEPS} (got {steps})")
     if not cfg_scale >= 0:  # also catches NaN
         raise InvalidArgumentError(f"cfg scale must be a number >= 0 (got {cfg_scale}); 1.0 disables guidance")
 

@@ -8,7 +8,9 @@ network the error names the folder to put the files in.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -24,6 +26,21 @@ VAE_HUB_IDS = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft
 def local_vae_dir(hub_id: str) -> Path:
     """Where the project looks for a hand-placed copy of a hub VAE: ``data/vae/<name>``."""
     return paths.DATA_DIR / "vae" / hub_id.rsplit("/", 1)[-1]
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A filesystem path rather than a hub id (``org/name``)."""
+    return spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") > 1
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _offline() -> bool:
@@ -45,6 +62,8 @@ def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
     diffusers_logging.set_verbosity_error()
     hub_id = VAE_HUB_IDS.get(spec, spec)
     as_path = Path(hub_id).expanduser()
+    if not as_path.exists() and _looks_like_path(hub_id):
+        raise VAEError(f"VAE folder {str(as_path)!r} does not exist; pass --vae ema|mse, a diffusers folder or hub id")
     if as_path.exists():
         if not (as_path / "config.json").is_file():
             raise VAEError(
@@ -71,6 +90,8 @@ def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
     except Exception:  # noqa: BLE001 - not in the cache: try the hub below
         if _offline():
             raise VAEError(f"VAE {hub_id!r} is not available offline (HF_HUB_OFFLINE=1); {advice}") from None
+        if not _hub_reachable():  # fail in one line now rather than after the hub client's retries
+            raise VAEError(f"VAE {hub_id!r} is not cached here and the hub is unreachable; {advice}") from None
         try:
             vae = AutoencoderKL.from_pretrained(hub_id)
         except Exception:  # noqa: BLE001 - network failures come in many types

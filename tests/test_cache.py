@@ -107,7 +107,7 @@ def test_schedule_errors_are_one_line(builder, kwargs, match, tmp_path):
 
 def test_malformed_matrix_and_router_files(tmp_path):
     (tmp_path / "bad.json").write_text("[[1, 2], [1, 1]]")
-    with pytest.raises(ScheduleError, match="0/1"):
+    with pytest.raises(ScheduleError, match="holds 2; every value must be 0 or 1"):
         build_schedule("matrix", 2, 2, path=tmp_path / "bad.json")
     (tmp_path / "zero.json").write_text("[[0, 1], [1, 1]]")
     with pytest.raises(ScheduleError, match="step 0"):

@@ -90,7 +90,7 @@ def test_sample_writes_grid_and_npz(tmp_path, tiny_ckpt, capsys):
         (["--ckpt", "/nonexistent/w.pt"], "does not exist"),
         (["--classes", "3,12"], "class id 12 is out of range for tiny-digits; use 0..9"),
         (["--classes", "x"], "malformed class list"),
-        (["--steps", "0"], "steps must be >= 1"),
+        (["--steps", "0"], "steps must be in 1..1000"),
         (["--cfg-scale", "-1"], "cfg scale must be a number >= 0"),
         (["--cfg-scale", "nan"], "'nan' is not a finite number"),
         (["--cfg-scale", "abc"], "not a number"),

@@ -17,6 +17,7 @@ The official files also pickle ``opt`` and an ``argparse.Namespace``: they are r
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +46,25 @@ def load_router_logits(path: str | Path) -> np.ndarray:
             f"cannot read router file {str(path)!r} ({first_line(exc, 120)}); "
             "expected Learning-to-Cache's {'routers': state_dict} checkpoint"
         ) from None
+    name = str(path)
     routers = obj.get("routers") if isinstance(obj, dict) else None
-    keys = sorted(routers, key=lambda k: int(k.split(".")[0])) if isinstance(routers, dict) else []
-    if not keys or any(not k.endswith(".prob") for k in keys):
-        raise ScheduleError(f"router file {str(path)!r} has no 'routers' entry with '<k>.prob' tensors")
+    if not isinstance(routers, dict) or not routers:
+        raise ScheduleError(f"router file {name!r} has no 'routers' entry with '<k>.prob' tensors")
+    bad = [k for k in routers if not re.fullmatch(r"\d+\.prob", str(k))]
+    if bad:
+        raise ScheduleError(f"router file {name!r}: key {bad[0]!r} is not '<k>.prob' (k = router index)")
+    keys = sorted(routers, key=lambda k: int(k.split(".")[0]))
     if [int(k.split(".")[0]) for k in keys] != list(range(len(keys))):
-        raise ScheduleError(f"router file {str(path)!r}: router indices are not 0..{len(keys) - 1}")
-    return np.stack([routers[k].detach().float().numpy().reshape(-1) for k in keys])
+        raise ScheduleError(f"router file {name!r}: router indices are not 0..{len(keys) - 1}")
+    if any(not isinstance(routers[k], torch.Tensor) for k in keys):
+        raise ScheduleError(f"router file {name!r}: every '<k>.prob' must be a tensor of logits")
+    sizes = sorted({routers[k].numel() for k in keys})
+    if len(sizes) > 1:
+        raise ScheduleError(f"router file {name!r}: routers have different lengths {sizes}; all must be 2 x depth")
+    logits = np.stack([routers[k].detach().float().numpy().reshape(-1) for k in keys])
+    if not np.isfinite(logits).all():
+        raise ScheduleError(f"router file {name!r} holds NaN or infinite logits; retrain or re-export the router")
+    return logits
 
 
 def router_mask(logits: np.ndarray, thres: float) -> np.ndarray:

@@ -35,10 +35,13 @@ def read_matrix(path: str | Path) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure is a malformed file
         raise ScheduleError(f"cannot parse schedule matrix {str(path)!r}: {first_line(exc, 120)}") from None
-    if matrix.ndim != 2 or not np.isin(matrix, (0, 1)).all():
-        raise ScheduleError(
-            f"schedule matrix {str(path)!r} must be a 2-D table of 0/1 (rows = steps), got shape {matrix.shape}"
-        )
+    if matrix.ndim != 2:
+        raise ScheduleError(f"schedule matrix {str(path)!r} must be a 2-D table (rows = steps), not {matrix.shape}")
+    bad = matrix[~np.isin(matrix, (0, 1))] if matrix.dtype != object else matrix.ravel()
+    if bad.size:
+        value = bad.flat[0]
+        shown = f"{value:g}" if isinstance(value, (int, float, np.number)) else repr(value)
+        raise ScheduleError(f"schedule matrix {str(path)!r} holds {shown}; every value must be 0 or 1")
     return matrix.astype(bool)
 
 

@@ -147,4 +147,10 @@ def build_schedule(name: str, steps: int, depth: int, **options) -> CacheSchedul
     """
     if name not in SCHEDULES:
         raise ScheduleError(f"unknown cache schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
+    if not 1 <= int(steps) <= MAX_STEPS:
+        raise ScheduleError(f"steps must be in 1..{MAX_STEPS} (got {steps})")
     return SCHEDULES[name].build(steps, depth, **options)
+
+
+MAX_STEPS = 1000
+"""Sampling steps are at most the diffusion's 1,000 training timesteps."""

@@ -77,8 +77,22 @@ def check_writable(path: Path, flag: str) -> Path:
         raise InvalidArgumentError(f"{flag} {str(path)!r}: cannot create its folder ({exc.strerror})") from None
     if path.is_dir():
         raise InvalidArgumentError(f"{flag} {str(path)!r} is a folder; give a file name")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:  # really create the file's temporary sibling: permissions alone do not tell (/proc, read-only mounts)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InvalidArgumentError(f"{flag} {str(path)!r} is not writable ({exc.strerror}); choose another") from None
+    if path.exists() and not os.access(path, os.W_OK):
         raise InvalidArgumentError(f"{flag} {str(path)!r} is not writable; choose another path")
+    return path
+
+
+def check_output_dir(path: Path, flag: str) -> Path:
+    """A folder that exists or can be created, and where files can be written."""
+    if path.exists() and not path.is_dir():
+        raise InvalidArgumentError(f"{flag} {str(path)!r} is a file; give a folder")
+    check_writable(path / "run.json", flag)
     return path
 
 

@@ -17,6 +17,8 @@ from goc_utils.cli.common import (
     add_priors_argument,
     add_router_arguments,
     add_sampling_arguments,
+    check_output_dir,
+    check_writable,
     number,
 )
 from goc_utils.errors import InvalidArgumentError
@@ -84,6 +86,7 @@ def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval_sample(args: argparse.Namespace) -> int:
     (method,) = parse_methods(args.method, single=True)
+    check_output_dir(Path(args.out), "--out")
     settings = _eval_settings(args, args.cfg_scale)
     model, vae, dist = _load_for_eval(args)
     started = time.perf_counter()
@@ -153,6 +156,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "e.g. VIRTUAL_imagenet256_labeled.npz"
         )
     batch_info(ref)
+    check_output_dir(Path(args.out), "--out")
+    table = Path(args.table) if args.table else Path(args.out) / "results"
+    for suffix in (".csv", ".md"):  # before any sampling: a table that cannot be written fails now
+        check_writable(table.with_name(table.name + suffix), "--table")
     settings = _eval_settings(args, args.cfg_scale[0])
     model, vae, dist = _load_for_eval(args)
     extractor = build_extractor(features, dist.device, args.inception_weights) if dist.rank == 0 else None
@@ -164,7 +171,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )  # fmt: skip
         rows += result or []
     if dist.rank == 0:
-        table = Path(args.table) if args.table else Path(args.out) / "results"
         csv_path, md_path = write_results(rows, table.parent, table.name)
         print(format_results(rows))
         print(f"-> {csv_path}, {md_path}")
