@@ -288,7 +288,7 @@ def method_table(model, results: dict, errors: dict, steps: int, router: str | N
                 "cached units": f"{100 * schedule.cache_ratio:.1f}%",
                 "cached MACs": f"{100 * schedule.cache_ratio_macs(macs.units):.1f}%",
                 "theoretical speedup": f"{theoretical_speedup(macs, schedule):.3f}x",
-                "final RMSE vs none": f"{float(errors[method][-1]):.3g}",
+                "final RMSE vs none": f"{float(errors[method][-1]):#.3g}",
             }
         )
     return rows
