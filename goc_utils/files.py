@@ -44,9 +44,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> Path:
-    """``torch.save`` atomically."""
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` atomically (through a file handle, so the bytes do not depend on the file's name)."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
     return Path(path)
 
 

@@ -31,6 +31,7 @@ default) or, as the paper's "prior knowledge", on the class-averaged mean trajec
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,10 +222,16 @@ class PriorStats:
         }
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | Path) -> Path:
-        """One safetensors file: float64 sums + a JSON header (model, steps, cfg, classes, seeds, count)."""
+    def save(self, path: str | Path, resume: dict | None = None) -> Path:
+        """One safetensors file: float64 sums + a JSON header (model, steps, cfg, classes, seeds, count).
+
+        ``resume`` (checkpoints of an unfinished extraction) is stored in the header too.
+        """
         tensors = {name: torch.from_numpy(getattr(self, name)) for name in STAT_NAMES}
-        atomic_save_safetensors(tensors, Path(path), {"goc_priors": json.dumps(self.header())})
+        metadata = {"goc_priors": json.dumps(self.header())}
+        if resume is not None:
+            metadata["resume"] = json.dumps(resume)
+        atomic_save_safetensors(tensors, Path(path), metadata)
         return Path(path)
 
     @classmethod
@@ -354,11 +361,17 @@ def extract_priors(
     cfg_scale: float = 4.0,
     batch_size: int = 16,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_seconds: float = 300.0,
 ) -> PriorStats:
     """Un-cached sampling of every (class, seed) pair, accumulating :class:`PriorStats`.
 
     Each sample's noise is ``draw_noise(seed)`` for one image, so a sample does not depend
     on the batch it runs in: shards over classes merge to exactly one run.
+
+    ``checkpoint``: a file where the statistics so far are saved (at most every ``checkpoint_seconds``,
+    after a whole batch); a rerun with the same settings continues from it and ends with the same bytes
+    as an uninterrupted run. The caller removes it once the result is saved.
     """
     bad = [c for c in classes if not 0 <= int(c) < model.num_classes]
     if bad:
@@ -369,6 +382,9 @@ def extract_priors(
         raise InvalidArgumentError(f"--batch-size must be >= 1 (got {batch_size})")
     pairs = [(int(c), int(s)) for s in seeds for c in classes]
     stats = PriorStats(model_name, steps, cfg_scale, model.depth, model.num_tokens, model.hidden_size)
+    resume = {"pairs": pairs, "batch_size": batch_size, "done": 0}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        stats, resume["done"] = _resume_priors(Path(checkpoint), stats, resume)
     device = next(model.parameters()).device
     recorder = PriorRecorder(stats)
     engine = CacheEngine(model, none_schedule(steps, model.depth))
@@ -376,16 +392,41 @@ def extract_priors(
     handles = [block.register_forward_hook(recorder.block_hook(i)) for i, block in enumerate(model.blocks)]
     try:
         batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
-        for batch in tqdm(batches, desc=f"priors {model_name}", disable=not progress):
+        saved = time.monotonic()
+        for index in tqdm(
+            range(resume["done"], len(batches)), desc=f"priors {model_name}", disable=not progress,
+            initial=resume["done"], total=len(batches),
+        ):  # fmt: skip
+            batch = batches[index]
             noise = torch.cat([draw_noise(model, 1, seed, device) for _, seed in batch])
             recorder.reset(len(batch))
             labels = [c for c, _ in batch]
             generate(model, labels, steps=steps, cfg_scale=cfg_scale, forward=engine.forward, noise=noise)
             recorder.finish(batch)
+            if checkpoint is not None and time.monotonic() - saved >= checkpoint_seconds and index + 1 < len(batches):
+                stats.save(checkpoint, resume | {"done": index + 1})
+                saved = time.monotonic()
     finally:
         for handle in handles:
             handle.remove()
     return stats
+
+
+def _resume_priors(path: Path, fresh: PriorStats, resume: dict) -> tuple[PriorStats, int]:
+    """The statistics saved in a checkpoint and the number of batches they hold (one line if they do not fit)."""
+    stats = PriorStats.load(path)
+    with safe_open(str(path), "pt") as f:
+        stored = json.loads((f.metadata() or {}).get("resume", "null"))
+    if stored is None or {k: stored.get(k) for k in ("pairs", "batch_size")} != {
+        "pairs": [list(p) for p in resume["pairs"]],
+        "batch_size": resume["batch_size"],
+    }:
+        raise PriorsError(
+            f"checkpoint {str(path)!r} is from an extraction with other classes, seeds or batch size; "
+            "rerun with the same settings to resume, or delete it to start over"
+        )
+    check_compatible(fresh.header(), stats.header(), f"resume from {str(path)!r}")
+    return stats, int(stored["done"])
 
 
 # --------------------------------------------------------------------------------------

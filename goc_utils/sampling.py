@@ -7,8 +7,12 @@ is the plain model, so a cache engine plugs in without touching the sampler.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,20 +211,73 @@ def _shard_complete(path: Path, count: int) -> bool:
         return False
 
 
-def check_manifest(out_dir: Path, manifest: dict) -> None:
-    """Write ``run.json`` on first use; on a rerun, refuse settings that differ from the stored ones."""
+def check_manifest(out_dir: Path, manifest: dict, num_samples: int | None = None) -> None:
+    """Write ``run.json`` on first use; on a rerun, refuse settings that differ from the stored ones.
+
+    A finished run also records ``samples`` (count and sha256 of ``samples.npz``); asking it for fewer
+    samples than it holds is refused (a finished file is never shrunk).
+    """
     path = out_dir / MANIFEST_NAME
     if path.exists():
         stored = json.loads(path.read_text())
-        diff = [k for k in sorted(set(stored) | set(manifest)) if stored.get(k) != manifest.get(k)]
+        diff = [k for k in sorted(set(stored) | set(manifest)) if k != RESULT_KEY and stored.get(k) != manifest.get(k)]
         if diff:
             k = diff[0]
             raise InvalidArgumentError(
                 f"{out_dir} holds a run with {k}={stored.get(k)!r} (this one: {manifest.get(k)!r}); "
                 "rerun with the same settings to resume, or choose a new --out"
             )
+        finished = stored.get(RESULT_KEY) or {}
+        if num_samples is not None and num_samples < finished.get("count", 0):
+            raise InvalidArgumentError(
+                f"{out_dir} holds a finished run of {finished['count']} samples; --num-samples {num_samples} would "
+                f"shrink it: rerun with --num-samples {finished['count']} or more, or choose a new --out"
+            )
         return
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+RESULT_KEY = "samples"
+"""``run.json`` entry written when ``samples.npz`` is complete: ``{"count": N, "sha256": ...}``."""
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _record_samples(out_dir: Path, count: int) -> None:
+    path = out_dir / MANIFEST_NAME
+    stored = json.loads(path.read_text())
+    stored[RESULT_KEY] = {"count": count, "sha256": file_sha256(out_dir / SAMPLES_NAME)}
+    atomic_write_text(path, json.dumps(stored, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def run_lock(out_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold ``out_dir/.lock`` (one sampling process per folder); a second one stops with one line."""
+    if not enabled:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InvalidArgumentError(
+                f"another process is sampling into {out_dir}; wait for it to finish or choose another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+LOCK_NAME = ".lock"
 
 
 def merge_shards(out_dir: Path, ranges: list[tuple[int, int]]) -> Path:
@@ -271,11 +328,20 @@ def sample_to_npz(
     out_dir = Path(out_dir)
     ranges = shard_ranges(num_samples, batch)
     barrier = barrier or (lambda: None)
-    if rank == 0:
-        check_manifest(out_dir, manifest)
-    barrier()
-    if rank != 0:
-        check_manifest(out_dir, manifest)
+    with run_lock(out_dir, enabled=rank == 0):
+        if rank == 0:
+            check_manifest(out_dir, manifest, num_samples)
+        barrier()
+        if rank != 0:
+            check_manifest(out_dir, manifest, num_samples)
+        return _sample_shards(
+            model, out_dir, ranges, seed, steps, sampler, cfg_scale, vae, forward, rank, world, barrier, progress
+        )
+
+
+def _sample_shards(
+    model, out_dir, ranges, seed, steps, sampler, cfg_scale, vae, forward, rank, world, barrier, progress
+) -> Path:
     (out_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     mine = [r for j, r in enumerate(ranges) if j % world == rank]
     todo = [r for r in mine if not _shard_complete(_shard_path(out_dir, r[0]), r[1] - r[0])]
@@ -305,6 +371,7 @@ def sample_to_npz(
     barrier()
     if rank == 0 and not _merged_is_current(out_dir, ranges):
         merge_shards(out_dir, ranges)
+        _record_samples(out_dir, ranges[-1][1])
     barrier()
     return out_dir / SAMPLES_NAME
 
@@ -321,4 +388,11 @@ def _merged_is_current(out_dir: Path, ranges: list[tuple[int, int]]) -> bool:
     except Exception:  # noqa: BLE001 - unreadable: merge again
         return False
     newest = max(_shard_path(out_dir, start).stat().st_mtime_ns for start, _ in ranges)
-    return merged.stat().st_mtime_ns >= newest
+    if merged.stat().st_mtime_ns < newest:
+        return False
+    recorded = json.loads((out_dir / MANIFEST_NAME).read_text()).get(RESULT_KEY) or {}
+    if recorded.get("count") == ranges[-1][1] and recorded.get("sha256") == file_sha256(merged):
+        return True
+    if recorded.get("sha256"):
+        print(f"{merged} does not match its sha256 in run.json; rebuilding it from the shards", file=sys.stderr)
+    return False

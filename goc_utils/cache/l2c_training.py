@@ -19,6 +19,8 @@ The result is saved in the official format ``{'routers': {'k.prob': ...}, 'opt',
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from torchvision.datasets import ImageFolder
 from tqdm.auto import tqdm
 
 from goc_utils.diffusion import create_diffusion
-from goc_utils.errors import InvalidArgumentError
+from goc_utils.errors import InvalidArgumentError, first_line
 from goc_utils.files import atomic_torch_save
 from goc_utils.models import DiT
 from goc_utils.vae import LATENT_SCALE
@@ -123,22 +125,37 @@ def train_router(
     sample_batch: BatchFn,
     config: RouterTrainConfig,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_seconds: float = 300.0,
 ) -> tuple[torch.Tensor, dict]:
     """Train router logits ``(steps, 2 * depth)`` for ``model`` on batches from ``sample_batch``.
 
-    Returns ``(logits, optimizer state dict)``. The model's weights are not modified.
+    Returns ``(logits, optimizer state dict)``. The model's weights are not modified. ``checkpoint``: a
+    file where the training state (logits, optimiser, random generators) is saved at most every
+    ``checkpoint_seconds``; a rerun with the same config continues from it and ends with the same bytes
+    as an uninterrupted run. The caller removes it once the routers are saved.
     """
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(config.seed)
     diffusion = create_diffusion(config.steps, learn_sigma=model.learn_sigma)
     logits = torch.randn(config.steps, 2 * model.depth, generator=generator).to(device).requires_grad_(True)
     opt = torch.optim.AdamW([logits], lr=config.lr, weight_decay=0.0)
+    start = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        start = _resume_router(Path(checkpoint), config, logits, opt, generator)
     flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     model.eval()
-    bar = tqdm(range(config.train_steps), desc="train router", disable=not progress)
+    bar = tqdm(range(start, config.train_steps), desc="train router", disable=not progress, initial=start,
+               total=config.train_steps)  # fmt: skip
+    saved = time.monotonic()
     try:
-        for _ in bar:
+        for step in bar:
+            if checkpoint is not None and time.monotonic() - saved >= checkpoint_seconds and step > start:
+                state = {"config": asdict(config), "step": step, "logits": logits.detach().cpu(),
+                         "opt": opt.state_dict(), "generator": generator.get_state(), "rng": torch.get_rng_state()}
+                atomic_torch_save(state, checkpoint)  # fmt: skip
+                saved = time.monotonic()
             x0, y = sample_batch(config.batch_size, generator)
             x0, y = x0.to(device), y.to(device)
             drop = torch.rand(config.batch_size, generator=generator) < config.label_dropout
@@ -180,6 +197,25 @@ def train_router(
     return logits.detach().cpu(), opt.state_dict()
 
 
+def _resume_router(path: Path, config: RouterTrainConfig, logits, opt, generator) -> int:
+    """Restore a training checkpoint into ``logits`` / ``opt`` / ``generator``; returns the next step."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a torn or foreign file
+        raise InvalidArgumentError(f"cannot read checkpoint {str(path)!r} ({first_line(exc)}); delete it") from None
+    if state.get("config") != asdict(config):
+        raise InvalidArgumentError(
+            f"router checkpoint {str(path)!r} is from a run with other settings; rerun with the same ones to "
+            "resume, or delete it to start over"
+        )
+    with torch.no_grad():
+        logits.copy_(state["logits"].to(logits.device))
+    opt.load_state_dict(state["opt"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])
+
+
 def save_router(
     path: str | Path, logits: torch.Tensor, opt_state: dict, config: RouterTrainConfig, model_name: str
 ) -> Path:
@@ -190,4 +226,15 @@ def save_router(
     args = argparse.Namespace(
         model=model_name, num_sampling_steps=config.steps, **{k: v for k, v in asdict(config).items() if k != "steps"}
     )
-    return atomic_torch_save({"routers": routers, "opt": opt_state, "args": args}, path)
+    return atomic_torch_save({"routers": routers, "opt": _interned(opt_state), "args": args}, path)
+
+
+def _interned(obj):
+    """``obj`` with every string dict key interned, so that pickling gives the same bytes for equal values
+    whether the optimiser state was built in this process or loaded from a checkpoint (pickle memoizes by
+    object identity)."""
+    if isinstance(obj, dict):
+        return {sys.intern(k) if isinstance(k, str) else k: _interned(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_interned(v) for v in obj]
+    return obj

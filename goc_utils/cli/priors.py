@@ -16,6 +16,7 @@ from goc_utils.cli.common import (
     add_sampling_arguments,
     add_threads_argument,
     check_writable,
+    number,
     weight,
 )
 from goc_utils.errors import InvalidArgumentError
@@ -46,6 +47,7 @@ def cmd_priors(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.ckpt, args.image_size, device)
     classes = list(range(model.num_classes)) if args.classes == "all" else parse_classes(args.classes)
     started = time.perf_counter()
+    checkpoint = out.with_name(out.name + ".partial")
     stats = extract_priors(
         model,
         args.model,
@@ -54,8 +56,11 @@ def cmd_priors(args: argparse.Namespace) -> int:
         steps=args.steps,
         cfg_scale=args.cfg_scale,
         batch_size=args.batch_size,
+        checkpoint=checkpoint,
+        checkpoint_seconds=args.checkpoint_seconds,
     )
     stats.save(out)
+    checkpoint.unlink(missing_ok=True)
     print(
         f"priors of {stats.count} samples ({args.model}, DDIM-{args.steps}, cfg {args.cfg_scale:g}) in "
         f"{time.perf_counter() - started:.1f} s -> {out}"
@@ -72,6 +77,12 @@ def add_priors(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="samples per sampling batch (default 16)")
     p.add_argument("--out", default=None, help="priors file (default data/priors/<model>_ddim<steps>_cfg<cfg>...)")
     p.add_argument("--merge", nargs="+", default=None, metavar="FILE", help="merge shard files into --out instead")
+    p.add_argument(
+        "--checkpoint-seconds",
+        type=number,
+        default=300.0,
+        help="save progress to OUT.partial at most this often; a rerun resumes from it (default 300)",
+    )
     add_threads_argument(p)
     p.set_defaults(func=cmd_priors)
 

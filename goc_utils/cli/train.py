@@ -68,8 +68,12 @@ def cmd_train_router(args: argparse.Namespace) -> int:
         batches = image_folder_batches(args.data, image_size, load_vae(args.vae, device), device)
     else:
         batches = tensor_batches(*load_digits_tensors())
-    logits, opt_state = train_router(model, batches, config)
+    checkpoint = out.with_name(out.name + ".partial")
+    logits, opt_state = train_router(
+        model, batches, config, checkpoint=checkpoint, checkpoint_seconds=args.checkpoint_seconds
+    )
     save_router(out, logits, opt_state, config, args.model)
+    checkpoint.unlink(missing_ok=True)
     schedule = CacheSchedule(router_mask(logits.numpy(), 0.1), name="l2c@0.1")
     macs = model_macs(model)
     print(
@@ -89,6 +93,12 @@ def add_train_router(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l1", type=number, default=5e-6, help="weight of the sum of router scores (default 5e-6)")
     p.add_argument("--seed", type=seed, default=0, help="seed (default 0)")
     add_threads_argument(p)
+    p.add_argument(
+        "--checkpoint-seconds",
+        type=number,
+        default=300.0,
+        help="save the training state to OUT.partial at most this often; a rerun resumes from it (default 300)",
+    )
     p.add_argument("--out", required=True, help="router checkpoint to write (.pt)")
     p.set_defaults(func=cmd_train_router)
 
