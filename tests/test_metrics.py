@@ -305,3 +305,40 @@ def test_file_fidelity_streams_the_same_numbers(tmp_path):
     write_npz(tmp_path / "c.npz", arr_0=a[:5])
     with pytest.raises(InvalidArgumentError, match="same --num-samples"):
         file_fidelity(tmp_path / "a.npz", tmp_path / "c.npz")
+
+
+def test_inception_score_is_nan_when_probabilities_underflow_as_in_the_evaluator(capfd):
+    from goc_utils.metrics.adm import inception_score
+
+    logits = np.array([[0.0, 200.0, 0.0], [200.0, 0.0, 0.0], [0.0, 0.0, 200.0]], dtype=np.float32)
+    assert np.isnan(inception_score(logits))  # softmax underflows to 0: 0 * log 0 = NaN (evaluator.py too)
+    err = capfd.readouterr().err
+    assert "Inception Score is NaN: 6 class probabilities underflow to 0" in err and len(err.splitlines()) == 1
+    assert np.isfinite(inception_score(logits / 100))
+
+
+def test_half_precision_distances_fall_back_to_float32_when_squared_norms_overflow():
+    from goc_utils.metrics.adm import pairwise_sq_distances
+
+    big_u, big_v = np.full((1, 4), 300.0), np.array([[300.0, 300.0, 300.0, 300.4]])  # |u|^2 = 360000 > 65504
+    half_inputs = pairwise_sq_distances(np.full((1, 4), 300.0), np.full((1, 4), 300.0) + [0, 0, 0, 0.5], "float32")
+    assert pairwise_sq_distances(big_u, big_v)[0, 0] == pytest.approx(0.16, abs=0.01)  # float32 fallback
+    assert half_inputs[0, 0] == pytest.approx(0.25, abs=0.01)  # what float16-rounded inputs (300.4 -> 300.5) give
+    small = pairwise_sq_distances(np.zeros((1, 1)), np.full((1, 1), 1e-4))
+    assert small[0, 0] == 0.0  # no overflow: the distance is rounded to float16 (1e-8 underflows), as in the evaluator
+    assert pairwise_sq_distances(np.zeros((1, 1)), np.full((1, 1), 1e-4), "float32")[0, 0] > 0
+
+
+def test_goc_fid_float32_distances(tmp_path, capsys):
+    from goc_utils import paths
+    from goc_utils.cli import main
+
+    with np.load(paths.DIGITS_REFERENCE_BATCH) as ref:
+        write_npz(tmp_path / "s.npz", arr_0=ref["arr_0"][::3], arr_1=ref["arr_1"][::3])
+    argv = ["fid", str(paths.DIGITS_REFERENCE_BATCH), str(tmp_path / "s.npz"), "--features", "digits"]
+    printed = {}
+    for precision in ("float16", "float32"):
+        assert main([*argv, "--pr-precision", precision]) == 0
+        printed[precision] = dict(line.split(": ") for line in capsys.readouterr().out.strip().splitlines())
+    assert printed["float16"]["FID"] == printed["float32"]["FID"]
+    assert 0 < float(printed["float32"]["Precision"]) <= 1

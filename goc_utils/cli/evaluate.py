@@ -133,7 +133,7 @@ def _add_feature_arguments(p: argparse.ArgumentParser, default: str | None) -> N
 
 def cmd_fid(args: argparse.Namespace) -> int:
     extractor = build_extractor(args.features, resolve_device(args.device), args.inception_weights)
-    print(evaluate_batches(args.ref, args.samples, extractor).report())
+    print(evaluate_batches(args.ref, args.samples, extractor, pr_precision=args.pr_precision).report())
     return 0
 
 
@@ -142,6 +142,12 @@ def add_fid(p: argparse.ArgumentParser) -> None:
     p.add_argument("ref", help="reference batch, e.g. VIRTUAL_imagenet256_labeled.npz or data/reference/digits_ref.npz")
     p.add_argument("samples", help="sample batch (goc eval-sample's samples.npz)")
     _add_feature_arguments(p, "inception")
+    p.add_argument(
+        "--pr-precision",
+        choices=["float16", "float32"],
+        default="float16",
+        help="k-NN distances of precision / recall: float16-rounded like the ADM evaluator (default) or float32",
+    )
     add_device_argument(p)
     p.set_defaults(func=cmd_fid)
 

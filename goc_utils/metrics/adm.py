@@ -15,12 +15,21 @@ features lives in :mod:`goc_utils.metrics.features`):
   squared distance to its k-th nearest neighbour in the same set (the point itself is the 0-th);
   precision = share of samples inside some reference ball, recall = share of references inside some
   sample ball. Distances are squared Euclidean ``max(|u|^2 - 2 u.v + |v|^2, 0)`` computed in blocks;
-  like the evaluator, inputs are rounded to float16 first and the float32 computation is used only
-  when the half-precision one overflows (``precision="float32"`` turns the rounding off).
+  like the evaluator, inputs and distances are rounded to float16 and the float32 computation is used
+  when the half-precision one overflows (a distance or a squared norm beyond float16's range).
+
+How close to the evaluator. Side by side with ``evaluator.py``'s own code on identical activations,
+FID and IS agree to 1e-7. Precision and recall differ by 0.03-0.44 percentage points: the evaluator
+runs *every* TF op of the distance (squares, sums, matmul) in float16, this module rounds only the
+inputs and the distances and accumulates in float32. Ours is the closer one to float64 arithmetic;
+published numbers come from the evaluator's. ``precision="float32"`` (``goc fid --pr-precision
+float32``) turns the rounding off. An Inception Score whose probabilities underflow to 0 is NaN, as
+the evaluator returns it (``0 * log 0``), with a warning line saying why.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -95,8 +104,16 @@ def inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
         part = probs[start : start + split_size]
         with np.errstate(divide="ignore", invalid="ignore"):
             kl = part * (np.log(part) - np.log(np.mean(part, axis=0, keepdims=True)))
-        scores.append(np.exp(np.mean(np.nansum(kl, axis=1))))
-    return float(np.mean(scores))
+        scores.append(np.exp(np.mean(np.sum(kl, axis=1))))
+    score = float(np.mean(scores))
+    if np.isnan(score):
+        zeros = int((probs == 0).sum())
+        print(
+            f"warning: Inception Score is NaN: {zeros} class probabilities underflow to 0 in float32 "
+            "(0 * log 0; the ADM evaluator gives NaN too)",
+            file=sys.stderr,
+        )
+    return score
 
 
 def fid_bootstrap_std(features: np.ndarray, ref: FIDStatistics, resamples: int = 20, seed: int = 0) -> float:
@@ -132,9 +149,12 @@ def pairwise_sq_distances(u: np.ndarray, v: np.ndarray, precision: str = "float1
     a32 = torch.from_numpy(np.asarray(u, dtype=np.float32)).to(device)
     b32 = torch.from_numpy(np.asarray(v, dtype=np.float32)).to(device)
     if precision == "float16":
-        half = distances(a32.half().float(), b32.half().float()).half()
-        if torch.isfinite(half).all() and torch.isfinite(a32.half()).all() and torch.isfinite(b32.half()).all():
-            return half.float().cpu().numpy()
+        a16, b16 = a32.half().float(), b32.half().float()
+        half = distances(a16, b16).half()
+        norms = torch.cat([(a16 * a16).sum(1), (b16 * b16).sum(1)]).half()  # the evaluator's squared norms
+        if torch.isfinite(half).all() and torch.isfinite(norms).all() and torch.isfinite(a16).all():
+            if torch.isfinite(b16).all():
+                return half.float().cpu().numpy()
     return distances(a32, b32).cpu().numpy()
 
 

@@ -79,10 +79,15 @@ def reference_features(path: str | Path, extractor: FeatureExtractor, progress: 
 
 
 def score_features(
-    ref: ReferenceFeatures, sample: Features, labels: np.ndarray | None = None, device="cpu"
+    ref: ReferenceFeatures,
+    sample: Features,
+    labels: np.ndarray | None = None,
+    device="cpu",
+    pr_precision: str = "float16",
 ) -> EvalResult:
-    """The five metrics of sample features against a reference (k-NN distances computed on ``device``)."""
-    prec, rec = precision_recall(ref.pool, sample.pool, device=device)
+    """The five metrics of sample features against a reference (k-NN distances computed on ``device``,
+    ``pr_precision``: see :func:`~goc_utils.metrics.adm.pairwise_sq_distances`)."""
+    prec, rec = precision_recall(ref.pool, sample.pool, precision=pr_precision, device=device)
     agreement = None
     if labels is not None and len(labels) == len(sample.logits) and labels.max(initial=0) < sample.logits.shape[1]:
         agreement = float(np.mean(sample.logits.argmax(1) == labels))
@@ -98,13 +103,18 @@ def score_features(
 
 
 def evaluate_batches(
-    ref_path: str | Path, sample_path: str | Path, extractor: FeatureExtractor, progress: bool = True
+    ref_path: str | Path,
+    sample_path: str | Path,
+    extractor: FeatureExtractor,
+    progress: bool = True,
+    pr_precision: str = "float16",
 ) -> EvalResult:
     """IS, FID, sFID, precision, recall of ``sample_path`` against ``ref_path`` (both ADM ``.npz``)."""
     check_same_size(batch_info(ref_path), batch_info(sample_path))
     ref = reference_features(ref_path, extractor, progress)
     labels = read_labels(sample_path) if extractor.name == "digits" else None
-    return score_features(ref, extract(sample_path, extractor, progress=progress), labels, extractor.device)
+    sample = extract(sample_path, extractor, progress=progress)
+    return score_features(ref, sample, labels, extractor.device, pr_precision)
 
 
 def make_reference_batch(
