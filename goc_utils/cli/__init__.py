@@ -50,7 +50,10 @@ def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentPars
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         if commands is None or name in commands:
-            getattr(importlib.import_module(f"goc_utils.cli.{module}"), "add_" + name.replace("-", "_"))(p)
+            add = getattr(importlib.import_module(f"goc_utils.cli.{module}"), "add_" + name.replace("-", "_"))
+            if add.__doc__:  # an adder's docstring is its command's description
+                p.description = " ".join(add.__doc__.split())
+            add(p)
     return parser
 
 

@@ -138,7 +138,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 
 def add_fid(p: argparse.ArgumentParser) -> None:
-    p.description = "The ADM evaluator's numbers for two ADM-format batches (arr_0 uint8 NHWC)."
+    """The ADM evaluator's numbers for two ADM-format batches (arr_0 uint8 NHWC)."""
     p.add_argument("ref", help="reference batch, e.g. VIRTUAL_imagenet256_labeled.npz or data/reference/digits_ref.npz")
     p.add_argument("samples", help="sample batch (goc eval-sample's samples.npz)")
     _add_feature_arguments(p, "inception")

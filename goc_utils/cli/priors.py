@@ -69,7 +69,7 @@ def cmd_priors(args: argparse.Namespace) -> int:
 
 
 def add_priors(p: argparse.ArgumentParser) -> None:
-    p.description = "Un-cached sampling per (class, seed), statistics accumulated on the fly."
+    """Un-cached sampling per (class, seed), statistics accumulated on the fly."""
     add_model_arguments(p, vae=False)
     add_sampling_arguments(p, seed_help=None)
     p.add_argument("--classes", default="all", help="all | 0-99 | 3,5 (default all)")
@@ -121,7 +121,7 @@ def cmd_inflections(args: argparse.Namespace) -> int:
 
 
 def add_inflections(p: argparse.ArgumentParser) -> None:
-    p.description = "Replay GOC on the prior trajectory: correction steps, weight, predicted error."
+    """Replay GOC on the prior trajectory: correction steps, weight, predicted error."""
     p.add_argument("priors", help="priors file from `goc priors`")
     p.add_argument("--schedule", choices=["fora-25", "fora-50", "l2c"], default="fora-50", help="host schedule")
     add_router_arguments(p)

@@ -45,7 +45,7 @@ def cmd_tiny_report(args: argparse.Namespace) -> int:
 
 
 def add_tiny_report(p: argparse.ArgumentParser) -> None:
-    p.description = "Writes figures/00_tiny_samples.png and figures/00_tiny_agreement.md."
+    """Writes figures/00_tiny_samples.png and figures/00_tiny_agreement.md."""
     p.add_argument("--per-class", type=int, default=50, help="samples per digit and cfg scale (default 50)")
     add_sampling_arguments(p, cfg_scale=None)
     p.add_argument("--ckpt", default=None, help="weights (default: the committed tiny-digits EMA)")
@@ -65,7 +65,7 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
 
 
 def add_notebooks(p: argparse.ArgumentParser) -> None:
-    p.description = "Execute notebooks/NN_*.ipynb in order; executed copies go to runs/notebooks/."
+    """Execute notebooks/NN_*.ipynb in order; executed copies go to runs/notebooks/."""
     p.add_argument("--preset", choices=["tiny", "xl"], default="tiny", help="tiny (embedded model) or xl (DiT-XL/2)")
     p.add_argument("--smoke", action="store_true", help="fast mode (few samples), as in the tests")
     p.add_argument("--params", default=None, help="YAML file of parameter overrides (e.g. ckpt and vae for xl)")
@@ -120,7 +120,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_bench(p: argparse.ArgumentParser) -> None:
-    p.description = "Time sampling under each caching method (warm-up, then repeats)."
+    """Time sampling under each caching method (warm-up, then repeats)."""
     add_model_arguments(p, vae=False)
     p.add_argument("--random-weights", action="store_true", help="DiT-initialised random weights (timing only)")
     p.add_argument(
