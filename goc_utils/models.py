@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import Attention, Mlp, PatchEmbed
 from torch import nn
 
-from goc_utils import paths
+from goc_utils import diffusers_dit, paths
 from goc_utils.errors import CheckpointError, InvalidArgumentError, UnknownPresetError, first_line
 from goc_utils.macs import model_macs
 
@@ -383,13 +383,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepts the official DiT ``.pt`` (a plain state dict of EMA weights), checkpoints of
     DiT's ``train.py`` (a dict with an ``ema`` key, whose ``args`` entry is an
-    ``argparse.Namespace``) and ``.safetensors`` files. Pickles are read with
-    ``weights_only=True`` (``argparse.Namespace`` allow-listed), never unrestricted.
+    ``argparse.Namespace``), ``.safetensors`` files and diffusers DiT folders (a pipeline folder
+    such as ``facebook/DiT-XL-2-256`` or its ``transformer/``; see :mod:`goc_utils.diffusers_dit`).
+    Pickles are read with ``weights_only=True`` (``argparse.Namespace`` allow-listed), never unrestricted.
     """
     path = Path(path)
+    if path.is_dir():
+        if diffusers_dit.folder_kind(path) is None:
+            raise CheckpointError(
+                f"folder {str(path)!r} is not a diffusers DiT (no model_index.json + transformer/, no config.json); "
+                "pass a DiT .pt / .safetensors file or a diffusers DiT folder"
+            )
+        config = diffusers_dit.read_config(path)
+        return diffusers_dit.from_diffusers(diffusers_dit.read_diffusers_state_dict(path), config)
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint {str(path)!r} does not exist; pass --ckpt PATH to a DiT .pt or .safetensors file"
+            f"checkpoint {str(path)!r} does not exist; pass --ckpt PATH to a DiT .pt or .safetensors file "
+            "or a diffusers DiT folder"
         )
     try:
         if path.suffix == ".safetensors":

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import torch
 
 from goc_utils import paths
+from goc_utils.diffusers_dit import pipeline_vae_folder
 from goc_utils.errors import VAEError, first_line
 
 LATENT_SCALE = 0.18215
@@ -45,6 +46,15 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def vae_spec(spec: str | None, ckpt: str | Path | None = None) -> str:
+    """The VAE to load: ``spec`` if given, else a diffusers pipeline's ``vae/`` (``--ckpt`` a pipeline
+    folder such as ``facebook/DiT-XL-2-256``), else ``"ema"``."""
+    if spec:
+        return spec
+    folder = pipeline_vae_folder(ckpt)
+    return "ema" if folder is None else str(folder)
 
 
 def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):

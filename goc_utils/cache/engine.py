@@ -1,9 +1,12 @@
 """The cache engine: one sampling run = a model + a schedule + a compensator.
 
-The engine provides the ``forward(x, t, y, step=s)`` that :func:`goc_utils.sampling.generate`
-calls. At step ``s`` it hands the model a ``unit_fn`` that, for every (block, unit),
-either computes the branch (schedule says recompute; the compensator records the output)
-or asks the compensator for the reused value. It keeps only the tensors the schedule can
+The engine has a step / unit API used by both front ends: :meth:`CacheEngine.begin_step`,
+then :meth:`CacheEngine.unit` for every (block, unit) in order, which either computes the branch
+(schedule says recompute; the compensator records the output) or asks the compensator for the
+reused value, then :meth:`CacheEngine.end_step`. Our ``DiT`` goes through
+:meth:`CacheEngine.forward` (the ``forward(x, t, y, step=s)`` that :func:`goc_utils.sampling.generate`
+calls, handing the model :meth:`CacheEngine.unit` as its ``unit_fn``); diffusers transformers go
+through the hooks of :mod:`goc_utils.diffusers_hooks`. It keeps only the tensors the schedule can
 still reuse: a unit whose last reuse has passed (or that is never reused) is released.
 With a schedule that reuses nothing the model runs its plain, hook-free path.
 """
@@ -40,6 +43,8 @@ class CacheEngine:
         self._last_reuse = schedule.last_reuse_step()
         self._uncached = schedule.reused_units == 0
         self.peak_stored_tensors = 0
+        self._step = -1
+        self._recompute = None
         self.on_unit: Callable[[int, int, int, torch.Tensor, bool], None] | None = None
         """Optional observer ``on_unit(step, block, unit, output, computed)`` (priors, per-unit errors)."""
 
@@ -48,36 +53,53 @@ class CacheEngine:
         self.compensator.reset()
         self.peak_stored_tensors = 0
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-        """``forward(x, t, y, step=s)`` for :func:`goc_utils.sampling.generate`."""
+    def begin_step(self, step: int) -> None:
+        """Start step ``step`` (0 resets the compensator): the front ends call this once per model call."""
         if step == 0:
             self.reset()
-        if step >= self.schedule.steps:
+        if not 0 <= step < self.schedule.steps:
             raise IndexError(f"step {step} is outside the schedule's {self.schedule.steps} steps")
-        if self._uncached and self.on_unit is None:
+        self._step = step
+        self._recompute = self.schedule.mask[step]
+        self.compensator.start_step(step, self._recompute)
+
+    def unit(self, block: int, unit: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The output of ``(block, unit)`` at the current step: ``compute()`` or the compensator's reuse.
+
+        This is the :data:`~goc_utils.models.UnitFn` of the current step, used by :meth:`forward` for
+        our ``DiT`` and by :mod:`goc_utils.diffusers_hooks` for diffusers transformers.
+        """
+        step, key = self._step, (block, unit)
+        is_computed = bool(self._recompute[block, unit])
+        keep = self._last_reuse[block, unit] > step
+        if is_computed:
+            value = compute()
+            if keep:
+                self.compensator.computed(key, step, value)
+        else:
+            value = self.compensator.reuse(key, step)
+        if not keep:
+            self.compensator.release(key)
+        if self.on_unit is not None:
+            self.on_unit(step, block, unit, value, is_computed)
+        return value
+
+    def end_step(self) -> None:
+        """Finish the current step (memory bookkeeping)."""
+        self.peak_stored_tensors = max(self.peak_stored_tensors, self.compensator.stored_tensors())
+
+    @property
+    def plain(self) -> bool:
+        """True when the model can run hook-free (nothing reused, nobody observing units)."""
+        return self._uncached and self.on_unit is None
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        """``forward(x, t, y, step=s)`` for :func:`goc_utils.sampling.generate`."""
+        if self.plain:
+            if not 0 <= step < self.schedule.steps:
+                raise IndexError(f"step {step} is outside the schedule's {self.schedule.steps} steps")
             return self.model(x, t, y)
-        recompute = self.schedule.mask[step]
-        last_reuse = self._last_reuse
-        compensator = self.compensator
-        compensator.start_step(step, recompute)
-        observer = self.on_unit
-
-        def unit_fn(block: int, unit: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-            key = (block, unit)
-            is_computed = bool(recompute[block, unit])
-            keep = last_reuse[block, unit] > step
-            if is_computed:
-                value = compute()
-                if keep:
-                    compensator.computed(key, step, value)
-            else:
-                value = compensator.reuse(key, step)
-            if not keep:
-                compensator.release(key)
-            if observer is not None:
-                observer(step, block, unit, value, is_computed)
-            return value
-
-        out = self.model(x, t, y, unit_fn=unit_fn)
-        self.peak_stored_tensors = max(self.peak_stored_tensors, compensator.stored_tensors())
+        self.begin_step(step)
+        out = self.model(x, t, y, unit_fn=self.unit)
+        self.end_step()
         return out

@@ -12,6 +12,7 @@ module                    commands
 :mod:`.study`             ``tiny-report``, ``notebooks``, ``bench``
 :mod:`.priors`            ``priors``, ``inflections``
 :mod:`.evaluate`          ``eval-sample``, ``fid``, ``eval``
+:mod:`.export`            ``export-diffusers``
 ========================  =========================================
 """
 
@@ -39,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-sample": ("evaluate", "sample N images of one method to an ADM npz (resumable, torchrun)"),
     "fid": ("evaluate", "IS, FID, sFID, precision, recall of a sample npz vs a reference npz"),
     "eval": ("evaluate", "sample every method and score it -> results table"),
+    "export-diffusers": ("export", "write a preset's weights as a diffusers DiTTransformer2DModel folder"),
 }
 """Command -> (module in ``goc_utils.cli``, one-line help). Each module has ``add_<command>(parser)``."""
 

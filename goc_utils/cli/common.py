@@ -105,11 +105,16 @@ def add_model_arguments(p: argparse.ArgumentParser, vae: bool = True) -> None:
     p.add_argument(
         "--ckpt",
         default=None,
-        help="DiT weights (.pt / train.py checkpoint / .safetensors); "
+        help="DiT weights (.pt / train.py checkpoint / .safetensors / diffusers pipeline or transformer folder); "
         "default: the preset's committed weights (tiny-digits)",
     )
     if vae:
-        p.add_argument("--vae", default="ema", help="latent presets: ema | mse | local folder | hub id (default ema)")
+        p.add_argument(
+            "--vae",
+            default=None,
+            help="latent presets: ema | mse | local folder | hub id (default: the pipeline's vae/ when --ckpt is a "
+            "diffusers pipeline folder, else ema)",
+        )
     p.add_argument("--image-size", type=int, default=None, help="pixels (256 or 512 for DiT-XL/2; 8 for tiny-digits)")
     add_device_argument(p)
 

@@ -36,7 +36,7 @@ from goc_utils.metrics.batches import batch_info
 from goc_utils.metrics.evaluate import evaluate_batches
 from goc_utils.metrics.features import build_extractor
 from goc_utils.models import load_model, preset_info, resolve_device
-from goc_utils.vae import load_vae
+from goc_utils.vae import load_vae, vae_spec
 
 METHOD_HELP = (
     "Method strings: schedule[:option...][+compensator[:option...]], e.g. none, fora-50, fora:interval=3, "
@@ -51,7 +51,7 @@ def _eval_settings(args: argparse.Namespace, cfg_scale: float) -> EvalSettings:
         model=args.model,
         ckpt=args.ckpt,
         image_size=args.image_size,
-        vae=args.vae,
+        vae=vae_spec(args.vae, args.ckpt),
         steps=args.steps,
         sampler=args.sampler,
         cfg_scale=cfg_scale,
@@ -70,7 +70,7 @@ def _load_for_eval(args: argparse.Namespace):
     dist = init_distributed(resolve_device(args.device))
     torch.set_grad_enabled(False)
     model = load_model(args.model, args.ckpt, args.image_size, dist.device)
-    vae = load_vae(args.vae, dist.device) if preset_info(args.model).latent else None
+    vae = load_vae(vae_spec(args.vae, args.ckpt), dist.device) if preset_info(args.model).latent else None
     return model, vae, dist
 
 

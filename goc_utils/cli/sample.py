@@ -25,7 +25,7 @@ from goc_utils.macs import model_macs, theoretical_speedup
 from goc_utils.models import load_model, model_info, preset_info, resolve_device
 from goc_utils.priors import priors_for_run
 from goc_utils.sampling import check_sampling_args, class_labels, generate, parse_classes, save_samples_npz
-from goc_utils.vae import load_vae
+from goc_utils.vae import load_vae, vae_spec
 from goc_utils.viz import save_image_grid
 
 CACHE_FLAGS = {
@@ -83,7 +83,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--priors needs --goc-steps auto or --goc-weight auto")
     priors = priors_for_run(args.model, model, args.steps, args.cfg_scale, args.priors) if method.needs_priors else None
     engine = method.engine(model, args.steps, priors)
-    vae = load_vae(args.vae, device) if info.latent else None
+    vae = load_vae(vae_spec(args.vae, args.ckpt), device) if info.latent else None
     started = time.perf_counter()
     result = generate(
         model,

@@ -22,7 +22,7 @@ from goc_utils.errors import InvalidArgumentError
 from goc_utils.macs import model_macs
 from goc_utils.models import load_model, preset_info, resolve_device
 from goc_utils.training import TinyTrainConfig, train_digits_classifier, train_tiny_dit
-from goc_utils.vae import load_vae
+from goc_utils.vae import load_vae, vae_spec
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> int:
@@ -65,7 +65,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
         if args.data is None:
             raise InvalidArgumentError(f"{args.model} routers train on images: pass --data DIR (ImageNet-style folder)")
         image_size = args.image_size or preset_info(args.model).default_image_size
-        batches = image_folder_batches(args.data, image_size, load_vae(args.vae, device), device)
+        batches = image_folder_batches(args.data, image_size, load_vae(vae_spec(args.vae, args.ckpt), device), device)
     else:
         batches = tensor_batches(*load_digits_tensors())
     checkpoint = out.with_name(out.name + ".partial")
