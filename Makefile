@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.goc-installed
 export MPLBACKEND := Agg
 
-.PHONY: help setup study smoke lab test lint train-tiny train-classifier eval-tiny clean
+.PHONY: help setup study smoke lab test lint train-tiny train-classifier eval-tiny peers-tiny clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,21 @@ eval-tiny: setup ## the committed tiny-digits results table: 12 methods x 2,000 
 	$(BIN)/goc eval --model tiny-digits --cfg-scale 1.5,4.0 --num-samples 2000 --per-device-batch 250 \
 		--methods $(EVAL_METHODS) \
 		--latency-repeats 5 --fid-bootstrap 20 --out runs/eval/tiny-digits --table figures/05_eval_tiny
+
+PEER_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-25+taylor,fora-50,fora-50+goc,fora-50+goc:auto,fora-50+taylor,l2c,l2c+goc,l2c+goc:auto,l2c+taylor,\
+diffusers:taylorseer:cache_interval=2:disable_cache_before_step=1:disable_cache_after_step=10,\
+diffusers:taylorseer:cache_interval=2:disable_cache_before_step=1,\
+diffusers:fbc:threshold=0.05,diffusers:fbc:threshold=0.13,\
+diffusers:magcache:threshold=0.03:max_skip_steps=2:retention_ratio=0.2,\
+diffusers:magcache:threshold=0.1:max_skip_steps=2:retention_ratio=0.1,\
+diffusers:pab:spatial_attention_block_skip_range=4:spatial_attention_timestep_skip_range=-1..1000,\
+diffusers:fastercache:unconditional_batch_skip_range=2,\
+diffusers:fastercache:unconditional_batch_skip_range=6:spatial_attention_block_skip_range=2:spatial_attention_timestep_skip_range=-1..1000:unconditional_batch_timestep_skip_range=-1..1000
+
+peers-tiny: setup ## the committed diffusers peers table: tiny-digits through diffusers, our methods and diffusers' caches, 2,000 samples, cfg 1.5 (resumable)
+	$(BIN)/goc eval --model tiny-digits --backend diffusers --cfg-scale 1.5 --num-samples 2000 --per-device-batch 250 \
+		--methods $(PEER_METHODS) \
+		--latency-repeats 5 --fid-bootstrap 20 --out runs/eval/tiny-digits-diffusers --table figures/07_diffusers_peers
 
 clean: ## remove the virtual environment and scratch runs
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.method import CacheMethod
+from goc_utils.diffusers_hooks import DiffusersDiT
+from goc_utils.diffusers_peers import HookRunner, is_peer
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.macs import model_macs, theoretical_speedup
+from goc_utils.macs import MACs, model_macs, theoretical_speedup
 from goc_utils.models import DiT
-from goc_utils.sampling import SampleResult, generate
+from goc_utils.sampling import SampleResult, generate, per_sample_inputs
 from goc_utils.tables import markdown_table
 
 DEFAULT_METHODS = (
@@ -39,9 +41,48 @@ DEFAULT_METHODS = (
 )  # fmt: skip
 
 
+def make_engine(
+    model: DiT | DiffusersDiT,
+    text: str,
+    steps: int,
+    router: str | None = None,
+    thres: float = 0.1,
+    priors=None,
+    cfg_scale: float = 1.5,
+    sampler: str = "ddim",
+    seed: int = 0,
+) -> CacheEngine | HookRunner:
+    """What samples ``text`` on ``model``: a :class:`CacheEngine` on our ``DiT``; a
+    :class:`~goc_utils.diffusers_peers.HookRunner` on a diffusers transformer (``--backend diffusers``),
+    for our methods and for ``diffusers:*`` caches alike. Both have ``forward(x, t, y, step)``."""
+    if isinstance(model, DiffusersDiT):
+
+        def calibration(forward) -> None:  # MagCache: one un-cached run of fixed samples of this seed
+            labels, noise = per_sample_inputs(model, range(16), seed)
+            generate(model, labels, steps=steps, sampler=sampler, cfg_scale=cfg_scale, forward=forward, noise=noise)
+
+        return HookRunner(model, text, steps, router, thres, priors, calibration)
+    if is_peer(text):
+        raise InvalidArgumentError(f"{text!r} is one of diffusers' caches: it runs with --backend diffusers")
+    return CacheMethod.parse(text, router=router, thres=thres).engine(model, steps, priors)
+
+
+def engine_cost(engine: CacheEngine | HookRunner, macs: MACs, run=None) -> dict:
+    """``cache_ratio``, ``cache_ratio_macs`` and ``macs_speedup`` of an engine: from its schedule, or, for
+    diffusers' own caches, measured by counting what ``run(forward)`` (one sampling run) really computes."""
+    if isinstance(engine, HookRunner):
+        return engine.measure(run, macs)
+    schedule = engine.schedule
+    return {
+        "cache_ratio": schedule.cache_ratio,
+        "cache_ratio_macs": schedule.cache_ratio_macs(macs.units),
+        "macs_speedup": theoretical_speedup(macs, schedule),
+    }
+
+
 def time_engines(
     model: DiT,
-    engines: dict[str, CacheEngine],
+    engines: dict[str, CacheEngine | HookRunner],
     labels: Sequence[int],
     noise: torch.Tensor,
     steps: int,
@@ -121,21 +162,25 @@ def run_bench(
     torch.manual_seed(0)
     noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size)
     macs = model_macs(model)
-    engines = {m: CacheMethod.parse(m, router=router, thres=thres).engine(model, steps, priors) for m in methods}
+    engines = {m: make_engine(model, m, steps, router, thres, priors, cfg_scale) for m in methods}
+    for engine in engines.values():
+        if isinstance(engine, HookRunner):
+            engine.prepare()
     times, finals = time_engines(model, engines, labels, noise, steps, cfg_scale, repeats=repeats, warmup=warmup,
                                  progress=progress)  # fmt: skip
     reference = finals.get("none")
     rows: dict[str, BenchRow] = {}
     for text, engine in engines.items():
-        schedule = engine.schedule
+        cost = engine_cost(engine, macs, lambda forward: generate(
+            model, labels, steps=steps, cfg_scale=cfg_scale, forward=forward, noise=noise))  # fmt: skip
         rows[text] = BenchRow(
             method=text,
-            cache_ratio=schedule.cache_ratio,
-            cache_ratio_macs=schedule.cache_ratio_macs(macs.units),
+            cache_ratio=cost["cache_ratio"],
+            cache_ratio_macs=cost["cache_ratio_macs"],
             median_s=statistics.median(times[text]),
             min_s=min(times[text]),
             max_s=max(times[text]),
-            theoretical_speedup=theoretical_speedup(macs, schedule),
+            theoretical_speedup=cost["macs_speedup"],
             rmse_vs_none=None if reference is None else float(((finals[text] - reference) ** 2).mean().sqrt()),
         )
     baseline = rows.get("none")

@@ -50,12 +50,17 @@ class UnitRouter:
     """State shared by a transformer's unit hooks: where a branch call goes.
 
     ``unit_fn`` (a :data:`~goc_utils.models.UnitFn`) receives every branch call while set; with it
-    None the branches run plainly and ``on_compute(block, unit)`` (optional) sees each real call.
+    None the branches run plainly. ``on_compute(block, unit)`` (optional) sees each branch really
+    computed, with the batch it runs on, whoever decides (our engine, a diffusers cache registered after
+    the unit hooks, nobody); ``on_block(block, batch)`` and ``on_embed(batch)`` see each block that
+    really runs and each patch embedding (one per transformer call that runs).
     """
 
     def __init__(self) -> None:
         self.unit_fn: Callable | None = None
-        self.on_compute: Callable[[int, int], None] | None = None
+        self.on_compute: Callable[[int, int, int], None] | None = None
+        self.on_block: Callable[[int, int], None] | None = None
+        self.on_embed: Callable[[int], None] | None = None
 
 
 class UnitHook(ModelHook):
@@ -66,13 +71,37 @@ class UnitHook(ModelHook):
         self.router, self.block, self.unit = router, block, unit
 
     def new_forward(self, module: nn.Module, *args, **kwargs):
-        original = self.fn_ref.original_forward
-        unit_fn = self.router.unit_fn
-        if unit_fn is not None:
-            return unit_fn(self.block, self.unit, lambda: original(*args, **kwargs))
-        if self.router.on_compute is not None:
-            self.router.on_compute(self.block, self.unit)
-        return original(*args, **kwargs)
+        original, router, block, unit = self.fn_ref.original_forward, self.router, self.block, self.unit
+
+        def compute():
+            if router.on_compute is not None:
+                router.on_compute(block, unit, _batch(args, kwargs))
+            return original(*args, **kwargs)
+
+        if router.unit_fn is not None:
+            return router.unit_fn(block, unit, compute)
+        return compute()
+
+
+def _batch(args: tuple, kwargs: dict) -> int:
+    first = args[0] if args else kwargs.get("hidden_states")
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) else 0
+
+
+class CountHook(ModelHook):
+    """Reports that a block (``block`` >= 0) or the patch embedding (``block`` = -1) really runs."""
+
+    def __init__(self, router: UnitRouter, block: int) -> None:
+        super().__init__()
+        self.router, self.block = router, block
+
+    def pre_forward(self, module: nn.Module, *args, **kwargs):
+        if self.block < 0:
+            if self.router.on_embed is not None:
+                self.router.on_embed(_batch(args, kwargs))
+        elif self.router.on_block is not None:
+            self.router.on_block(self.block, _batch(args, kwargs))
+        return args, kwargs
 
 
 class StepHook(ModelHook):
@@ -147,10 +176,14 @@ def unit_router(transformer: nn.Module) -> UnitRouter:
         return router
     router = UnitRouter()
     for index, block in enumerate(_blocks(transformer)):
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(CountHook(router, index), UNIT_HOOK)
         for unit, name in enumerate(UNIT_MODULES):
             HookRegistry.check_if_exists_or_initialize(getattr(block, name)).register_hook(
                 UnitHook(router, index, unit), UNIT_HOOK
             )
+    if isinstance(getattr(transformer, "pos_embed", None), nn.Module):
+        embed = HookRegistry.check_if_exists_or_initialize(transformer.pos_embed)
+        embed.register_hook(CountHook(router, -1), UNIT_HOOK)
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
     transformer._goc_router = router
     return router
@@ -169,13 +202,20 @@ def apply_cache(transformer: nn.Module, method: str | CacheMethod, steps: int, p
         method = CacheMethod.parse(method)
     elif not isinstance(method, CacheMethod):
         raise InvalidArgumentError(f"method must be a method string or a CacheMethod (got {type(method).__name__})")
+    engine = method.engine(SimpleNamespace(depth=len(blocks)), int(steps), priors)
+    attach_engine(transformer, engine)
+    return engine
+
+
+def attach_engine(transformer: nn.Module, engine: CacheEngine) -> None:
+    """Drive ``transformer`` with an existing engine (what :func:`apply_cache` does after building one)."""
+    depth = len(_blocks(transformer))
+    if engine.schedule.depth != depth:
+        raise InvalidArgumentError(f"the engine's schedule has {engine.schedule.depth} blocks; the transformer {depth}")
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.remove_hook(STEP_HOOK, recurse=False)
-    engine = method.engine(SimpleNamespace(depth=len(blocks)), int(steps), priors)
-    router = unit_router(transformer)
-    registry.register_hook(StepHook(engine, router), STEP_HOOK)
+    registry.register_hook(StepHook(engine, unit_router(transformer)), STEP_HOOK)
     transformer._goc_engine = engine
-    return engine
 
 
 def remove_cache(transformer: nn.Module) -> None:
@@ -184,11 +224,13 @@ def remove_cache(transformer: nn.Module) -> None:
     if registry is None:
         return
     registry.remove_hook(STEP_HOOK, recurse=False)
+    children = [getattr(transformer, "pos_embed", None)]
     for block in getattr(transformer, "transformer_blocks", ()):
-        for name in UNIT_MODULES:
-            child = getattr(getattr(block, name, None), "_diffusers_hook", None)
-            if child is not None:
-                child.remove_hook(UNIT_HOOK, recurse=False)
+        children += [block, *(getattr(block, name, None) for name in UNIT_MODULES)]
+    for child in children:
+        child_registry = getattr(child, "_diffusers_hook", None)
+        if child_registry is not None:
+            child_registry.remove_hook(UNIT_HOOK, recurse=False)
     registry.invalidate_child_registries_cache()
     for attr in ("_goc_router", "_goc_engine"):
         if hasattr(transformer, attr):
@@ -196,29 +238,68 @@ def remove_cache(transformer: nn.Module) -> None:
 
 
 class UnitCounter:
-    """Which units a transformer really computes, per step: ``computed[step, block, unit]`` (runs summed).
+    """What a transformer really computes, per step, in images: branches, blocks and patch embeddings.
 
-    Works under any cache (ours or diffusers' own hooks, registered after the counter): a branch that a
-    cache skips never reaches the unit hook. ``step`` is set by the caller before every call.
+    ``units[step, block, unit]``, ``blocks[step, block]`` and ``outside[step]`` add up, for every call,
+    the fraction of the call's full batch that each part really ran on (a diffusers cache that skips a
+    block or a branch never reaches our hooks, which sit innermost; FasterCache runs some calls on half
+    the batch). Call :meth:`call` before every transformer call. Works under any cache: ours, or a
+    diffusers cache applied after the counter (the unit hooks are registered first).
     """
 
     def __init__(self, transformer: nn.Module, steps: int) -> None:
         self.router = unit_router(transformer)
         self.depth = len(_blocks(transformer))
-        self.computed = np.zeros((steps, self.depth, 2), dtype=np.int64)
+        self.units = np.zeros((steps, self.depth, 2))
+        self.blocks = np.zeros((steps, self.depth))
+        self.outside = np.zeros(steps)
         self.runs = np.zeros(steps, dtype=np.int64)
-        self.step = 0
-        self.router.on_compute = self._count
+        self.step, self.full = 0, 1
+        self.router.on_compute = self._unit
+        self.router.on_block = self._block
+        self.router.on_embed = self._embed
 
-    def _count(self, block: int, unit: int) -> None:
-        self.computed[self.step, block, unit] += 1
+    def call(self, step: int, batch: int) -> None:
+        """The next transformer call is step ``step`` on a batch of ``batch``."""
+        self.step, self.full = step, max(int(batch), 1)
+        self.runs[step] += 1
+
+    def _unit(self, block: int, unit: int, batch: int) -> None:
+        self.units[self.step, block, unit] += batch / self.full
+
+    def _block(self, block: int, batch: int) -> None:
+        self.blocks[self.step, block] += batch / self.full
+
+    def _embed(self, batch: int) -> None:
+        self.outside[self.step] += batch / self.full
+
+    def reset(self) -> None:
+        for array in (self.units, self.blocks, self.outside, self.runs):
+            array[...] = 0
 
     def fraction(self) -> np.ndarray:
-        """``(steps, depth, 2)`` fraction of runs in which each unit was computed."""
-        return self.computed / np.maximum(self.runs, 1)[:, None, None]
+        """``(steps, depth, 2)`` fraction of the images for which each unit was computed."""
+        return self.units / np.maximum(self.runs, 1)[:, None, None]
+
+    def cost(self, macs) -> dict:
+        """Measured ``cache_ratio`` (units), ``cache_ratio_macs`` and ``macs_speedup`` of one run (per image)."""
+        runs = np.maximum(self.runs, 1)
+        units = self.units / runs[:, None, None]
+        weights = np.asarray(macs.units, dtype=np.float64)
+        per_run = (
+            (self.outside / runs).sum() * macs.outside_blocks
+            + (self.blocks / runs[:, None]).sum() * macs.adaln_per_block
+            + (units * weights).sum()
+        )
+        steps = len(runs)
+        return {
+            "cache_ratio": float(1 - units.mean()),
+            "cache_ratio_macs": float(1 - (units * weights).sum() / (steps * self.depth * weights.sum())),
+            "macs_speedup": float(steps * macs.forward / per_run),
+        }
 
     def close(self) -> None:
-        self.router.on_compute = None
+        self.router.on_compute = self.router.on_block = self.router.on_embed = None
 
 
 class DiffusersDiT(nn.Module):

@@ -22,11 +22,12 @@ import torch
 import torch.distributed as torch_dist
 
 from goc_utils import paths
-from goc_utils.bench import time_engines
+from goc_utils.bench import engine_cost, make_engine, time_engines
 from goc_utils.cache.method import CacheMethod, split_methods
+from goc_utils.diffusers_peers import HookRunner, is_peer, parse_peer
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.files import atomic_write_text
-from goc_utils.macs import model_macs, theoretical_speedup
+from goc_utils.macs import model_macs
 from goc_utils.metrics.adm import fid_bootstrap_std
 from goc_utils.metrics.batches import batch_info, check_same_size, read_labels
 from goc_utils.metrics.evaluate import reference_features, score_features
@@ -34,7 +35,7 @@ from goc_utils.metrics.features import extract_cached
 from goc_utils.metrics.fidelity import file_fidelity
 from goc_utils.models import DiT
 from goc_utils.priors import priors_for_run
-from goc_utils.sampling import per_sample_inputs, sample_to_npz
+from goc_utils.sampling import generate, per_sample_inputs, sample_to_npz
 from goc_utils.tables import csv_text, markdown_table
 
 TABLE_METHODS = ("none", "fora-25", "fora-25+goc", "fora-50", "fora-50+goc", "l2c", "l2c+goc")
@@ -53,6 +54,8 @@ class EvalSettings:
         per_device_batch: images per forward chunk (also the shard size).
         router, thres: default Learning-to-Cache router and threshold for ``l2c`` methods.
         priors: priors file for ``goc:auto`` (None = the default path for model / steps / cfg).
+        backend: ``native`` (our ``DiT``) or ``diffusers`` (the same weights as a ``DiTTransformer2DModel``,
+            methods through :mod:`goc_utils.diffusers_hooks`; also runs ``diffusers:*`` caches).
     """
 
     model: str = "tiny-digits"
@@ -67,11 +70,18 @@ class EvalSettings:
     router: str | None = None
     thres: float = 0.1
     priors: str | None = None
+    backend: str = "native"
 
-    def manifest(self, method: CacheMethod, text: str) -> dict:
+    def manifest(self, method: CacheMethod | None, text: str) -> dict:
         """``run.json``: what must match for a rerun to resume (the sample count may grow)."""
-        record = {k: v for k, v in asdict(self).items() if k not in ("router", "thres", "priors")}
+        record = {k: v for k, v in asdict(self).items() if k not in ("router", "thres", "priors", "backend")}
+        if self.backend != "native":  # native runs keep the manifests they had before backends existed
+            record["backend"] = self.backend
         record["method"] = text
+        if method is None:  # one of diffusers' caches
+            name, options = parse_peer(text)
+            record.update({f"diffusers_{k}": list(v) if isinstance(v, tuple) else v for k, v in options.items()})
+            return record
         record.update({f"schedule_{k}": _portable(v) for k, v in method.schedule_options.items()})
         record.update({f"compensator_{k}": v for k, v in method.compensator_options.items()})
         return record
@@ -109,7 +119,10 @@ def parse_methods(text: str, single: bool = False) -> list[str]:
                 raise
         raise InvalidArgumentError("--method takes one method; use `goc eval --methods a,b,...` for several")
     for m in methods:
-        CacheMethod.parse(m, router="router.pt")
+        if is_peer(m):
+            parse_peer(m)
+        else:
+            CacheMethod.parse(m, router="router.pt")
     if len(set(methods)) != len(methods):
         raise InvalidArgumentError(f"--methods lists a method twice: {text}")
     return methods
@@ -117,19 +130,25 @@ def parse_methods(text: str, single: bool = False) -> list[str]:
 
 def _parses(text: str) -> bool:
     try:
-        CacheMethod.parse(text, router="router.pt")
+        parse_peer(text) if is_peer(text) else CacheMethod.parse(text, router="router.pt")
         return True
     except InvalidArgumentError:
         return False
 
 
 def build_engine(model: DiT, settings: EvalSettings, text: str):
-    """The parsed method and its cache engine for this run (priors loaded for ``goc:auto``)."""
-    method = CacheMethod.parse(text, router=settings.router, thres=settings.thres)
-    priors = None
-    if "auto" in (method.compensator_options.get("weight"), method.compensator_options.get("correction_steps")):
-        priors = priors_for_run(settings.model, model, settings.steps, settings.cfg_scale, settings.priors)
-    return method, method.engine(model, settings.steps, priors)
+    """The parsed method (None for diffusers' caches) and what samples it on ``model``: a cache engine, or a
+    :class:`~goc_utils.diffusers_peers.HookRunner` on the diffusers backend (priors loaded for ``goc:auto``)."""
+    if is_peer(text):
+        method, priors = None, None
+    else:
+        method = CacheMethod.parse(text, router=settings.router, thres=settings.thres)
+        priors = None
+        if method.needs_priors:
+            priors = priors_for_run(settings.model, model, settings.steps, settings.cfg_scale, settings.priors)
+    engine = make_engine(model, text, settings.steps, settings.router, settings.thres, priors, settings.cfg_scale,
+                         settings.sampler, settings.seed)  # fmt: skip
+    return method, engine
 
 
 def eval_sample(
@@ -147,6 +166,8 @@ def eval_sample(
     """Sample ``num_samples`` images of one method into ``out_dir/samples.npz`` (resumable)."""
     method, engine = build_engine(model, settings, text)
     manifest = settings.manifest(method, text)
+    if isinstance(engine, HookRunner):
+        engine.prepare()  # MagCache's calibration, before any sampling
     config = getattr(engine.compensator, "config", None)
     if hasattr(config, "coupling"):  # runs from before the published block coupling are not resumed silently
         manifest["goc_coupling"] = config.coupling
@@ -337,6 +358,11 @@ def score_methods(
         labels = read_labels(samples[text]) if extractor.name == "digits" else None
         scores = score_features(ref, feats, labels, extractor.device)
         method, engine = build_engine(model, settings, text)
+        first = range(min(settings.per_device_batch, scores.samples))  # diffusers' caches: counted on shard 0
+        labels_0, noise_0 = per_sample_inputs(model, first, settings.seed)
+        cost = engine_cost(engine, macs, lambda forward: generate(
+            model, labels_0, steps=settings.steps, sampler=settings.sampler, cfg_scale=settings.cfg_scale,
+            forward=forward, noise=noise_0.to(next(model.parameters()).device)))  # fmt: skip
         fidelity = file_fidelity(samples["none"], samples[text], device=extractor.device) if "none" in samples else None
         rows.append(
             ResultRow(
@@ -349,9 +375,9 @@ def score_methods(
                 sfid=scores.sfid,
                 precision=scores.precision,
                 recall=scores.recall,
-                cache_ratio=engine.schedule.cache_ratio,
-                cache_ratio_macs=engine.schedule.cache_ratio_macs(macs.units),
-                macs_speedup=theoretical_speedup(macs, engine.schedule),
+                cache_ratio=cost["cache_ratio"],
+                cache_ratio_macs=cost["cache_ratio_macs"],
+                macs_speedup=cost["macs_speedup"],
                 latency_s=latency[text],
                 measured_speedup=latency.get("none", latency[text]) / latency[text],
                 psnr_vs_none=None if fidelity is None else fidelity[0],

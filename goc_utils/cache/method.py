@@ -178,6 +178,9 @@ def without_router(methods: list[str], router: str | None) -> tuple[list[str], l
         return list(methods), []
     kept, skipped = [], []
     for text in methods:
+        if text.startswith("diffusers:"):  # diffusers' own caches need no router
+            kept.append(text)
+            continue
         try:
             CacheMethod.parse(text)
             kept.append(text)

@@ -144,6 +144,16 @@ def add_router_arguments(p: argparse.ArgumentParser, thres_default: float | None
     )
 
 
+def add_backend_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=["native", "diffusers"],
+        default="native",
+        help="native: our DiT; diffusers: the same weights as a diffusers DiTTransformer2DModel, methods through "
+        "goc_utils.diffusers_hooks (needed for diffusers:* caches) (default native)",
+    )
+
+
 def add_priors_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--priors", default=None, help="priors for goc:auto (default data/priors/<model>_ddim<steps>_cfg<cfg>...)"

@@ -12,6 +12,7 @@ import torch
 from goc_utils import paths
 from goc_utils.cache.l2c import default_router
 from goc_utils.cli.common import (
+    add_backend_argument,
     add_device_argument,
     add_model_arguments,
     add_priors_argument,
@@ -21,6 +22,7 @@ from goc_utils.cli.common import (
     check_writable,
     number,
 )
+from goc_utils.diffusers_peers import diffusers_backend
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation import (
     TABLE_METHODS,
@@ -42,7 +44,9 @@ METHOD_HELP = (
     "Method strings: schedule[:option...][+compensator[:option...]], e.g. none, fora-50, fora:interval=3, "
     "l2c (router from --router) or l2c:router=PATH:thres=0.1, each optionally +goc (the paper's w and steps; "
     "goc:w=0.8, goc:steps=auto, goc:auto = inflection-aware steps and least-squares w from priors, "
-    "goc:coupling=unit) or +taylor (taylor:k=2)."
+    "goc:coupling=unit) or +taylor (taylor:k=2). With --backend diffusers also diffusers' own caches: "
+    "diffusers:taylorseer, diffusers:fbc, diffusers:magcache, diffusers:pab, diffusers:fastercache, options as "
+    "their config fields (diffusers:fbc:threshold=0.05; ranges lo..hi)."
 )
 
 
@@ -60,6 +64,7 @@ def _eval_settings(args: argparse.Namespace, cfg_scale: float) -> EvalSettings:
         router=args.router or default_router(args.model, args.steps),
         thres=args.router_thres,
         priors=args.priors,
+        backend=args.backend,
     )
 
 
@@ -70,6 +75,8 @@ def _load_for_eval(args: argparse.Namespace):
     dist = init_distributed(resolve_device(args.device))
     torch.set_grad_enabled(False)
     model = load_model(args.model, args.ckpt, args.image_size, dist.device)
+    if args.backend == "diffusers":
+        model = diffusers_backend(model)
     vae = load_vae(vae_spec(args.vae, args.ckpt), dist.device) if preset_info(args.model).latent else None
     return model, vae, dist
 
@@ -82,6 +89,7 @@ def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
     add_router_arguments(p, help_extra=" (default: the committed tiny router)")
     add_priors_argument(p)
+    add_backend_argument(p)
 
 
 def cmd_eval_sample(args: argparse.Namespace) -> int:

@@ -13,12 +13,14 @@ from goc_utils.bench import DEFAULT_METHODS, format_table, rows_as_dicts, run_be
 from goc_utils.cache import split_methods, without_router
 from goc_utils.cache.l2c import default_router
 from goc_utils.cli.common import (
+    add_backend_argument,
     add_model_arguments,
     add_priors_argument,
     add_router_arguments,
     add_sampling_arguments,
     add_threads_argument,
 )
+from goc_utils.diffusers_peers import diffusers_backend
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.models import create_model, load_model, resolve_device
 from goc_utils.notebooks import figures_dir_for, load_params_file, run_notebooks
@@ -88,6 +90,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model = create_model(args.model, args.image_size).to(device).eval()
     else:
         model = load_model(args.model, args.ckpt, args.image_size, device)
+    if args.backend == "diffusers":
+        model = diffusers_backend(model)
     router = args.router or default_router(args.model, args.steps)
     methods, skipped = without_router(split_methods(args.methods), router)
     if skipped:
@@ -130,6 +134,7 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     )
     add_router_arguments(p, help_extra=" (default: the committed tiny-digits router; skipped without one)")
     add_priors_argument(p)
+    add_backend_argument(p)
     add_sampling_arguments(p, seed_help=None)
     p.add_argument("--batch", type=int, default=1, help="images per run (default 1; CFG doubles it)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")

@@ -1,0 +1,300 @@
+"""Methods on a diffusers transformer in our harness: ours through the hooks, and diffusers' own caches.
+
+``goc bench`` / ``goc eval-sample`` / ``goc eval`` with ``--backend diffusers`` sample a
+``DiTTransformer2DModel`` (our weights, :class:`~goc_utils.diffusers_hooks.DiffusersDiT`) with our
+sampler and the same per-sample noise as the native backend. Each method is a :class:`HookRunner`:
+
+* our method strings (``fora-50+goc``, ``l2c+goc:auto``...) drive the transformer through
+  :func:`~goc_utils.diffusers_hooks.apply_cache`'s hooks (the engine is built once per runner);
+* ``diffusers:<cache>[:key=value...]`` applies one of diffusers' caches (:data:`PEERS`); options are the
+  fields of its config (``diffusers:fbc:threshold=0.05``, ``diffusers:taylorseer:cache_interval=2``;
+  ranges as ``lo..hi``).
+
+What each method really computes is counted by the unit hooks (:class:`~goc_utils.diffusers_hooks.UnitCounter`),
+so the MACs columns of diffusers' caches are measured, not assumed.
+
+How each diffusers cache is made to run on DiT (diffusers 0.42):
+
+* ``taylorseer``: its default module patterns (``^transformer_blocks.*attn``, full match) hook nothing on
+  DiT (``attn1``), so the branches are named (``transformer_blocks.N.attn1`` / ``.ff``); Taylor factors in
+  float32 (default bfloat16); needs a cache context (set around each call).
+* ``fbc`` (First Block Cache): needs a cache context.
+* ``magcache``: needs per-model ``mag_ratios``; without them one un-cached calibration run (diffusers'
+  ``calibrate=True`` mode) on 16 fixed samples of the run's seed measures them first.
+* ``pab`` (Pyramid Attention Broadcast): attention only (about a third of a DiT block's MACs, so at most
+  ~1.47x); needs the current timestep (given by the runner).
+* ``fastercache``: expects the batch as ``[uncond; cond]`` (ours is ``[cond; uncond]``: the runner swaps the
+  halves around the call), ``class_labels`` among the split inputs, ``tensor_format="BCHW"``; needs
+  classifier-free guidance (cfg != 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
+
+import torch
+from diffusers.hooks import (
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    HookRegistry,
+    MagCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    TaylorSeerCacheConfig,
+    apply_faster_cache,
+    apply_first_block_cache,
+    apply_mag_cache,
+    apply_pyramid_attention_broadcast,
+    apply_taylorseer_cache,
+)
+from diffusers.models.cache_utils import CacheMixin
+
+from goc_utils.cache.method import CacheMethod
+from goc_utils.diffusers_hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_router
+from goc_utils.errors import InvalidArgumentError
+
+PREFIX = "diffusers:"
+CALIBRATION_SAMPLES = 16
+"""MagCache calibration: one un-cached run of this many samples (the run's seed, indices 0..15)."""
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """One of diffusers' caches: its config class, apply function, hook names and what it needs."""
+
+    config_cls: type
+    apply: Callable
+    hooks: tuple[str, ...]
+    defaults: dict = field(default_factory=dict)
+    context: bool = False
+    timestep: bool = False
+    swap_cfg: bool = False
+    calibrate: bool = False
+
+
+PEERS: dict[str, PeerSpec] = {
+    "taylorseer": PeerSpec(
+        TaylorSeerCacheConfig, apply_taylorseer_cache, ("taylorseer_cache",),
+        {"cache_identifiers": [r"transformer_blocks\.\d+\.(attn1|ff)"], "taylor_factors_dtype": torch.float32},
+        context=True,
+    ),
+    "fbc": PeerSpec(FirstBlockCacheConfig, apply_first_block_cache, ("fbc_leader_block_hook", "fbc_block_hook"),
+                    context=True),
+    "magcache": PeerSpec(
+        MagCacheConfig, apply_mag_cache, ("mag_cache_leader_block_hook", "mag_cache_block_hook"), calibrate=True
+    ),
+    "pab": PeerSpec(
+        PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast, ("pyramid_attention_broadcast",),
+        {"spatial_attention_block_skip_range": 2}, timestep=True,
+    ),
+    "fastercache": PeerSpec(
+        FasterCacheConfig, apply_faster_cache, ("faster_cache_denoiser", "faster_cache_block"),
+        {
+            "tensor_format": "BCHW",
+            "is_guidance_distilled": False,
+            "_unconditional_conditional_input_kwargs_identifiers": ("hidden_states", "timestep", "class_labels"),
+            "attention_weight_callback": lambda _: 0.5,
+        },
+        timestep=True, swap_cfg=True,
+    ),
+}  # fmt: skip
+"""diffusers' caches by the name used in ``diffusers:<name>`` method strings."""
+
+
+def is_peer(text: str) -> bool:
+    return text.strip().startswith(PREFIX)
+
+
+CONVERTERS: dict[str, Callable[[str], object]] = {
+    "int": int,
+    "float": float,
+    "int | None": lambda v: None if v == "none" else int(v),
+    "float | None": lambda v: None if v == "none" else float(v),
+    "bool": lambda v: {"true": True, "false": False}[v],
+    "tuple[int, int]": lambda v: tuple(int(x) for x in v.split("..", 1)),
+}
+"""Config field types settable from a method string (ranges as ``lo..hi``; ``none`` for optional numbers)."""
+
+
+def _kind(annotation) -> str:
+    text = str(annotation)
+    return text[len("<class '") : -2] if text.startswith("<class '") else text
+
+
+def peer_options(name: str) -> dict[str, str]:
+    """The options of ``diffusers:<name>`` method strings: config field -> type."""
+    found = {f.name: _kind(f.type) for f in fields(PEERS[name].config_cls)}
+    return {k: v for k, v in found.items() if v in CONVERTERS and not k.startswith("_")}
+
+
+def parse_peer(text: str) -> tuple[str, dict]:
+    """``"diffusers:fbc:threshold=0.05"`` -> ``("fbc", {"threshold": 0.05})`` (one-line errors)."""
+    name, *parts = text.strip()[len(PREFIX) :].split(":")
+    if name not in PEERS:
+        raise InvalidArgumentError(f"unknown diffusers cache in {text!r}; choose one of: {', '.join(PEERS)}")
+    declared = peer_options(name)
+    options = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or key not in declared:
+            raise InvalidArgumentError(
+                f"unknown option {part!r} in {text!r}; diffusers:{name} takes key=value with keys: "
+                + ", ".join(declared)
+            )
+        try:
+            options[key] = CONVERTERS[declared[key]](value)
+        except (ValueError, KeyError, TypeError):
+            raise InvalidArgumentError(
+                f"bad value {key}={value} in {text!r} (expected {declared[key]}; ranges as lo..hi)"
+            ) from None
+    return name, options
+
+
+class HookRunner:
+    """One method on a :class:`~goc_utils.diffusers_hooks.DiffusersDiT`: ``forward(x, t, y, step)`` for the sampler.
+
+    Several runners may share a transformer: a run's first step activates its own hooks (replacing the
+    previous runner's) and resets their state. ``calibration`` runs the sampler once with a given
+    ``forward`` (MagCache's calibration); ``cost(macs)`` gives the measured MACs columns.
+    """
+
+    def __init__(
+        self,
+        model: DiffusersDiT,
+        text: str,
+        steps: int,
+        router: str | None = None,
+        thres: float = 0.1,
+        priors=None,
+        calibration: Callable[[Callable], None] | None = None,
+    ) -> None:
+        self.model, self.transformer, self.text, self.steps = model, model.transformer, text, steps
+        self.counter: UnitCounter | None = None
+        self._t = 0
+        if is_peer(text):
+            self.name, self.options = parse_peer(text)
+            self.spec = PEERS[self.name]
+            self.engine = self.schedule = self.compensator = None
+            self._calibration = calibration
+            self._ratios = self.options.get("mag_ratios")
+        else:
+            method = CacheMethod.parse(text, router=router, thres=thres)
+            self.engine = method.engine(SimpleNamespace(depth=model.depth), steps, priors)
+            self.schedule, self.compensator = self.engine.schedule, self.engine.compensator
+            self.spec = None
+
+    # ------------------------------------------------------------------ hooks
+    def _config(self):
+        options = dict(self.spec.defaults) | self.options
+        if self.spec.timestep:
+            options["current_timestep_callback"] = lambda: self._t
+        if self.spec.calibrate:
+            options.setdefault("num_inference_steps", self.steps)
+            options["mag_ratios"] = self._ratios
+        try:
+            return self.spec.config_cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"diffusers rejects the options of {self.text!r}: {exc}") from None
+
+    def _remove_all(self) -> None:
+        registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
+        registry.remove_hook(STEP_HOOK, recurse=False)
+        for spec in PEERS.values():
+            for name in spec.hooks:
+                registry.remove_hook(name, recurse=True)
+        registry.invalidate_child_registries_cache()
+
+    def activate(self) -> None:
+        """Make this runner's hooks the transformer's (state reset); called at every run's first step."""
+        unit_router(self.transformer)  # our unit hooks stay innermost: they see only what really runs
+        active = getattr(self.transformer, "_goc_runner", None)
+        registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
+        if active is not self:
+            self._remove_all()
+            self.transformer._goc_runner = None
+            if self.engine is not None:
+                attach_engine(self.transformer, self.engine)
+            else:
+                self.prepare()
+                self.spec.apply(self.transformer, self._config())
+                registry.invalidate_child_registries_cache()
+            self.transformer._goc_runner = self
+        registry.reset_stateful_hooks()
+
+    def prepare(self) -> None:
+        """Run what must precede sampling (MagCache's calibration); the harness calls it before sampling."""
+        if self.spec is not None and self.spec.calibrate and self._ratios is None:
+            self._calibrate()
+
+    def _calibrate(self) -> None:
+        if self._calibration is None:
+            raise InvalidArgumentError(f"{self.text!r} needs mag_ratios=... or a calibration run (none available here)")
+        self._remove_all()
+        self.transformer._goc_runner = None
+        config = MagCacheConfig(calibrate=True, num_inference_steps=self.steps + 1)  # +1: keeps the ratios readable
+        self.spec.apply(self.transformer, config)
+        HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
+        HookRegistry.check_if_exists_or_initialize(self.transformer).reset_stateful_hooks()
+        with contextlib.redirect_stdout(io.StringIO()):  # diffusers prints the ratios
+            self._calibration(self._plain_forward)
+        leader = self.transformer.transformer_blocks[0]._diffusers_hook.get_hook(self.spec.hooks[0])
+        states = getattr(getattr(leader, "state_manager", None), "_state_cache", {})
+        ratios = next((list(s.calibration_ratios) for s in states.values() if len(s.calibration_ratios)), None)
+        self._remove_all()
+        self.transformer._goc_runner = None
+        if ratios is None or len(ratios) != self.steps:
+            raise InvalidArgumentError(f"MagCache calibration gave no ratios for {self.steps} steps ({self.text!r})")
+        self._ratios = ratios
+
+    def _plain_forward(self, x, t, y, step):
+        return self.model(x, t, y)
+
+    # ------------------------------------------------------------------ sampling
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        if step == 0:
+            self.activate()
+        if self.counter is not None:
+            self.counter.call(step, x.shape[0])
+        self._t = int(t.reshape(-1)[0])
+        if self.spec is not None and self.spec.swap_cfg:
+            if x.shape[0] % 2:
+                raise InvalidArgumentError(f"{self.text!r} needs classifier-free guidance (a cfg scale other than 1)")
+            half = x.shape[0] // 2
+            swap = lambda z: torch.cat([z[half:], z[:half]])  # noqa: E731
+            return swap(self._call(swap(x), swap(t), swap(y)))
+        return self._call(x, t, y)
+
+    def _call(self, x, t, y):
+        if self.spec is not None and self.spec.context:
+            with CacheMixin.cache_context(self.transformer, "goc"):
+                return self.model(x, t, y)
+        return self.model(x, t, y)
+
+    def measure(self, run: Callable[[Callable], None], macs) -> dict:
+        """The MACs columns, from counting what one run (``run(forward)``) really computes."""
+        if self.schedule is not None:  # ours: exactly the schedule (tests check the hooks agree)
+            from goc_utils.macs import theoretical_speedup
+
+            return {
+                "cache_ratio": self.schedule.cache_ratio,
+                "cache_ratio_macs": self.schedule.cache_ratio_macs(macs.units),
+                "macs_speedup": theoretical_speedup(macs, self.schedule),
+            }
+        self.prepare()
+        self.counter = UnitCounter(self.transformer, self.steps)
+        try:
+            run(self.forward)
+            return self.counter.cost(macs)
+        finally:
+            self.counter.close()
+            self.counter = None
+
+
+def diffusers_backend(model) -> DiffusersDiT:
+    """Our DiT as a diffusers ``DiTTransformer2DModel`` (same weights, published timestep features) for the harness."""
+    from goc_utils.diffusers_dit import to_transformer
+
+    return DiffusersDiT(to_transformer(model))
