@@ -50,6 +50,7 @@ eval-tiny: setup ## the committed tiny-digits results table: 12 methods x 2,000 
 		--methods $(EVAL_METHODS) \
 		--latency-repeats 5 --fid-bootstrap 20 --out runs/eval/tiny-digits --table figures/05_eval_tiny
 
+SPACE := $(subst ,, )
 PEER_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-25+taylor,fora-50,fora-50+goc,fora-50+goc:auto,fora-50+taylor,l2c,l2c+goc,l2c+goc:auto,l2c+taylor,\
 diffusers:taylorseer:cache_interval=2:disable_cache_before_step=1:disable_cache_after_step=10,\
 diffusers:taylorseer:cache_interval=2:disable_cache_before_step=1,\
@@ -62,7 +63,7 @@ diffusers:fastercache:unconditional_batch_skip_range=6:spatial_attention_block_s
 
 peers-tiny: setup ## the committed diffusers peers table: tiny-digits through diffusers, our methods and diffusers' caches, 2,000 samples, cfg 1.5 (resumable)
 	$(BIN)/goc eval --model tiny-digits --backend diffusers --cfg-scale 1.5 --num-samples 2000 --per-device-batch 250 \
-		--methods $(PEER_METHODS) \
+		--methods $(subst $(SPACE),,$(PEER_METHODS)) \
 		--latency-repeats 5 --fid-bootstrap 20 --out runs/eval/tiny-digits-diffusers --table figures/07_diffusers_peers
 
 clean: ## remove the virtual environment and scratch runs
