@@ -15,8 +15,10 @@ from goc_utils import paths
 from goc_utils.bench import same_noise_runs
 from goc_utils.cache import CacheMethod, split_methods, without_router
 from goc_utils.cache.l2c import default_router
+from goc_utils.diffusers_dit import export_diffusers, load_transformer
+from goc_utils.diffusers_hooks import DiffusersDiT, apply_cache, remove_cache
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation import EvalSettings, parse_methods, rounded, run_eval, write_results
+from goc_utils.evaluation import EvalSettings, parse_methods, read_results, rounded, run_eval, write_results
 from goc_utils.macs import model_macs, theoretical_speedup
 from goc_utils.metrics.batches import batch_info
 from goc_utils.metrics.digits import predicted_digits
@@ -348,3 +350,50 @@ def fid_table(
                for r in rows]  # fmt: skip
     write_table(latency, f"{name}_latency")
     return [asdict(rounded(r)) for r in rows]  # figures drawn from the committed (rounded) numbers
+
+
+# --------------------------------------------------------------------------------------
+# Notebook 07: GOC in a diffusers pipeline
+# --------------------------------------------------------------------------------------
+
+PEERS_TABLE = "07_diffusers_peers"
+"""The committed peers table (``make peers-tiny``): figures/07_diffusers_peers.{csv,md}."""
+
+
+def diffusers_transformer(p: StudyParams, folder: str = ""):
+    """``(transformer, folder)``: a diffusers DiT from ``folder`` (a pipeline folder such as a local copy of
+    ``facebook/DiT-XL-2-256``, or a ``transformer/`` folder), or the preset's weights exported once to
+    ``runs/diffusers/<model>/`` (what ``goc export-diffusers`` writes)."""
+    if not folder:
+        target = paths.RUNS_DIR / "diffusers" / p.model.replace("/", "-")
+        if not (target / "config.json").is_file():
+            export_diffusers(p.load_model(), target)
+        folder = str(target)
+    return load_transformer(folder, p.torch_device), folder
+
+
+def diffusers_same_noise(
+    transformer, method: str, p: StudyParams, classes: str = "0-9", vae=None, router: str = "", priors=None
+) -> tuple[dict, float]:
+    """Sample the same noise on a diffusers DiT without a cache and under ``apply_cache(method)``:
+    ``({"none": result, method: result}, RMSE of the final latents)``."""
+    wrapped = DiffusersDiT(transformer)
+    labels = parse_classes(classes)
+    kwargs = dict(seed=p.seed, steps=p.steps, cfg_scale=p.cfg_scale, vae=vae)
+    results = {"none": generate(wrapped, labels, **kwargs)}
+    parsed = CacheMethod.parse(method, router=router or default_router(p.model, p.steps))
+    apply_cache(transformer, parsed, p.steps, priors)
+    try:
+        results[method] = generate(wrapped, labels, **kwargs)
+    finally:
+        remove_cache(transformer)
+    rmse = float(((results[method].final - results["none"].final) ** 2).mean().sqrt())
+    return results, rmse
+
+
+def peers_rows(path: str | Path | None = None) -> list[dict]:
+    """The committed peers table's rows (``figures/07_diffusers_peers.csv``); one line says how to make it."""
+    path = Path(path) if path else paths.PROJECT_ROOT / "figures" / f"{PEERS_TABLE}.csv"
+    if not path.is_file():
+        raise InvalidArgumentError(f"{str(path)!r} does not exist yet; make it with `make peers-tiny` (about 30 min)")
+    return read_results(path)

@@ -288,3 +288,59 @@ def quality_speed_figure(rows: Sequence[dict], metrics: Sequence[str] = ("fid", 
             ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def peer_label(method: str) -> str:
+    """A short legend label: ``diffusers:fbc:threshold=0.05`` -> ``fbc threshold=0.05``."""
+    if not method.startswith("diffusers:"):
+        return method
+    name, *options = method[len("diffusers:") :].split(":")
+    short = {"cache_interval": "interval", "disable_cache_before_step": "from", "disable_cache_after_step": "until",
+             "spatial_attention_block_skip_range": "skip", "unconditional_batch_skip_range": "uncond-skip",
+             "max_skip_steps": "K", "retention_ratio": "keep"}  # fmt: skip
+    parts = []
+    for option in options:
+        key, _, value = option.partition("=")
+        if "timestep" not in key:
+            parts.append(f"{short.get(key, key)}={value}")
+    return " ".join([name, *parts])
+
+
+def peers_figure(rows: Sequence[dict]):
+    """FID (bootstrap spread as error bars) and PSNR vs un-cached against the measured MACs speedup:
+    our methods by compensator, diffusers' caches by name."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    base = next((r for r in rows if r["method"] == "none"), None)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["method"] == "none":
+            continue
+        if r["method"].startswith("diffusers:"):
+            key = "diffusers " + r["method"].split(":")[1]
+        else:
+            key = "ours: " + (r["method"].split("+", 1)[1] if "+" in r["method"] else "plain reuse")
+        groups.setdefault(key, []).append(r)
+    markers = "osD^v<>Ph*X"
+    for (key, points), marker in zip(sorted(groups.items()), markers * 3, strict=False):
+        points = sorted(points, key=lambda r: r["macs_speedup"])
+        xs = [q["macs_speedup"] for q in points]
+        filled = "none" if key.startswith("diffusers") else None
+        axes[0].errorbar(xs, [q["fid"] for q in points], yerr=[q.get("fid_std") or 0.0 for q in points],
+                         marker=marker, ms=5, capsize=2, lw=0.8, ls=":" if filled else "-", mfc=filled, label=key)
+        axes[1].plot(xs, [q["psnr_vs_none"] for q in points], marker=marker, ms=5, lw=0.8,
+                     ls=":" if filled else "-", mfc=filled, label=key)  # fmt: skip
+        for q in points:
+            text = peer_label(q["method"]) if key.startswith("diffusers") else q["method"].split("+")[0]
+            axes[1].annotate(text, (q["macs_speedup"], q["psnr_vs_none"]), fontsize=5, xytext=(3, 2),
+                             textcoords="offset points")  # fmt: skip
+    if base is not None:
+        axes[0].axhline(base["fid"], color="grey", lw=0.6, ls=":")
+    samples = rows[0]["samples"] if rows else 0
+    axes[0].set_ylabel("FID, digits features (lower is better)", fontsize=8)
+    axes[1].set_ylabel("PSNR vs un-cached, dB (higher is better)", fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("MACs speedup (measured from the units computed)", fontsize=8)
+        ax.set_title(f"tiny-digits through diffusers, cfg {rows[0]['cfg_scale']:g}, {samples} samples", fontsize=9)
+    axes[0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig

@@ -19,10 +19,13 @@ from diffusers import (
 )
 
 from goc_utils import diffusers_dit as dd
+from goc_utils.bench import engine_cost, make_engine
 from goc_utils.cache import CacheMethod
 from goc_utils.cache.l2c import default_router
 from goc_utils.diffusers_hooks import DiffusersDiT, UnitCounter, apply_cache, remove_cache
+from goc_utils.diffusers_peers import diffusers_backend, parse_peer
 from goc_utils.errors import CheckpointError, InvalidArgumentError
+from goc_utils.evaluation import parse_methods
 from goc_utils.macs import model_macs, theoretical_speedup
 from goc_utils.models import create_model, get_2d_sincos_pos_embed, load_model, read_state_dict
 from goc_utils.paths import PROJECT_ROOT
@@ -184,7 +187,9 @@ def test_a_run_of_another_length_is_refused_in_one_line(dit_pipe):
         with pytest.raises(InvalidArgumentError, match="applied for 8 steps but this run goes on past step 8"):
             run_pipe(pipe, steps=10)
         run_pipe(pipe, steps=5)  # shorter: noticed when the next run starts
-        with pytest.raises(InvalidArgumentError, match="stopped after 5; call apply_cache\\(transformer, method, steps=5"):
+        with pytest.raises(
+            InvalidArgumentError, match="stopped after 5; call apply_cache\\(transformer, method, steps=5"
+        ):
             run_pipe(pipe, steps=8)
         run_pipe(pipe, steps=8)  # the right length runs again
     finally:
@@ -247,9 +252,7 @@ def test_invariants_on_a_pixart_transformer():
 # ----------------------------------------------------------------------------- 2. one engine, two front ends
 
 
-@pytest.mark.parametrize(
-    "text", ["none", "fora-50", "fora-50+goc", "l2c+goc", "fora-25+taylor", "fora-50+goc:auto"]
-)
+@pytest.mark.parametrize("text", ["none", "fora-50", "fora-50+goc", "l2c+goc", "fora-25+taylor", "fora-50+goc:auto"])
 def test_the_engine_through_the_hooks_equals_the_native_engine(exported, text):
     model = load_model("tiny-digits", ckpt=exported)
     transformer = dd.load_transformer(exported)
@@ -271,7 +274,9 @@ def test_the_engine_through_the_hooks_equals_the_native_engine(exported, text):
     assert (native - hooked).abs().max() <= 1e-5
     if text != "none":  # the units that ran are exactly the schedule's (measured, not assumed)
         assert np.array_equal(counter.fraction(), engine.schedule.mask.astype(float))
-        assert counter.cost(model_macs(model))["macs_speedup"] == pytest.approx(theoretical_speedup(model_macs(model), engine.schedule))
+        assert counter.cost(model_macs(model))["macs_speedup"] == pytest.approx(
+            theoretical_speedup(model_macs(model), engine.schedule)
+        )
 
 
 def test_priors_through_the_hooks_equal_native_priors(exported):
@@ -285,3 +290,77 @@ def test_priors_through_the_hooks_equal_native_priors(exported):
     auto_a = a.auto_goc(CacheMethod.parse("fora-50").build_schedule(10, 12))
     auto_b = b.auto_goc(CacheMethod.parse("fora-50").build_schedule(10, 12))
     assert auto_a.steps == auto_b.steps and abs(auto_a.weight - auto_b.weight) < 1e-4
+
+
+# ----------------------------------------------------------------------------- 3. diffusers' caches as rows
+
+
+def test_peer_method_strings_parse_with_one_line_errors():
+    assert parse_peer("diffusers:fbc:threshold=0.05") == ("fbc", {"threshold": 0.05})
+    name, options = parse_peer(
+        "diffusers:pab:spatial_attention_block_skip_range=4:spatial_attention_timestep_skip_range=-1..1000"
+    )
+    assert (name, options["spatial_attention_timestep_skip_range"]) == ("pab", (-1, 1000))
+    assert parse_peer("diffusers:taylorseer:disable_cache_after_step=none")[1] == {"disable_cache_after_step": None}
+    for text, message in [
+        ("diffusers:teacache", "unknown diffusers cache .* choose one of: taylorseer, fbc, magcache, pab, fastercache"),
+        ("diffusers:fbc:thresh=1", "diffusers:fbc takes key=value with keys: threshold"),
+        ("diffusers:fbc:threshold=abc", "bad value threshold=abc .* expected float"),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=message) as info:
+            parse_methods(f"none,{text}")
+        assert "\n" not in str(info.value)
+    with pytest.raises(InvalidArgumentError, match="runs with --backend diffusers"):
+        make_engine(load_model("tiny-digits"), "diffusers:fbc", 20)
+
+
+PEERS_RUNNING = {
+    "diffusers:taylorseer:cache_interval=2:disable_cache_before_step=1": (1.9, 2.0),
+    "diffusers:fbc:threshold=0.13": (1.2, 3.0),
+    "diffusers:magcache:threshold=0.1:max_skip_steps=2:retention_ratio=0.1": (1.2, 3.0),
+    "diffusers:pab:spatial_attention_block_skip_range=4:spatial_attention_timestep_skip_range=-1..1000": (1.3, 1.4),
+    "diffusers:fastercache:unconditional_batch_skip_range=2": (1.1, 1.5),
+}
+"""Each of diffusers' caches at one setting, with the MACs speedup range it must measure on 8 tiny samples."""
+
+
+@pytest.fixture(scope="module")
+def backend():
+    model = load_model("tiny-digits")
+    return model, diffusers_backend(model), per_sample_inputs(model, range(8), 3)
+
+
+def _sample(wrapped, inputs, forward):
+    labels, noise = inputs
+    return generate(wrapped, labels, steps=20, cfg_scale=1.5, forward=forward, noise=noise).final
+
+
+@pytest.mark.parametrize("text", list(PEERS_RUNNING))
+def test_every_diffusers_cache_runs_on_dit_and_its_cost_is_measured(backend, text):
+    model, wrapped, inputs = backend
+    reference = _sample(wrapped, inputs, None)
+    engine = make_engine(wrapped, text, 20, cfg_scale=1.5, seed=3)
+    cost = engine_cost(engine, model_macs(model), lambda forward: _sample(wrapped, inputs, forward))
+    first = _sample(wrapped, inputs, engine.forward)
+    other = make_engine(wrapped, "fora-50+goc", 20)
+    _sample(wrapped, inputs, other.forward)  # another method takes the transformer over ...
+    assert torch.equal(_sample(wrapped, inputs, engine.forward), first)  # ... and this one comes back, state reset
+    low, high = PEERS_RUNNING[text]
+    assert low <= cost["macs_speedup"] <= high
+    assert 0 < (first - reference).abs().max() < 1.0  # it changed something, and not to noise
+    assert getattr(wrapped.transformer, "_goc_runner", None) is not None
+
+
+def test_measured_costs_match_what_is_known(backend):
+    model, wrapped, inputs = backend
+    macs = model_macs(model)
+    run = lambda forward: _sample(wrapped, inputs, forward)  # noqa: E731
+    # TaylorSeer's schedule is fixed: interval 2 from step 1 computes steps 0, 2, ..., 18 = FORA-50's MACs.
+    taylor = engine_cost(make_engine(wrapped, "diffusers:taylorseer:cache_interval=2:disable_cache_before_step=1", 20),
+                         macs, run)  # fmt: skip
+    fora = engine_cost(make_engine(wrapped, "fora-50", 20), macs, run)
+    assert taylor == pytest.approx(fora)
+    # First Block Cache with threshold 0 never skips: nothing saved, the un-cached samples bit for bit.
+    fbc = make_engine(wrapped, "diffusers:fbc:threshold=0", 20)
+    assert engine_cost(fbc, macs, run)["macs_speedup"] == pytest.approx(1.0)
+    assert torch.equal(_sample(wrapped, inputs, fbc.forward), _sample(wrapped, inputs, None))

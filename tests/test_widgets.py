@@ -7,7 +7,7 @@ import pytest
 
 from goc_utils import paths
 from goc_utils.models import load_model
-from goc_utils.widgets import ThresholdExplorer
+from goc_utils.widgets import COMPUTED, CORRECTED, REUSED, ThresholdExplorer
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +61,47 @@ def test_l2c_threshold_slider():
     assert "recomputes everything" in explorer.state["error"]  # GOC needs something to correct
     explorer.compensator.value = "none"
     assert explorer.state["cache_ratio"] == 0 and explorer.state["rmse"] == 0
+
+
+def test_the_default_is_the_papers_fora50_setting_and_the_map_shows_why():
+    model = load_model("tiny-digits")
+    explorer = ThresholdExplorer(model, [0, 5], steps=20, router=str(paths.TINY_DIGITS_ROUTER))
+    assert explorer.preset.value == "paper fora-50+GOC"
+    method = explorer.method()
+    assert method.compensator_options["correction_steps"] == [3, 5, 7, 9, 11, 13, 15, 19]
+    assert method.compensator_options["weight"] == 1.2 and method.schedule_options["interval"] == 2
+    unit_map = explorer.state["unit_map"]
+    assert unit_map.shape == (20, 12, 2)
+    reused = np.flatnonzero((unit_map != COMPUTED).all(axis=(1, 2)))
+    corrected = np.flatnonzero((unit_map == CORRECTED).all(axis=(1, 2)))
+    assert list(reused) == list(range(1, 20, 2))
+    assert list(corrected) == [3, 5, 7, 9, 11, 13, 15, 19]  # steps 1 and 17 are the published inflections
+    rows = explorer.rows()
+    assert rows.shape == (3, 2, 8, 8, 1)
+    assert np.array_equal(rows[0], explorer.reference.images) and np.array_equal(rows[1], explorer.state["images"])
+    expected = np.clip(4 * np.abs(rows[1].astype(int) - rows[0].astype(int)), 0, 255)
+    assert np.array_equal(rows[2], expected)
+    step_rmse = explorer.state["step_rmse"]
+    assert len(step_rmse) == 20 and step_rmse[0] == 0 and step_rmse[-1] > 0
+    for panel in (explorer.image, explorer.schedule_map, explorer.error_plot):
+        assert bytes(panel.value).startswith(b"\x89PNG")
+    assert explorer.busy.value == ""  # the busy line is cleared once sampling is done
+    assert all(not s.continuous_update for s in (explorer.interval, explorer.thres, explorer.weight))
+    # the L2C preset: block coupling leaves lone reused units plain, so some reused units are not corrected
+    explorer.preset.value = "paper L2C+GOC"
+    assert explorer.method().compensator_options["weight"] == 0.8 and explorer.schedule.value == "l2c"
+    l2c_map = explorer.state["unit_map"]
+    assert (l2c_map == CORRECTED).any() and ((l2c_map == REUSED) & np.isin(np.arange(20), [3, 5])[:, None, None]).any()
+    explorer.thres.value = 0.3  # a hand-set knob leaves the preset
+    assert explorer.preset.value is None
+    fig = explorer.snapshot()
+    assert len(fig.axes) == 4  # images, attention map, MLP map, error along the trajectory
+
+
+def test_slow_models_get_a_sample_button_instead_of_live_updates():
+    explorer = ThresholdExplorer(load_model("tiny-digits"), [3], steps=10, live=False)
+    first = dict(explorer.state)
+    explorer.interval.value = 3
+    assert explorer.state["cache_ratio"] == first["cache_ratio"] and "press" in explorer.busy.value
+    explorer.sample_button.click()
+    assert explorer.state["cache_ratio"] > first["cache_ratio"] and explorer.busy.value == ""

@@ -36,6 +36,13 @@ class Compensator:
 
     def __init__(self) -> None:
         self.state: dict[UnitKey, list] = {}
+        self.corrections: list[tuple[int, int, int]] | None = None
+        """Set to a list to log ``(step, block, unit)`` of every reuse that was corrected (the explorer's map)."""
+
+    def note_correction(self, step: int, key: UnitKey) -> None:
+        """Subclasses call this when a reused output is corrected rather than returned plain."""
+        if self.corrections is not None:
+            self.corrections.append((step, key[0], key[1]))
 
     def reset(self) -> None:
         """Forget every stored tensor (called by the engine before each run)."""

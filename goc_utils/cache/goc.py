@@ -153,6 +153,7 @@ class GOCCompensator(Compensator):
             corrects = bool(self._eligible[key[0]])
         if corrects and len(queue) == 2:
             out = previous + self.config.weight_at(step, key) * (previous - queue[0])
+            self.note_correction(step, key)
         else:
             out = previous
         self._queue(key, out)

@@ -60,6 +60,8 @@ class TaylorCompensator(Compensator):
         # Newton divided differences anchored at the latest computed step.
         table = [value for _, value in history]
         last_step, out = steps[-1], table[-1]
+        if len(table) > 1:
+            self.note_correction(step, key)
         for order in range(1, len(table)):
             table = [(table[i + 1] - table[i]) / float(steps[i + order] - steps[i]) for i in range(len(table) - 1)]
             out = out + table[-1] * float(step - last_step) ** order
