@@ -59,7 +59,8 @@ def lab(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}", "--ServerApp.open_browser=False",
-         "--LabApp.news_url=", "--LabServerApp.announcements_url="],
+         "--LabApp.news_url=", "--LabApp.extension_manager=readonly",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],
         stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=os.environ | {"MPLBACKEND": "Agg"},
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -93,16 +94,17 @@ def test_the_explorer_in_jupyterlab_in_a_real_browser(lab):
         page.keyboard.press("Control+Shift+c")  # the command palette
         page.keyboard.type("Run All Cells")
         page.keyboard.press("Enter")
-        panels = page.locator(".widget-image img")
-        page.wait_for_function("document.querySelectorAll('.widget-image img').length >= 3", timeout=300_000)
+        panels = page.locator("img.widget-image")  # images; schedule map; error along the trajectory
+        page.wait_for_function("document.querySelectorAll('img.widget-image').length >= 3", timeout=300_000)
         page.wait_for_function(
-            "[...document.querySelectorAll('.widget-image img')].every(i => i.naturalWidth > 0)", timeout=300_000
+            "[...document.querySelectorAll('img.widget-image')].every(i => i.naturalWidth > 0)", timeout=300_000
         )
         render_s = time.monotonic() - started
         status = page.locator(".widget-html", has_text="theoretical speedup").first
         status.wait_for(timeout=60_000)
-        first = page.screenshot(path=str(SHOTS / "explorer_rendered.png"), full_page=True)
-        assert first
+        output = page.locator(".jp-OutputArea-output", has=page.locator("img.widget-image")).first
+        output.scroll_into_view_if_needed()
+        assert output.screenshot(path=str(SHOTS / "explorer_rendered.png"))
         sliders = page.locator(".widget-hslider")
         assert sliders.count() >= 4  # interval, range, threshold, weight
         before = {"status": status.inner_text(), "srcs": [panels.nth(i).get_attribute("src") for i in range(3)]}
@@ -119,15 +121,15 @@ def test_the_explorer_in_jupyterlab_in_a_real_browser(lab):
             timeout=120_000,
         )
         page.wait_for_function(
-            "([old]) => [...document.querySelectorAll('.widget-image img')].slice(0, 3)"
+            "([old]) => [...document.querySelectorAll('img.widget-image')].slice(0, 3)"
             ".every((img, i) => img.src !== old[i])",
             arg=[before["srcs"]],
             timeout=120_000,
         )
         update_s = time.monotonic() - started
         after = status.inner_text()
-        page.screenshot(path=str(SHOTS / "explorer_after_slider.png"), full_page=True)
+        output.screenshot(path=str(SHOTS / "explorer_after_slider.png"))
         browser.close()
-    assert after != before["status"] and "reused 66.7%" in after  # FORA interval 3
+    assert after != before["status"] and "reused 65.0%" in after  # FORA interval 3: 13 of 20 steps reused
     print(f"\nrendered in {render_s:.1f} s, one slider update in {update_s:.1f} s; screenshots: "
           f"{SHOTS / 'explorer_rendered.png'}, {SHOTS / 'explorer_after_slider.png'}")  # fmt: skip
