@@ -308,7 +308,7 @@ def peer_label(method: str) -> str:
 
 def peers_figure(rows: Sequence[dict]):
     """FID (bootstrap spread as error bars) and PSNR vs un-cached against the measured MACs speedup:
-    our methods by compensator, diffusers' caches by name."""
+    our methods by compensator (filled markers, labelled by host), diffusers' caches by name (open markers)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     base = next((r for r in rows if r["method"] == "none"), None)
     groups: dict[str, list[dict]] = {}
@@ -326,9 +326,9 @@ def peers_figure(rows: Sequence[dict]):
         xs = [q["macs_speedup"] for q in points]
         filled = "none" if key.startswith("diffusers") else None
         axes[0].errorbar(xs, [q["fid"] for q in points], yerr=[q.get("fid_std") or 0.0 for q in points],
-                         marker=marker, ms=5, capsize=2, lw=0.8, ls=":" if filled else "-", mfc=filled, label=key)
-        axes[1].plot(xs, [q["psnr_vs_none"] for q in points], marker=marker, ms=5, lw=0.8,
-                     ls=":" if filled else "-", mfc=filled, label=key)  # fmt: skip
+                         marker=marker, ms=5, capsize=2, lw=0.8, ls="none", mfc=filled, label=key)
+        axes[1].plot(xs, [q["psnr_vs_none"] for q in points], marker=marker, ms=5, ls="none", mfc=filled,
+                     label=key)  # fmt: skip
         for q in points:
             text = peer_label(q["method"]) if key.startswith("diffusers") else q["method"].split("+")[0]
             axes[1].annotate(text, (q["macs_speedup"], q["psnr_vs_none"]), fontsize=5, xytext=(3, 2),
