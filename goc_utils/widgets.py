@@ -102,7 +102,9 @@ class ThresholdExplorer:
             )  # fmt: skip
         if priors is not None:
             self.presets["auto"] = dict(compensator="goc", auto_weight=True, correction="auto")
-        self.preset = w.ToggleButtons(options=list(self.presets), value=None, description="preset", style=style)
+        self.preset = w.ToggleButtons(
+            options=list(self.presets), value=None, description="preset", style=style | {"button_width": "150px"}
+        )
         self.schedule = w.ToggleButtons(
             options=["fora", "l2c"] if router else ["fora"], value="fora", description="schedule", style=style
         )
@@ -130,7 +132,7 @@ class ThresholdExplorer:
         self.status = w.HTML()
         self.image = w.Image(format="png")
         self.schedule_map = w.Image(format="png")
-        self.error_plot = w.Image(format="png")
+        self.error_plot = w.Image(format="png", layout=w.Layout(width="420px"))
         self.sample_button = w.Button(description="sample", button_style="primary", layout=w.Layout(width="120px"))
         self.sample_button.on_click(lambda _: self.update())
         self.controls = [self.schedule, self.interval, self.step_range, self.thres, self.compensator, self.weight,
@@ -140,7 +142,7 @@ class ThresholdExplorer:
             control.observe(self._changed, names="value")
         self.preset.observe(lambda change: self.apply_preset(change["new"]), names="value")
         left = w.VBox([self.preset, *self.controls, *([] if self.live else [self.sample_button])])
-        right = w.VBox([self.busy, self.status, self.image, w.HBox([self.schedule_map, self.error_plot])])
+        right = w.VBox([self.busy, self.status, self.image, self.schedule_map, self.error_plot])
         self.widget = w.VBox([w.HBox([left, right])])
         self.state: dict = {}
         self.preset.value = "paper fora-50+GOC"  # the paper's default setting (samples once)

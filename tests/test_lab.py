@@ -88,18 +88,33 @@ def test_the_explorer_in_jupyterlab_in_a_real_browser(lab):
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.goto(lab)
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-        page.locator(".jp-Notebook").first.click()
+        page.get_by_text("Python 3 (ipykernel) | Idle").first.wait_for(timeout=120_000)  # the kernel is up
+        page.locator(".jp-Notebook .jp-Cell").first.click()
         started = time.monotonic()
-        page.keyboard.press("Control+Shift+c")  # the command palette
-        page.keyboard.type("Run All Cells")
-        page.keyboard.press("Enter")
+        for _ in range(3):  # Run > Run All Cells through the command palette (retried if the palette was not ready)
+            page.keyboard.press("Control+Shift+c")
+            palette = page.locator(".lm-CommandPalette-input")
+            palette.wait_for(state="visible", timeout=30_000)
+            palette.fill("Run All Cells")
+            page.locator(".lm-CommandPalette-item.lm-mod-active", has_text="Run All Cells").wait_for(timeout=30_000)
+            page.keyboard.press("Enter")
+            try:
+                page.wait_for_function(
+                    "[...document.querySelectorAll('.jp-InputPrompt')].some(e => /\\[[0-9*]+\\]/.test(e.innerText))",
+                    timeout=30_000,
+                )
+                break
+            except Exception:  # noqa: BLE001 - nothing started: try again
+                page.keyboard.press("Escape")
         panels = page.locator("img.widget-image")  # images; schedule map; error along the trajectory
         page.wait_for_function("document.querySelectorAll('img.widget-image').length >= 3", timeout=300_000)
         page.wait_for_function(
             "[...document.querySelectorAll('img.widget-image')].every(i => i.naturalWidth > 0)", timeout=300_000
         )
         render_s = time.monotonic() - started
+        news = page.get_by_role("button", name="No", exact=True)  # JupyterLab's "notified about news?" toast
+        if news.count():
+            news.first.click()
         status = page.locator(".widget-html", has_text="theoretical speedup").first
         status.wait_for(timeout=60_000)
         output = page.locator(".jp-OutputArea-output", has=page.locator("img.widget-image")).first
