@@ -156,9 +156,10 @@ def parse_peer(text: str) -> tuple[str, dict]:
 class HookRunner:
     """One method on a :class:`~goc_utils.diffusers_hooks.DiffusersDiT`: ``forward(x, t, y, step)`` for the sampler.
 
-    Several runners may share a transformer: a run's first step activates its own hooks (replacing the
-    previous runner's) and resets their state. ``calibration`` runs the sampler once with a given
-    ``forward`` (MagCache's calibration); ``cost(macs)`` gives the measured MACs columns.
+    Several runners may share a transformer: a run's first step applies this runner's hooks (with fresh
+    state) and its last step (or an error) removes them, so between runs the transformer computes plainly.
+    ``calibration`` runs the sampler once with a given ``forward`` (MagCache's calibration); :meth:`measure`
+    gives the MACs columns.
     """
 
     def __init__(
@@ -253,9 +254,25 @@ class HookRunner:
         return self.model(x, t, y)
 
     # ------------------------------------------------------------------ sampling
+    def deactivate(self) -> None:
+        """Take this runner's hooks off the transformer (done after a run's last step and on errors)."""
+        if getattr(self.transformer, "_goc_runner", None) is self:
+            self._remove_all()
+            self.transformer._goc_runner = None
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         if step == 0:
             self.activate()
+        try:
+            out = self._forward(x, t, y, step)
+        except BaseException:
+            self.deactivate()
+            raise
+        if step == self.steps - 1:  # outside a run the transformer computes plainly
+            self.deactivate()
+        return out
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         if self.counter is not None:
             self.counter.call(step, x.shape[0])
         self._t = int(t.reshape(-1)[0])
