@@ -257,8 +257,8 @@ class ThresholdExplorer:
         return buffer.getvalue()
 
     # ------------------------------------------------------------------ figures
-    def draw_map(self, axes) -> None:
-        """The schedule map on two axes (attention, MLP)."""
+    def draw_map(self, axes, legend_below: bool = False) -> None:
+        """The schedule map on two axes (attention, MLP); the legend right of them, or below."""
         unit_map = self.state["unit_map"]
         for unit, (ax, name) in enumerate(zip(axes, ("attention", "MLP"), strict=True)):
             ax.imshow(unit_map[:, :, unit].T, cmap=MAP_COLOURS, vmin=0, vmax=2, aspect="auto", interpolation="nearest")
@@ -267,8 +267,12 @@ class ThresholdExplorer:
             ax.set_ylabel("block", fontsize=7)
             ax.tick_params(labelsize=6)
         handles = [plt.Rectangle((0, 0), 1, 1, color=MAP_COLOURS(i)) for i in range(3)]
-        axes[-1].legend(handles, ["computed", "reused", "reused + corrected"], fontsize=6, loc="upper left",
-                        bbox_to_anchor=(1.02, 1.0), frameon=False)  # fmt: skip
+        labels = ["computed", "reused", "reused + corrected"]
+        if legend_below:
+            axes[0].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.17), ncol=3,
+                           frameon=False)  # fmt: skip
+        else:
+            axes[-1].legend(handles, labels, fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
 
     def draw_error(self, ax) -> None:
         """RMSE of x_t vs the un-cached x_t along the trajectory; reused steps shaded."""
@@ -279,7 +283,7 @@ class ThresholdExplorer:
         ax.plot(np.arange(len(rmse)), rmse, marker="o", ms=3, lw=1, color="#c44e52")
         ax.set_xlabel("step", fontsize=7)
         ax.set_ylabel("RMSE of x_t vs un-cached", fontsize=7)
-        ax.set_title("error along the trajectory (shaded: steps with reuse)", fontsize=8)
+        ax.set_title("error along the trajectory\n(shaded: steps with reuse)", fontsize=8)
         ax.tick_params(labelsize=6)
 
     def map_figure(self):
@@ -300,8 +304,8 @@ class ThresholdExplorer:
             raise GocError(self.state["error"])
         rows = self.rows()
         n = rows.shape[1]
-        fig = plt.figure(figsize=(max(7.5, 0.62 * n + 1.5), 6.4))
-        grid = fig.add_gridspec(2, 3, height_ratios=[1.1, 1], hspace=0.45, wspace=0.45)
+        fig = plt.figure(figsize=(max(8.5, 0.62 * n + 1.5), 6.4))
+        grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.1], hspace=0.3, wspace=0.5, bottom=0.17)
         images = fig.add_subplot(grid[0, :])
         picture = image_grid(rows.reshape(-1, *rows.shape[2:]), nrow=n)
         images.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=255,
@@ -310,7 +314,7 @@ class ThresholdExplorer:
         height = picture.shape[0] / 3
         images.set_yticks([height * (i + 0.5) for i in range(3)])
         images.set_yticklabels(["un-cached", "cached", f"|diff| x{DIFF_GAIN}"], fontsize=7)
-        self.draw_map([fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])])
+        self.draw_map([fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])], legend_below=True)
         self.draw_error(fig.add_subplot(grid[1, 2]))
         fig.suptitle(
             f"{self.method().label()}: {100 * self.state['cache_ratio']:.1f}% reused, "
