@@ -435,21 +435,21 @@ def ablation_auto(p: StudyParams, stats, router: str = "") -> dict:
 
 def ablation_verdicts(weights: list[dict], inflections: list[dict], ratio: list[dict], auto: dict, runs) -> list[str]:
     """One sentence per ablation, computed from the measured rows."""
-    rows = {r["method"]: r for r in [*weights, *inflections, *ratio]}
+    by_w, by_step, rows = ({r["method"]: r for r in table} for table in (weights, inflections, ratio))
     lines = []
     for host, paper_w in HOSTS.items():
-        grid = [(float(m.rsplit("=", 1)[1]), r["psnr_vs_none"]) for m, r in rows.items()
+        grid = [(float(m.rsplit("=", 1)[1]), r["psnr_vs_none"]) for m, r in by_w.items()
                 if m.startswith(f"{host}+goc:w=") and not m.endswith("auto")]  # fmt: skip
         best_w, best = max(grid, key=lambda x: x[1])
-        ls = rows.get(f"{host}+goc:w=auto", {}).get("psnr_vs_none", float("nan"))
+        ls = by_w.get(f"{host}+goc:w=auto", {}).get("psnr_vs_none", float("nan"))
         lines.append(
             f"w ({host}): best measured w on the grid = {best_w:g} ({best:.1f} dB); paper's w {paper_w} gives "
-            f"{rows[f'{host}+goc']['psnr_vs_none']:.1f} dB; least-squares w {auto[host]['weight_published_steps']:.2f} "
+            f"{by_w[f'{host}+goc']['psnr_vs_none']:.1f} dB; least-squares w {auto[host]['weight_published_steps']:.2f} "
             f"gives {ls:.1f} dB"
         )
-        base = rows[f"{host}+goc"]["psnr_vs_none"]
-        hurt = [s for h, m, kind, s in runs if h == host and kind == "without" and rows[m]["psnr_vs_none"] > base]
-        helps = [s for h, m, kind, s in runs if h == host and kind == "with" and rows[m]["psnr_vs_none"] > base]
+        base = by_step[f"{host}+goc"]["psnr_vs_none"]  # the same samples as the single-step changes
+        hurt = [s for h, m, kind, s in runs if h == host and kind == "without" and by_step[m]["psnr_vs_none"] > base]
+        helps = [s for h, m, kind, s in runs if h == host and kind == "with" and by_step[m]["psnr_vs_none"] > base]
         lines.append(
             f"inflections ({host}): published steps whose correction hurts (leaving it out raises PSNR): "
             f"{hurt or 'none'}; "
