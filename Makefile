@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.goc-installed
 export MPLBACKEND := Agg
 
-.PHONY: help setup study smoke lab test lint train-tiny train-classifier eval-tiny peers-tiny lab-test clean
+.PHONY: help setup study smoke lab test lint train-tiny train-classifier eval-tiny peers-tiny lab-test ablations clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ smoke: setup ## run every notebook in smoke mode, as the tests do (figures to ru
 
 lab: setup ## open the notebooks in JupyterLab with the project's environment
 	$(BIN)/jupyter lab notebooks/
+
+ablations: setup ## notebook 08: the paper's ablations measured on samples (about 30 min; resumable; writes figures/08_*)
+	$(BIN)/goc notebooks --preset tiny --only 08
 
 lab-test: setup ## the explorer in JupyterLab in headless Chromium (needs Debian's chromium; screenshots in runs/lab-test/)
 	$(BIN)/python -m pytest -q -s tests/test_lab.py

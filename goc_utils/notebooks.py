@@ -30,9 +30,17 @@ class NotebookError(GocError):
     """A notebook failed; the message names the notebook, the cell and the error."""
 
 
-def study_notebooks(only: list[str] | None = None) -> list[Path]:
-    """The ordered study notebooks, optionally filtered by number prefix (``["01", "03"]``)."""
+LONG_NOTEBOOKS = ("08",)
+"""Notebooks left out of a full run unless named (``--only 08``, ``make ablations``): 08 samples about 100,000
+images (30 minutes on a 2-core CPU). Smoke runs include them."""
+
+
+def study_notebooks(only: list[str] | None = None, include_long: bool = True) -> list[Path]:
+    """The ordered study notebooks, optionally filtered by number prefix (``["01", "03"]``); without ``only`` and
+    with ``include_long`` False, :data:`LONG_NOTEBOOKS` are left out."""
     notebooks = sorted(p for p in paths.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if not only and not include_long:
+        notebooks = [p for p in notebooks if p.name[:2] not in LONG_NOTEBOOKS]
     if only:
         wanted = {o.zfill(2) for o in only}
         unknown = wanted - {p.name[:2] for p in notebooks}
@@ -85,7 +93,7 @@ def run_notebooks(
     previous = os.environ.get(FIGURES_VARIABLE)
     os.environ[FIGURES_VARIABLE] = str(figures)  # the kernels inherit it (goc_utils.paths.FIGURES_DIR)
     try:
-        return _execute(study_notebooks(only), parameters, output_dir, progress)
+        return _execute(study_notebooks(only, include_long=smoke), parameters, output_dir, progress)
     finally:
         if previous is None:
             os.environ.pop(FIGURES_VARIABLE, None)

@@ -344,3 +344,91 @@ def peers_figure(rows: Sequence[dict]):
     axes[0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def weight_sweep_figure(rows: Sequence[dict], paper: dict[str, float], auto: dict[str, float]):
+    """PSNR vs un-cached against GOC's w, one line per host; the paper's w and the least-squares w marked."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    plain = {r["method"]: r for r in rows}
+    for host, colour in zip(paper, ("#4c72b0", "#dd8452"), strict=False):
+        points = sorted(
+            (float(r["method"].rsplit("=", 1)[1]), r["psnr_vs_none"]) for r in rows
+            if r["method"].startswith(f"{host}+goc:w=") and not r["method"].endswith("auto")
+        )  # fmt: skip
+        ax.plot([w for w, _ in points], [v for _, v in points], marker="o", ms=4, lw=1, color=colour, label=host)
+        for w, text, marker in ((paper[host], "paper", "s"), (auto.get(host), "least-squares", "*")):
+            key = f"{host}+goc" if text == "paper" else f"{host}+goc:w=auto"
+            if w is not None and key in plain:
+                ax.plot([w], [plain[key]["psnr_vs_none"]], marker=marker, ms=9 if marker == "*" else 7, ls="none",
+                        color=colour, mec="black", label=f"{host}: {text} w = {w:.2f}")  # fmt: skip
+    ax.set_xlabel("GOC weight w (published correction steps)")
+    ax.set_ylabel("PSNR vs un-cached, dB")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def ratio_figure(rows: Sequence[dict]):
+    """FID (bootstrap spread) and PSNR against the share of reused MACs, per host family and compensator."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    base = next((r for r in rows if r["method"] == "none"), None)
+    styles = {"plain reuse": "o", "goc": "s", "goc:auto": "*", "taylor": "^"}
+    for family, ls in (("fora", "-"), ("l2c", "--")):
+        for comp, marker in styles.items():
+            points = sorted(
+                (r for r in rows if r["method"].startswith(family)
+                 and (r["method"].split("+", 1)[1] if "+" in r["method"] else "plain reuse") == comp),
+                key=lambda r: r["cache_ratio_macs"],
+            )  # fmt: skip
+            if not points:
+                continue
+            xs = [100 * r["cache_ratio_macs"] for r in points]
+            axes[0].errorbar(xs, [r["fid"] for r in points], yerr=[r.get("fid_std") or 0 for r in points],
+                             marker=marker, ls=ls, lw=0.8, ms=5, capsize=2, label=f"{family} {comp}")  # fmt: skip
+            axes[1].plot(xs, [r["psnr_vs_none"] for r in points], marker=marker, ls=ls, lw=0.8, ms=5,
+                         label=f"{family} {comp}")  # fmt: skip
+    if base is not None:
+        axes[0].axhline(base["fid"], color="grey", lw=0.6, ls=":")
+    axes[0].set_ylabel("FID, digits features")
+    axes[1].set_ylabel("PSNR vs un-cached, dB")
+    for ax in axes:
+        ax.set_xlabel("reused share of branch MACs, %")
+    axes[1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def inflection_figure(rows: Sequence[dict], runs: Sequence[tuple[str, str, str, int]], base: dict[str, float]):
+    """PSNR change when each published correction step is left out (or a skipped step added), per host."""
+    hosts = list(dict.fromkeys(h for h, *_ in runs))
+    fig, axes = plt.subplots(1, len(hosts), figsize=(5 * len(hosts), 3.2), squeeze=False)
+    by_method = {r["method"]: r for r in rows}
+    for ax, host in zip(axes[0], hosts, strict=True):
+        items = [(step, kind, by_method[m]["psnr_vs_none"] - base[host]) for h, m, kind, step in runs
+                 if h == host and m in by_method]  # fmt: skip
+        colours = ["#c44e52" if d > 0 else "#55a868" for _, _, d in items]
+        ax.bar(range(len(items)), [d for *_, d in items], color=colours)
+        ax.set_xticks(range(len(items)), [f"{'-' if k == 'without' else '+'}{s}" for s, k, _ in items], fontsize=7)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_title(f"{host}+goc: step left out (-) or added (+)", fontsize=8)
+        ax.set_ylabel("PSNR change vs published steps, dB", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def replay_scatter(predicted: dict, rows: Sequence[dict], rho: float):
+    """Predicted error (priors replay) against the measured MSE vs un-cached, log-log, with Spearman's rho."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.8))
+    for r in rows:
+        value = predicted.get(r["method"])
+        if value is None or not np.isfinite(r["psnr_vs_none"]):
+            continue
+        colour = "#4c72b0" if r["method"].startswith("fora") else "#dd8452"
+        ax.scatter(value, 10 ** (-r["psnr_vs_none"] / 10), s=14, color=colour)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted error (priors replay)")
+    ax.set_ylabel("measured MSE vs un-cached (from PSNR)")
+    ax.set_title(f"Spearman rho = {rho:.2f} (blue FORA, orange L2C)", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -44,12 +44,26 @@ def test_notebooks_run_in_smoke_mode(tmp_path, monkeypatch):
         "04_same_noise_grid",
         "04_per_step_error",
         "05_fid_vs_speedup",
+        "06_explorer_snapshot",
+        "07_diffusers_same_noise",
+        "07_diffusers_peers",
+        "08_weight_sweep",
+        "08_inflections",
+        "08_cache_ratio",
+        "08_replay_vs_measured",
     ):
         assert (tmp_path / "figures" / f"{figure}.png").is_file() and (tmp_path / "figures" / f"{figure}.pdf").is_file()
     assert (tmp_path / "figures" / "03_inflections.md").read_text().startswith("| schedule |")
     assert "fora-50+goc" in (tmp_path / "figures" / "04_methods.md").read_text()
     fid_table = (tmp_path / "figures" / "05_fid_table.md").read_text()
     assert fid_table.startswith("| method | cfg | samples | IS | FID |") and "| fora-50+goc | 1.5 | 40 |" in fid_table
+
+
+def test_the_long_ablations_notebook_runs_only_when_named_or_in_smoke_mode():
+    full = [p.name[:2] for p in study_notebooks(include_long=False)]
+    assert "08" not in full and "07" in full  # make study leaves it to make ablations
+    assert [p.name[:2] for p in study_notebooks(["08"], include_long=False)] == ["08"]
+    assert "08" in [p.name[:2] for p in study_notebooks()]
 
 
 def test_smoke_runs_never_write_the_committed_figures(tmp_path, monkeypatch, capfd):
