@@ -71,7 +71,12 @@ def add_notebooks(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=["tiny", "xl"], default="tiny", help="tiny (embedded model) or xl (DiT-XL/2)")
     p.add_argument("--smoke", action="store_true", help="fast mode (few samples), as in the tests")
     p.add_argument("--params", default=None, help="YAML file of parameter overrides (e.g. ckpt and vae for xl)")
-    p.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated notebook numbers, e.g. 01,03 (default: all but 08, the 30-minute ablations, which runs "
+        "when named or with --smoke; make ablations)",
+    )
     p.add_argument(
         "--figures-dir",
         default=None,
