@@ -34,14 +34,14 @@ Two numerical differences of diffusers' DiT from the published model, both handl
 from __future__ import annotations
 
 import json
-import os
-import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from goc_utils.errors import CheckpointError, first_line
+from goc_utils.files import atomic_write_dir
 
 EMBEDDER_KEYS = {
     "t_embedder.mlp.0.weight": "norm1.emb.timestep_embedder.linear_1.weight",
@@ -262,34 +262,37 @@ def to_transformer(model, dit_timesteps: bool = True):
     return transformer
 
 
-def export_diffusers(model, out: str | Path) -> Path:
-    """Write one of our DiTs as a ``DiTTransformer2DModel`` folder (``save_pretrained``); returns it.
+def export_diffusers(model, out: str | Path, vae=None, class_names: Sequence[str] | None = None) -> Path:
+    """Write one of our DiTs as a diffusers folder (``save_pretrained``); returns it.
 
+    Without ``vae``: a ``DiTTransformer2DModel`` folder. With ``vae`` (a diffusers ``AutoencoderKL``): a full
+    ``DiTPipeline`` folder (``transformer/``, ``vae/``, ``scheduler/``: DDIM on DiT's linear betas, and
+    ``model_index.json``; ``class_names`` become its ``id2label``) that ``DiTPipeline.from_pretrained`` loads.
     The folder is written next to ``out`` and moved into place when complete, so an interrupted export
-    leaves no half-written model. An existing ``out`` is replaced only if it is a diffusers transformer
-    folder (or empty).
+    leaves no half-written model. An existing ``out`` is replaced only if it is a diffusers folder of the
+    same kind (or empty).
     """
-    from diffusers import DiTTransformer2DModel  # lazy: heavy
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel  # lazy: heavy
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
+    kind = "transformer" if vae is None else "pipeline"
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and folder_kind(out) != kind)):
         raise CheckpointError(
-            f"--out {str(out)!r} exists and is not a diffusers transformer folder; choose a new or empty folder"
+            f"--out {str(out)!r} exists and is not a diffusers {kind} folder; choose a new or empty folder"
         )
     transformer = DiTTransformer2DModel(**diffusers_config(model))
     transformer.load_state_dict(to_diffusers(model.state_dict()), strict=True)
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    transformer.save_pretrained(str(partial), safe_serialization=True)
-    if out.exists():
-        old = out.with_name(f".{out.name}.{os.getpid()}.old")
-        out.rename(old)
-        partial.rename(out)
-        shutil.rmtree(old)
-    else:
-        partial.rename(out)
+    with atomic_write_dir(out) as tmp:
+        if vae is None:
+            transformer.save_pretrained(str(tmp), safe_serialization=True)
+        else:
+            scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                                      clip_sample=False)  # fmt: skip
+            id2label = {i: name for i, name in enumerate(class_names)} if class_names else None
+            pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler, id2label=id2label)
+            pipe.save_pretrained(str(tmp), safe_serialization=True)
     return out
 
 

@@ -355,7 +355,7 @@ def score_methods(
     for text in methods:
         check_same_size(batch_info(ref_path), batch_info(samples[text]))
         feats = extract_cached(samples[text], extractor, progress=progress)
-        labels = read_labels(samples[text]) if extractor.name == "digits" else None
+        labels = read_labels(samples[text]) if extractor.judges_classes else None
         scores = score_features(ref, feats, labels, extractor.device)
         method, engine = build_engine(model, settings, text)
         first = range(min(settings.per_device_batch, scores.samples))  # diffusers' caches: counted on shard 0

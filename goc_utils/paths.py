@@ -37,6 +37,21 @@ TINY_DIGITS_ROUTER: Path = DATA_DIR / "routers" / "tiny_digits_ddim20.pt"
 DIGITS_CLASSIFIER_WEIGHTS: Path = DATA_DIR / "digits_classifier.safetensors"
 """Weights of the small digits classifier used as the tiny study's feature extractor."""
 
+TINY_FASHION_VAE: Path = DATA_DIR / "tiny_fashion_vae"
+"""The tiny-fashion tier's VAE: a diffusers ``AutoencoderKL`` folder (config.json + safetensors)."""
+
+TINY_FASHION_WEIGHTS: Path = DATA_DIR / "tiny_fashion_dit_ema.safetensors"
+"""EMA weights of the embedded latent ``tiny-fashion`` DiT."""
+
+TINY_FASHION_ROUTER: Path = DATA_DIR / "routers" / "tiny_fashion_ddim20.pt"
+"""Learning-to-Cache routers trained by this project for tiny-fashion, DDIM-20 (official format)."""
+
+FASHION_CLASSIFIER_WEIGHTS: Path = DATA_DIR / "fashion_classifier.safetensors"
+"""Weights of the Fashion-MNIST judge (the tier's Inception: FID / sFID / IS / precision / recall features)."""
+
+FASHION_REFERENCE_BATCH: Path = DATA_DIR / "reference" / "fashion_test_ref.npz"
+"""ADM-format reference batch: the 10,000 Fashion-MNIST test images (padded) with the judge's statistics."""
+
 DIGITS_REFERENCE_BATCH: Path = DATA_DIR / "reference" / "digits_ref.npz"
 """ADM-format reference batch of the real digits with digits-classifier statistics (``goc fid --features digits``)."""
 

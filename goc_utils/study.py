@@ -16,14 +16,15 @@ from goc_utils.ablations import HOSTS
 from goc_utils.bench import same_noise_runs
 from goc_utils.cache import CacheMethod, split_methods, without_router
 from goc_utils.cache.l2c import default_router
+from goc_utils.data import from_uint8, load_fashion_tensors, to_uint8
 from goc_utils.diffusers_dit import export_diffusers, load_transformer
 from goc_utils.diffusers_hooks import DiffusersDiT, apply_cache, remove_cache
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation import EvalSettings, parse_methods, read_results, rounded, run_eval, write_results
 from goc_utils.macs import model_macs, theoretical_speedup
 from goc_utils.metrics.batches import batch_info
-from goc_utils.metrics.digits import predicted_digits
-from goc_utils.metrics.features import build_extractor
+from goc_utils.metrics.features import build_extractor, default_features, default_reference
+from goc_utils.metrics.judges import predicted_classes, reference_images
 from goc_utils.models import check_preset, load_model, preset_info, resolve_device
 from goc_utils.priors import (
     PriorsError,
@@ -36,7 +37,9 @@ from goc_utils.priors import (
 )
 from goc_utils.sampling import class_labels, generate, parse_classes
 from goc_utils.tables import show_table, write_table
-from goc_utils.vae import load_vae
+from goc_utils.training import classifier_accuracy, load_fashion_classifier
+from goc_utils.vae import latent_scale, load_vae, vae_spec
+from goc_utils.vae_training import reconstruction_psnr
 from goc_utils.viz import goc_simulation_plot, save_labelled_grid
 
 __all__ = [  # what the notebooks use
@@ -49,7 +52,8 @@ __all__ = [  # what the notebooks use
     "notebook_methods",
     "same_noise_runs",
     "show_table",
-    "tiny_digits_report",
+    "fashion_tier_report",
+    "tiny_report",
     "write_table",
 ]
 
@@ -68,8 +72,13 @@ class AgreementRow:
         return self.samples / self.seconds
 
 
-def tiny_digits_report(
-    per_class: int = 50,
+REPORT_NAMES = {"tiny-digits": "tiny", "tiny-fashion": "fashion"}
+"""Figure prefix of each tiny tier's report: ``figures/00_<prefix>_*``."""
+
+
+def tiny_report(
+    preset: str = "tiny-digits",
+    per_class: int | None = None,
     cfg_scales: tuple[float, ...] = (1.5, 4.0),
     steps: int = 20,
     seed: int = 0,
@@ -77,23 +86,29 @@ def tiny_digits_report(
     ckpt: str | Path | None = None,
     out_dir: Path | None = None,
 ) -> list[AgreementRow]:
-    """Sample the embedded model per cfg scale, judge it with the digits classifier, write figures.
+    """Sample a tiny tier per cfg scale, judge the samples with its classifier, write figures.
 
-    Writes ``00_tiny_samples.png/.pdf`` (``grid_per_class`` samples per digit at the
-    largest cfg scale, misclassified samples marked) and ``00_tiny_agreement.md/.csv``
-    to ``out_dir`` (default ``figures/``). Returns one :class:`AgreementRow` per scale.
+    ``per_class`` defaults to 50 (tiny-digits) / 100 (tiny-fashion). Writes ``00_<prefix>_samples.png/.pdf``
+    (``grid_per_class`` samples per class at the largest cfg scale, one row per class, misjudged samples
+    marked) and ``00_<prefix>_agreement.md/.csv`` to ``out_dir`` (default ``figures/``), prefix ``tiny`` for
+    tiny-digits and ``fashion`` for tiny-fashion. Returns one :class:`AgreementRow` per scale.
     """
+    if preset not in REPORT_NAMES:
+        raise InvalidArgumentError(f"the report covers the tiny tiers ({', '.join(REPORT_NAMES)}); got {preset!r}")
+    prefix = REPORT_NAMES[preset]
+    per_class = per_class or (100 if preset == "tiny-fashion" else 50)
     out_dir = Path(out_dir or paths.FIGURES_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
-    model = load_model("tiny-digits", ckpt)
+    model = load_model(preset, ckpt)
+    vae = load_vae(vae_spec(None, ckpt, preset)) if preset_info(preset).latent else None
     labels = class_labels(range(model.num_classes), per_class)
     rows, grid_source = [], None
-    for cfg in tqdm(cfg_scales, desc="tiny-digits report"):
+    for cfg in tqdm(cfg_scales, desc=f"{preset} report"):
         started = time.perf_counter()
-        result = generate(model, labels, seed=seed, steps=steps, cfg_scale=cfg)
+        result = generate(model, labels, seed=seed, steps=steps, cfg_scale=cfg, vae=vae)
         seconds = time.perf_counter() - started
-        predicted = predicted_digits(result.images)
+        predicted = predicted_classes(result.images, preset)
         rows.append(AgreementRow(cfg, len(labels), float(np.mean(predicted == result.labels)), seconds))
         if cfg == max(cfg_scales):
             grid_source = (result, predicted)
@@ -102,24 +117,88 @@ def tiny_digits_report(
         [np.arange(c * per_class, c * per_class + min(grid_per_class, per_class)) for c in range(model.num_classes)]
     )
     best = rows[cfg_scales.index(max(cfg_scales))]
+    what = "digit" if preset == "tiny-digits" else "class (Fashion-MNIST label order)"
     save_labelled_grid(
         result.images[pick],
         result.labels[pick],
-        out_dir / "00_tiny_samples.png",
+        out_dir / f"00_{prefix}_samples.png",
         nrow=min(grid_per_class, per_class),
-        title=f"tiny-digits, DDIM-{steps}, cfg {best.cfg_scale:g}: one row per digit "
+        title=f"{preset}, DDIM-{steps}, cfg {best.cfg_scale:g}: one row per {what} "
         f"(classifier agreement {100 * best.agreement:.1f}%)",
         predicted=predicted[pick],
     )
     write_table(
         [{"cfg scale": f"{r.cfg_scale:g}", "samples": r.samples, "classifier agreement": f"{100 * r.agreement:.1f}%"}
          for r in rows],
-        "00_tiny_agreement",
+        f"00_{prefix}_agreement",
         out_dir,
         csv_rows=[{"cfg_scale": f"{r.cfg_scale:g}", "samples": r.samples, "agreement": f"{r.agreement:.4f}"}
                   for r in rows],
     )  # fmt: skip
     return rows
+
+
+def fashion_vae_figure(vae, per_class: int = 2, out_dir: Path | None = None) -> Path:
+    """Test images (the first ``per_class`` of each class) above their VAE reconstructions: ``00_fashion_vae``."""
+    images, labels = reference_images("tiny-fashion")
+    pick = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+    with torch.no_grad():
+        x = from_uint8(images[pick])
+        recon = to_uint8(vae.decode(vae.encode(x).latent_dist.mean).sample)
+    both = np.concatenate([images[pick], recon])
+    out = Path(out_dir or paths.FIGURES_DIR) / "00_fashion_vae.png"
+    return save_labelled_grid(
+        both, np.concatenate([labels[pick]] * 2), out, nrow=len(pick),
+        title="tiny-fashion VAE: test images (top) and decode(encode(x)) (bottom), 32x32 -> 8x8x4 -> 32x32",
+    )  # fmt: skip
+
+
+def fashion_tier_report(
+    fid_samples: Sequence[int] = (2000, 5000),
+    fid_bootstrap: int = 20,
+    samples_dir: Path | None = None,
+    out_dir: Path | None = None,
+) -> dict:
+    """The tiny-fashion tier measured: VAE, judge, un-cached FID; writes ``figures/00_fashion_tier.md|csv``.
+
+    - VAE: its config's ``scaling_factor`` and the reconstruction PSNR on the 10,000 test images
+      (``decode(posterior mean)``; 32x32 and the 28x28 garment area), plus :func:`fashion_vae_figure`.
+    - Judge: top-1 accuracy on the 10,000 test images.
+    - Un-cached DDIM-20 samples at cfg 1.5 against the test set (judge features), at each of ``fid_samples``
+      sample counts, with FID's bootstrap spread (``fid_bootstrap`` resamples). Samples are kept in
+      ``samples_dir`` (default ``runs/report/tiny-fashion``); a rerun only re-scores them.
+    """
+    out_dir = Path(out_dir or paths.FIGURES_DIR)
+    samples_dir = Path(samples_dir or paths.RUNS_DIR / "report" / "tiny-fashion")
+    torch.set_grad_enabled(False)
+    vae = load_vae(vae_spec(None, None, "tiny-fashion"))
+    test_x, test_y = load_fashion_tensors("test")
+    recon = reconstruction_psnr(vae, test_x)
+    fashion_vae_figure(vae, out_dir=out_dir)
+    accuracy = classifier_accuracy(load_fashion_classifier(), test_x, test_y)
+    model = load_model("tiny-fashion")
+    extractor = build_extractor("fashion")
+    rows = [
+        {"quantity": "VAE scaling_factor (1 / std of the training latents)", "value": f"{latent_scale(vae):.5g}"},
+        {"quantity": "VAE reconstruction PSNR, 10,000 test images, 32x32 (dB)", "value": f"{recon['psnr_32']:.2f}"},
+        {"quantity": "VAE reconstruction PSNR, 28x28 garment area (dB)", "value": f"{recon['psnr_28']:.2f}"},
+        {"quantity": "judge accuracy, 10,000 test images", "value": f"{100 * accuracy:.1f}%"},
+    ]
+    for n in fid_samples:
+        settings = EvalSettings(model="tiny-fashion", vae=vae_spec(None, None, "tiny-fashion"), cfg_scale=1.5,
+                                per_device_batch=250)  # fmt: skip
+        (row,) = run_eval(model, settings, ["none"], n, samples_dir / f"n{n}", default_reference("fashion"),
+                          extractor, vae, latency_repeats=1, fid_bootstrap=fid_bootstrap)  # fmt: skip
+        r = rounded(row)
+        rows += [
+            {"quantity": f"FID vs the 10,000 test images, un-cached, cfg 1.5, {n:,} samples (+- bootstrap std, "
+                         f"{fid_bootstrap} resamples)", "value": f"{r.fid:.2f} +- {r.fid_std:.2f}"},
+            {"quantity": f"sFID / IS / precision / recall, {n:,} samples",
+             "value": f"{r.sfid:.2f} / {r.inception_score:.2f} / {r.precision:.3f} / {r.recall:.3f}"},
+            {"quantity": f"judge agreement at cfg 1.5, {n:,} samples", "value": f"{100 * r.agreement:.1f}%"},
+        ]  # fmt: skip
+    write_table(rows, "00_fashion_tier", out_dir)
+    return {r["quantity"]: r["value"] for r in rows}
 
 
 @dataclass
@@ -129,7 +208,7 @@ class StudyParams:
     Attributes:
         model: preset name (``tiny-digits``, ``DiT-XL/2``, ...).
         ckpt: DiT weights; None = the preset's committed weights.
-        vae: latent presets: ``ema`` | ``mse`` | folder | hub id.
+        vae: latent presets: ``ema`` | ``mse`` | folder | hub id; ``""`` = the preset's own VAE.
         image_size: pixels; None = the preset's default.
         steps: DDIM steps.
         cfg_scale: classifier-free guidance scale (>= 0).
@@ -140,7 +219,7 @@ class StudyParams:
 
     model: str = "tiny-digits"
     ckpt: str | None = None
-    vae: str = "ema"
+    vae: str = ""
     image_size: int | None = None
     steps: int = 20
     cfg_scale: float = 4.0
@@ -184,7 +263,12 @@ class StudyParams:
 
     def load_vae(self):
         """The VAE for latent presets, None for pixel presets."""
-        return load_vae(self.vae, self.torch_device) if preset_info(self.model).latent else None
+        return load_vae(self.vae_spec, self.torch_device) if preset_info(self.model).latent else None
+
+    @property
+    def vae_spec(self) -> str:
+        """The VAE this run uses (``vae``, else the checkpoint pipeline's, else the preset's)."""
+        return vae_spec(self.vae or None, self.ckpt, self.model)
 
 
 def load_or_extract_priors(p: StudyParams, classes: str = "all", per_class: int = 1, save: bool = True):
@@ -321,8 +405,8 @@ def fid_table(
     ``make eval-tiny`` fills too, so a finished run is only re-scored. ``l2c`` methods are skipped
     when no router is given and none is committed for the model.
     """
-    features = features or ("digits" if p.model == "tiny-digits" else "inception")
-    ref = ref_batch or (str(paths.DIGITS_REFERENCE_BATCH) if features == "digits" else "")
+    features = features or default_features(p.model)
+    ref = ref_batch or str(default_reference(features) or "")
     if not ref:
         raise InvalidArgumentError(
             "parameter ref_batch is required with Inception features: the ADM reference batch "
@@ -338,7 +422,7 @@ def fid_table(
     rows = []
     for cfg in scales:
         settings = EvalSettings(
-            model=p.model, ckpt=p.ckpt, image_size=p.image_size, vae=p.vae, steps=p.steps, cfg_scale=cfg,
+            model=p.model, ckpt=p.ckpt, image_size=p.image_size, vae=p.vae_spec, steps=p.steps, cfg_scale=cfg,
             seed=p.seed, per_device_batch=per_device_batch, router=router_path,
         )  # fmt: skip
         rows += run_eval(
@@ -409,11 +493,12 @@ def ablation_eval(p: StudyParams, methods: Sequence[str], num_samples: int, out:
                   fid_bootstrap: int = 0, per_device_batch: int = 250) -> list[dict]:  # fmt: skip
     """``goc eval`` of ``methods`` at ``p.cfg_scale`` into ``out`` (resumable), rows rounded as committed."""
     settings = EvalSettings(
-        model=p.model, ckpt=p.ckpt, image_size=p.image_size, vae=p.vae, steps=p.steps, cfg_scale=p.cfg_scale,
+        model=p.model, ckpt=p.ckpt, image_size=p.image_size, vae=p.vae_spec, steps=p.steps, cfg_scale=p.cfg_scale,
         seed=p.seed, per_device_batch=per_device_batch, router=router or default_router(p.model, p.steps),
     )  # fmt: skip
-    extractor = build_extractor("digits" if p.model == "tiny-digits" else "inception", p.torch_device)
-    rows = run_eval(p.load_model(), settings, list(methods), num_samples, out, str(paths.DIGITS_REFERENCE_BATCH),
+    features = default_features(p.model)
+    extractor = build_extractor(features, p.torch_device)
+    rows = run_eval(p.load_model(), settings, list(methods), num_samples, out, str(default_reference(features)),
                     extractor, p.load_vae(), latency_repeats=1, progress=True, fid_bootstrap=fid_bootstrap)  # fmt: skip
     return [asdict(rounded(r)) for r in rows]
 

@@ -1,17 +1,22 @@
-"""Training of the embedded models: the ``tiny-digits`` DiT and the digits classifier.
+"""Training of the embedded models: the tiny DiTs (``tiny-digits``, ``tiny-fashion``) and their judges.
 
-``train_tiny_dit`` uses DiT's objective (eps MSE + VLB for the learned variance, 1,000
-training timesteps, class dropout 0.1, EMA weights). It checkpoints atomically every
-``checkpoint_every`` steps to ``run_dir`` and resumes from there, so a stopped run loses at
-most one interval; progress goes to a tqdm bar and a JSON-lines log.
+:func:`train_dit` is one loop for both tiny presets, with DiT's objective (eps MSE + VLB for the
+learned variance, 1,000 training timesteps, class dropout 0.1, EMA weights). ``tiny-digits`` trains
+on the digits' pixels; ``tiny-fashion`` on latents of the tier's VAE, drawn as DiT's ``train.py``
+draws them (a fresh sample of the posterior for every batch, times the VAE's ``scaling_factor``).
+It checkpoints atomically every ``checkpoint_every`` steps to ``run_dir`` and resumes from there
+with identical bytes, so a stopped run loses at most one interval; progress goes to a tqdm bar
+and a JSON-lines log.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +27,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from goc_utils import paths
-from goc_utils.data import load_digits_tensors, train_test_split_indices
+from goc_utils.data import load_digits_tensors, load_fashion_tensors, train_test_split_indices
 from goc_utils.diffusion import create_diffusion
+from goc_utils.errors import InvalidArgumentError
 from goc_utils.files import atomic_save_safetensors, atomic_torch_save
-from goc_utils.models import create_model
+from goc_utils.models import create_model, preset_info
+
+TRAINABLE_PRESETS = ("tiny-digits", "tiny-fashion")
 
 
 @dataclass
-class TinyTrainConfig:
-    """Hyper-parameters of the tiny-digits DiT run.
+class DiTTrainConfig:
+    """Hyper-parameters of a tiny DiT run (defaults: tiny-digits; :func:`default_train_config` per preset).
 
     Attributes:
-        steps: total optimiser steps (default 20,000).
+        steps: total optimiser steps (tiny-digits 20,000; tiny-fashion 8,000).
         batch_size: images per step (128).
         lr: AdamW learning rate after warm-up (4e-4; weight decay 0 as in DiT).
         warmup: linear warm-up steps (500).
@@ -55,33 +63,101 @@ class TinyTrainConfig:
     threads: int = 2
 
 
+def default_train_config(preset: str, **overrides) -> DiTTrainConfig:
+    """The committed weights' recipe for ``preset`` (``tiny-digits`` or ``tiny-fashion``), with ``overrides``."""
+    if preset not in TRAINABLE_PRESETS:
+        raise InvalidArgumentError(f"only {', '.join(TRAINABLE_PRESETS)} are trained here (got {preset!r})")
+    config = DiTTrainConfig(steps=8_000) if preset == "tiny-fashion" else DiTTrainConfig()
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
 def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters(), strict=True):
             e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+BatchFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""``draw(indices, generator) -> x0`` model-space training inputs for the given example indices."""
+
+
+def fashion_latents(vae_dir: Path | None = None, cache_dir: Path | None = None, progress: bool = True):
+    """Posterior ``(mean, std)`` of the 60,000 padded training images under the tier's VAE, and its scale.
+
+    Encoded once and cached in ``cache_dir/latents.pt`` keyed by the VAE weights' sha256.
+    Returns ``(mean (N, 4, 8, 8), std (N, 4, 8, 8), scaling_factor)``.
+    """
+    from goc_utils.vae import latent_scale, load_vae
+    from goc_utils.vae_training import encode_posterior
+
+    vae_dir = Path(vae_dir or paths.TINY_FASHION_VAE)
+    key = file_sha256(vae_dir / "diffusion_pytorch_model.safetensors")
+    cache = Path(cache_dir) / "latents.pt" if cache_dir else None
+    if cache is not None and cache.is_file():
+        state = torch.load(cache, map_location="cpu", weights_only=True)
+        if state.get("vae_sha256") == key:
+            return state["mean"], state["std"], float(state["scale"])
+    vae = load_vae(str(vae_dir))
+    images, _ = load_fashion_tensors("train")
+    mean, std = encode_posterior(vae, images, progress=progress)
+    scale = latent_scale(vae)
+    if cache is not None:
+        atomic_torch_save({"vae_sha256": key, "mean": mean, "std": std, "scale": scale}, cache)
+    return mean, std, scale
+
+
+def training_data(preset: str, run_dir: Path, progress: bool = True) -> tuple[int, torch.Tensor, BatchFn]:
+    """``(number of examples, labels (N,), draw)`` for a tiny preset's training set."""
+    if preset == "tiny-digits":
+        images, labels = load_digits_tensors()
+        return len(images), labels, lambda idx, generator: images[idx]
+    mean, std, scale = fashion_latents(cache_dir=run_dir, progress=progress)
+    _, labels = load_fashion_tensors("train")
+
+    def draw(idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)) * scale
+
+    return len(mean), labels, draw
+
+
 @torch.enable_grad()
-def train_tiny_dit(
-    config: TinyTrainConfig,
+def train_dit(
+    preset: str,
+    config: DiTTrainConfig | None = None,
     run_dir: Path | None = None,
     out: Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train (or resume) the tiny-digits DiT; write its EMA weights to ``out`` when done.
+    """Train (or resume) a tiny DiT preset; write its EMA weights to ``out`` when done.
 
-    Returns the path of the exported EMA safetensors file.
+    Defaults: ``config`` :func:`default_train_config`, ``run_dir`` ``runs/train_<preset>``, ``out`` the
+    preset's committed weights. Returns the path of the exported EMA safetensors file.
+
+    Example:
+        >>> train_dit("tiny-digits", DiTTrainConfig(steps=2, batch_size=4), progress=False)  # doctest: +SKIP
     """
-    run_dir = Path(run_dir or paths.RUNS_DIR / "train_tiny")
-    out = Path(out or paths.TINY_DIGITS_WEIGHTS)
+    config = config or default_train_config(preset)
+    if preset not in TRAINABLE_PRESETS:
+        raise InvalidArgumentError(f"only {', '.join(TRAINABLE_PRESETS)} are trained here (got {preset!r})")
+    slug = preset.replace("-", "_")
+    run_dir = Path(run_dir or paths.RUNS_DIR / f"train_{slug}")
+    out = Path(out or preset_info(preset).checkpoint)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = run_dir / "checkpoint.pt", run_dir / "log.jsonl"
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    n_examples, labels, draw = training_data(preset, run_dir, progress)
     torch.manual_seed(config.seed)
-
-    images, labels = load_digits_tensors()
-    model = create_model("tiny-digits")
+    model = create_model(preset)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     diffusion = create_diffusion("")
@@ -113,17 +189,18 @@ def train_tiny_dit(
 
     model.train()
     ema.eval()
-    bar = tqdm(total=config.steps, initial=step, desc="train tiny-digits", disable=not progress)
+    bar = tqdm(total=config.steps, initial=step, desc=f"train {preset}", disable=not progress)
     running, started = [], time.time()
     with open(log_path, "a") as log:
         while step < config.steps:
-            idx = torch.randint(0, len(images), (config.batch_size,), generator=generator)
+            idx = torch.randint(0, n_examples, (config.batch_size,), generator=generator)
+            x0 = draw(idx, generator)
             t = torch.randint(0, diffusion.num_timesteps, (config.batch_size,), generator=generator)
-            noise = torch.randn(images[idx].shape, generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
             lr = config.lr * min(1.0, (step + 1) / config.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = diffusion.training_losses(model, images[idx], t, labels[idx], noise=noise)["loss"].mean()
+            loss = diffusion.training_losses(model, x0, t, labels[idx], noise=noise)["loss"].mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -142,13 +219,13 @@ def train_tiny_dit(
                 save_checkpoint()
     bar.close()
     torch.set_num_threads(previous_threads)
-    meta = {"preset": "tiny-digits", "steps": str(step), "config": json.dumps(asdict(config))}
+    meta = {"preset": preset, "steps": str(step), "config": json.dumps(asdict(config))}
     atomic_save_safetensors(ema.state_dict(), out, meta)
     return out
 
 
 # --------------------------------------------------------------------------------------
-# Digits classifier (feature extractor of the tiny study)
+# The judges: small classifiers whose features play Inception's roles in the tiny tiers
 # --------------------------------------------------------------------------------------
 
 
@@ -179,44 +256,147 @@ class DigitsClassifier(nn.Module):
         return self.head(self.features(x))
 
 
+class FashionClassifier(nn.Module):
+    """The tiny-fashion judge: a CNN on padded 32x32 Fashion-MNIST in [-1, 1], ``(N, 1, 32, 32)`` -> logits ``(N, 10)``.
+
+    Three conv stages (32, 64, 128 channels, each followed by GELU and a 2x2 max pool), a 256-d
+    penultimate layer and a linear head. Its roles (:class:`goc_utils.metrics.features.FashionExtractor`):
+    ``features(x)`` (256-d) for FID / precision / recall, ``spatial(x)`` (the second stage's map
+    before its pool, ``(N, 64, 16, 16)``) for sFID, the logits for the Inception Score.
+    """
+
+    feature_dim = 256
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.GELU(), nn.MaxPool2d(2))
+        self.stage2 = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.GELU())
+        self.stage3 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(64, 128, 3, padding=1), nn.GELU(), nn.MaxPool2d(2))
+        self.dropout = nn.Dropout(0.3)
+        self.fc = nn.Linear(128 * 4 * 4, self.feature_dim)
+        self.head = nn.Linear(self.feature_dim, 10)
+
+    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 64, 16, 16)`` activations of the second stage, before its pool."""
+        return self.stage2(self.stage1(x))
+
+    def features_from_spatial(self, spatial: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.fc(self.dropout(self.stage3(spatial).flatten(1))))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_from_spatial(self.spatial(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 def load_digits_classifier(path: Path | None = None) -> DigitsClassifier:
-    """The committed classifier (eval mode)."""
+    """The committed digits judge (eval mode)."""
     model = DigitsClassifier()
     model.load_state_dict(load_file(str(path or paths.DIGITS_CLASSIFIER_WEIGHTS)))
     return model.eval()
 
 
+def load_fashion_classifier(path: Path | None = None) -> FashionClassifier:
+    """The committed tiny-fashion judge (eval mode); a one-line error when it is not trained yet."""
+    path = Path(path or paths.FASHION_CLASSIFIER_WEIGHTS)
+    if not path.is_file():
+        raise InvalidArgumentError(f"the Fashion-MNIST judge {path} is missing; train it with `make train-fashion`")
+    model = FashionClassifier()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _augment_digits(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """1-pixel shifts of the whole batch and Gaussian noise of std 0.1."""
+    shift = torch.randint(-1, 2, (2,), generator=generator).tolist()
+    x = torch.roll(x, shifts=shift, dims=(2, 3))
+    return x + 0.1 * torch.randn(x.shape, generator=generator)
+
+
+def _augment_fashion(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-image horizontal flips and a shift of up to 2 pixels of the whole batch (inside the black border)."""
+    flip = torch.rand(len(x), generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+    return torch.roll(x, shifts=shift, dims=(2, 3))
+
+
 @torch.enable_grad()
+def fit_classifier(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    augment: Augment,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    name: str,
+    progress: bool = True,
+) -> nn.Module:
+    """One training loop for both judges: AdamW (weight decay 1e-4), cross-entropy, shuffled epochs."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(epochs), desc=f"train {name}", disable=not progress):
+        model.train()
+        order = torch.randperm(len(x_train), generator=generator)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            loss = F.cross_entropy(model(augment(x_train[batch], generator)), y_train[batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of ``model`` on model-space ``images``."""
+    predicted = torch.cat([model(chunk).argmax(1) for chunk in torch.split(images, 1000)])
+    return (predicted == labels).float().mean().item()
+
+
 def train_digits_classifier(
     epochs: int = 60, seed: int = 0, out: Path | None = None, progress: bool = True
 ) -> tuple[Path, float]:
-    """Train the classifier on 80% of the digits (1-pixel shifts + small noise as augmentation).
+    """Train the digits judge on 80% of the digits (1-pixel shifts + small noise as augmentation).
 
     Returns ``(weights path, accuracy on the held-out 20%)``.
     """
     torch.manual_seed(seed)
     images, labels = load_digits_tensors()
     train_idx, test_idx = train_test_split_indices(len(images), 0.2, seed)
-    x_train, y_train = images[train_idx], labels[train_idx]
-    model = DigitsClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="train digits classifier", disable=not progress):
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        for start in range(0, len(order), 64):
-            batch = order[start : start + 64]
-            x = x_train[batch]
-            shift = torch.randint(-1, 2, (2,), generator=generator).tolist()
-            x = torch.roll(x, shifts=shift, dims=(2, 3))
-            x = x + 0.1 * torch.randn(x.shape, generator=generator)
-            loss = F.cross_entropy(model(x), y_train[batch])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (model(images[test_idx]).argmax(1) == labels[test_idx]).float().mean().item()
+    model = fit_classifier(
+        DigitsClassifier(), images[train_idx], labels[train_idx], _augment_digits, epochs, 64, 2e-3, seed,
+        "digits classifier", progress,
+    )  # fmt: skip
+    accuracy = classifier_accuracy(model, images[test_idx], labels[test_idx])
     out = Path(out or paths.DIGITS_CLASSIFIER_WEIGHTS)
     atomic_save_safetensors(model.state_dict(), out, {"test_accuracy": f"{accuracy:.4f}", "epochs": str(epochs)})
+    return out, accuracy
+
+
+def train_fashion_classifier(
+    epochs: int = 8, seed: int = 0, out: Path | None = None, threads: int = 2, progress: bool = True
+) -> tuple[Path, float]:
+    """Train the tiny-fashion judge on the 60,000 training images (flips and shifts as augmentation).
+
+    Returns ``(weights path, accuracy on the 10,000 held-out test images)``.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    x_train, y_train = load_fashion_tensors("train")
+    model = fit_classifier(
+        FashionClassifier(), x_train, y_train, _augment_fashion, epochs, 128, 2e-3, seed, "fashion judge", progress
+    )
+    x_test, y_test = load_fashion_tensors("test")
+    accuracy = classifier_accuracy(model, x_test, y_test)
+    out = Path(out or paths.FASHION_CLASSIFIER_WEIGHTS)
+    atomic_save_safetensors(model.state_dict(), out, {"test_accuracy": f"{accuracy:.4f}", "epochs": str(epochs)})
+    torch.set_num_threads(previous_threads)
     return out, accuracy

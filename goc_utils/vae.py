@@ -1,8 +1,10 @@
-"""The Stable Diffusion VAE used by DiT's latent presets (``sd-vae-ft-ema`` / ``-mse``).
+"""The VAEs of the latent presets: Stable Diffusion's (``sd-vae-ft-ema`` / ``-mse``) for DiT's presets,
+the project's own ``data/tiny_fashion_vae`` for ``tiny-fashion``.
 
-Loaded through diffusers' ``AutoencoderKL.from_pretrained`` from a local folder or a hub
-id. Nothing is downloaded when ``HF_HUB_OFFLINE=1``; without a local copy and without
-network the error names the folder to put the files in.
+All are diffusers ``AutoencoderKL`` folders loaded through one path (``from_pretrained`` on a local
+folder or a hub id). The latent scale is each VAE's ``config.scaling_factor`` (sd-vae's config
+says 0.18215), never a constant. Nothing is downloaded when ``HF_HUB_OFFLINE=1``; without a local
+copy and without network the error names the folder to put the files in.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ import torch
 from goc_utils import paths
 from goc_utils.diffusers_dit import pipeline_vae_folder
 from goc_utils.errors import VAEError, first_line
-
-LATENT_SCALE = 0.18215
-"""Latents are ``scale * vae.encode(x).mean``; samples are decoded from ``latents / scale``."""
+from goc_utils.models import preset_info
 
 VAE_HUB_IDS = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
 
@@ -48,13 +48,24 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
-def vae_spec(spec: str | None, ckpt: str | Path | None = None) -> str:
+def vae_spec(spec: str | None, ckpt: str | Path | None = None, preset: str | None = None) -> str:
     """The VAE to load: ``spec`` if given, else a diffusers pipeline's ``vae/`` (``--ckpt`` a pipeline
-    folder such as ``facebook/DiT-XL-2-256``), else ``"ema"``."""
+    folder such as ``facebook/DiT-XL-2-256``), else the preset's VAE (``PresetInfo.vae``: the committed
+    folder for ``tiny-fashion``), else ``"ema"``."""
     if spec:
         return spec
     folder = pipeline_vae_folder(ckpt)
-    return "ema" if folder is None else str(folder)
+    if folder is not None:
+        return str(folder)
+    return (preset_info(preset).vae if preset else None) or "ema"
+
+
+def latent_scale(vae) -> float:
+    """The VAE's latent scale from its config: latents are ``scale * encode(x)``, decoded from ``latents / scale``."""
+    scale = getattr(vae.config, "scaling_factor", None)
+    if not isinstance(scale, int | float) or not scale > 0:
+        raise VAEError(f"the VAE's config has no positive scaling_factor (found {scale!r}); add one to config.json")
+    return float(scale)
 
 
 def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
@@ -113,6 +124,8 @@ def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """``(N, 4, h, w)`` latents -> images ``(N, 3, 8h, 8w)`` in ~[-1, 1], decoded in batches."""
-    outs = [vae.decode(chunk / LATENT_SCALE).sample for chunk in torch.split(latents, batch_size)]
+    """``(N, 4, h, w)`` scaled latents -> images ``(N, C, f h, f w)`` in ~[-1, 1] (C = 3, f = 8 for sd-vae;
+    C = 1, f = 4 for the tiny-fashion VAE), decoded in batches."""
+    scale = latent_scale(vae)
+    outs = [vae.decode(chunk / scale).sample for chunk in torch.split(latents, batch_size)]
     return torch.cat(outs, dim=0)

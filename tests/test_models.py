@@ -69,7 +69,7 @@ def test_dit_xl2_has_the_292_official_keys_and_shapes(xl_meta):
 def test_presets_follow_dit_naming():
     assert {"DiT-XL/2", "DiT-XL/4", "DiT-XL/8", "DiT-L/2", "DiT-B/4", "DiT-S/8", "tiny-digits"} <= set(DiT_models)
     for name in DiT_models:
-        assert re.fullmatch(r"DiT-(XL|L|B|S)/(2|4|8)|tiny-digits", name)
+        assert re.fullmatch(r"DiT-(XL|L|B|S)/(2|4|8)|tiny-(digits|fashion)", name)
 
 
 def test_unknown_preset_is_a_clear_error():

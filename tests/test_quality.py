@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from goc_utils import paths
-from goc_utils.metrics.digits import class_agreement
+from goc_utils.metrics.judges import class_agreement
 from goc_utils.models import load_model
 from goc_utils.sampling import class_labels, generate
 from goc_utils.training import load_digits_classifier

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from goc_utils.training import DigitsClassifier, TinyTrainConfig, train_tiny_dit
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.training import DigitsClassifier, DiTTrainConfig, FashionClassifier, default_train_config, train_dit
 
 
 def test_interrupted_and_resumed_training_equals_one_run(tmp_path):
     config = dict(batch_size=8, warmup=2, checkpoint_every=2, threads=1, ema_decay=0.9)
-    one = train_tiny_dit(
-        TinyTrainConfig(steps=4, **config), tmp_path / "one", tmp_path / "one.safetensors", progress=False
-    )
-    train_tiny_dit(
-        TinyTrainConfig(steps=2, **config), tmp_path / "two", tmp_path / "partial.safetensors", progress=False
-    )
-    two = train_tiny_dit(
-        TinyTrainConfig(steps=4, **config), tmp_path / "two", tmp_path / "two.safetensors", progress=False
-    )
+    def run(steps: int, folder: str, out: str):
+        return train_dit("tiny-digits", DiTTrainConfig(steps=steps, **config), tmp_path / folder, tmp_path / out,
+                         progress=False)  # fmt: skip
+
+    one = run(4, "one", "one.safetensors")
+    run(2, "two", "partial.safetensors")
+    two = run(4, "two", "two.safetensors")
     a, b = load_file(str(one)), load_file(str(two))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -29,7 +29,18 @@ def test_interrupted_and_resumed_training_equals_one_run(tmp_path):
     assert log[-1]["step"] == 4 and log[-1]["loss"] > 0
 
 
-def test_digits_classifier_shapes():
+def test_judge_shapes():
     model = DigitsClassifier().eval()
     x = torch.randn(5, 1, 8, 8)
     assert model(x).shape == (5, 10) and model.features(x).shape == (5, DigitsClassifier.feature_dim)
+    fashion = FashionClassifier().eval()
+    x = torch.randn(5, 1, 32, 32)
+    assert fashion.spatial(x).shape == (5, 64, 16, 16) and fashion.features(x).shape == (5, 256)
+    torch.testing.assert_close(fashion(x), fashion.head(fashion.features_from_spatial(fashion.spatial(x))))
+
+
+def test_each_tiny_preset_has_its_recipe_and_others_are_refused():
+    assert default_train_config("tiny-digits").steps == 20_000
+    assert default_train_config("tiny-fashion", threads=1).threads == 1
+    with pytest.raises(InvalidArgumentError, match="tiny-digits, tiny-fashion"):
+        default_train_config("DiT-XL/2")

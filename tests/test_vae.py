@@ -7,7 +7,7 @@ import torch
 
 from goc_utils.errors import VAEError
 from goc_utils.sampling import generate
-from goc_utils.vae import LATENT_SCALE, decode_latents, load_vae
+from goc_utils.vae import decode_latents, latent_scale, load_vae
 from tests.conftest import small_dit
 
 
@@ -32,15 +32,21 @@ def tiny_vae_dir(tmp_path_factory):
     return folder
 
 
-def test_load_local_vae_and_decode_with_the_dit_scale(tiny_vae_dir):
+def test_load_local_vae_and_decode_with_the_scale_of_its_config(tiny_vae_dir, tmp_path):
     vae = load_vae(str(tiny_vae_dir))
+    assert latent_scale(vae) == 0.18215  # sd-vae's value, from the config as for every VAE
     latents = torch.randn(3, 4, 4, 4)
     images = decode_latents(vae, latents, batch_size=2)
     assert images.shape == (3, 3, 32, 32)
     with torch.no_grad():
-        direct = vae.decode(latents / LATENT_SCALE).sample
+        direct = vae.decode(latents / 0.18215).sample
     torch.testing.assert_close(images, direct)
-    assert LATENT_SCALE == 0.18215
+    vae.register_to_config(scaling_factor=0.5)  # another VAE's factor is read from its config, not a constant
+    vae.save_pretrained(tmp_path / "other")
+    other = load_vae(str(tmp_path / "other"))
+    assert latent_scale(other) == 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(decode_latents(other, latents), other.decode(latents / 0.5).sample)
 
 
 def test_latent_dit_samples_through_the_vae(tiny_vae_dir):

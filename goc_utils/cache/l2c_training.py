@@ -35,7 +35,7 @@ from goc_utils.diffusion import create_diffusion
 from goc_utils.errors import InvalidArgumentError, first_line
 from goc_utils.files import atomic_torch_save
 from goc_utils.models import DiT
-from goc_utils.vae import LATENT_SCALE
+from goc_utils.vae import latent_scale
 
 
 @dataclass
@@ -83,6 +83,19 @@ def tensor_batches(images: torch.Tensor, labels: torch.Tensor) -> BatchFn:
     return sample
 
 
+def posterior_batches(mean: torch.Tensor, std: torch.Tensor, scale: float, labels: torch.Tensor) -> BatchFn:
+    """Random batches of VAE latents as DiT's ``train.py`` draws them: a fresh posterior sample times ``scale``.
+
+    ``mean``, ``std``: the posterior of every training image ``(N, 4, h, w)`` (e.g. the tiny-fashion VAE's).
+    """
+
+    def sample(batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, len(mean), (batch_size,), generator=generator)
+        return (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)) * scale, labels[idx]
+
+    return sample
+
+
 def image_folder_batches(folder: str | Path, image_size: int, vae, device: str | torch.device) -> BatchFn:
     """Random batches from an ImageNet-style folder (``class_x/*.JPEG``), VAE-encoded as DiT does.
 
@@ -113,7 +126,7 @@ def image_folder_batches(folder: str | Path, image_size: int, vae, device: str |
             ys.append(y)
         x = torch.from_numpy(np.stack(arrays).copy()).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
         with torch.no_grad():
-            latents = vae.encode(x).latent_dist.sample(generator=None) * LATENT_SCALE
+            latents = vae.encode(x).latent_dist.sample(generator=None) * latent_scale(vae)
         return latents, torch.tensor(ys, dtype=torch.long)
 
     return sample

@@ -8,7 +8,7 @@ line ``goc <command>: error: <what and how to fix>`` with exit status 2.
 module                    commands
 ========================  =========================================
 :mod:`.sample`            ``sample``, ``info``
-:mod:`.train`             ``train-tiny``, ``train-router``, ``train-classifier``
+:mod:`.train`             ``train-tiny``, ``train-router``, ``train-classifier``, ``train-fashion``
 :mod:`.study`             ``tiny-report``, ``notebooks``, ``bench``
 :mod:`.priors`            ``priors``, ``inflections``
 :mod:`.evaluate`          ``eval-sample``, ``fid``, ``eval``
@@ -29,10 +29,11 @@ from goc_utils.errors import GocError
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("sample", "sample a class-conditional image grid (and an ADM-format npz)"),
     "info": ("sample", "print a preset's architecture as JSON"),
-    "train-tiny": ("train", "train (or resume) the embedded tiny-digits DiT"),
-    "tiny-report": ("study", "sample tiny-digits at cfg 1.5 / 4.0, judge with the classifier"),
+    "train-tiny": ("train", "train (or resume) an embedded tiny DiT (tiny-digits, tiny-fashion)"),
+    "train-fashion": ("train", "build the tiny-fashion tier: VAE, DiT, judge, reference, router, priors"),
+    "tiny-report": ("study", "sample a tiny tier at cfg 1.5 / 4.0, judge with its classifier"),
     "train-router": ("train", "train Learning-to-Cache routers (L2C objective, frozen DiT)"),
-    "train-classifier": ("train", "train the digits classifier (tiny study's feature extractor)"),
+    "train-classifier": ("train", "train a tiny tier's judge (its FID / IS features)"),
     "bench": ("study", "latency of caching methods vs MACs-theoretical speedup"),
     "notebooks": ("study", "run the study notebooks headless (papermill)"),
     "priors": ("priors", "extract block-feature priors (streaming statistics of un-cached sampling)"),

@@ -101,21 +101,25 @@ def check_output_dir(path: Path, flag: str) -> Path:
 
 def add_model_arguments(p: argparse.ArgumentParser, vae: bool = True) -> None:
     """The flags every model-running command shares: preset, weights, VAE, image size, device."""
-    p.add_argument("--model", default="tiny-digits", help="preset: tiny-digits, DiT-XL/2, ... (default tiny-digits)")
+    p.add_argument(
+        "--model", default="tiny-digits", help="preset: tiny-digits, tiny-fashion, DiT-XL/2, ... (default tiny-digits)"
+    )
     p.add_argument(
         "--ckpt",
         default=None,
         help="DiT weights (.pt / train.py checkpoint / .safetensors / diffusers pipeline or transformer folder); "
-        "default: the preset's committed weights (tiny-digits)",
+        "default: the preset's committed weights (tiny-digits, tiny-fashion)",
     )
     if vae:
         p.add_argument(
             "--vae",
             default=None,
             help="latent presets: ema | mse | local folder | hub id (default: the pipeline's vae/ when --ckpt is a "
-            "diffusers pipeline folder, else ema)",
+            "diffusers pipeline folder, else the preset's: data/tiny_fashion_vae for tiny-fashion, ema for DiT)",
         )
-    p.add_argument("--image-size", type=int, default=None, help="pixels (256 or 512 for DiT-XL/2; 8 for tiny-digits)")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="pixels (256 or 512 for DiT-XL/2; 8 tiny-digits; 32 tiny-fashion)"
+    )
     add_device_argument(p)
 
 

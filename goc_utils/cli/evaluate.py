@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from goc_utils import paths
 from goc_utils.cache.l2c import default_router
 from goc_utils.cli.common import (
     add_backend_argument,
@@ -34,9 +33,9 @@ from goc_utils.evaluation import (
     run_eval,
     write_results,
 )
-from goc_utils.metrics.batches import batch_info
+from goc_utils.metrics.batches import batch_features, batch_info
 from goc_utils.metrics.evaluate import evaluate_batches
-from goc_utils.metrics.features import build_extractor
+from goc_utils.metrics.features import FEATURE_EXTRACTORS, build_extractor, default_features, default_reference
 from goc_utils.models import load_model, preset_info, resolve_device
 from goc_utils.vae import load_vae, vae_spec
 
@@ -55,7 +54,7 @@ def _eval_settings(args: argparse.Namespace, cfg_scale: float) -> EvalSettings:
         model=args.model,
         ckpt=args.ckpt,
         image_size=args.image_size,
-        vae=vae_spec(args.vae, args.ckpt),
+        vae=vae_spec(args.vae, args.ckpt, args.model),
         steps=args.steps,
         sampler=args.sampler,
         cfg_scale=cfg_scale,
@@ -77,7 +76,7 @@ def _load_for_eval(args: argparse.Namespace):
     model = load_model(args.model, args.ckpt, args.image_size, dist.device)
     if args.backend == "diffusers":
         model = diffusers_backend(model)
-    vae = load_vae(vae_spec(args.vae, args.ckpt), dist.device) if preset_info(args.model).latent else None
+    vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), dist.device) if preset_info(args.model).latent else None
     return model, vae, dist
 
 
@@ -124,13 +123,13 @@ def add_eval_sample(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_eval_sample)
 
 
-def _add_feature_arguments(p: argparse.ArgumentParser, default: str | None) -> None:
+def _add_feature_arguments(p: argparse.ArgumentParser, default: str | None, default_help: str) -> None:
     p.add_argument(
         "--features",
-        choices=["inception", "digits"],
+        choices=list(FEATURE_EXTRACTORS),
         default=default,
-        help="feature extractor: inception (ImageNet, ADM evaluator) or digits (tiny study)"
-        + (f" (default {default})" if default else " (default: digits for tiny-digits, else inception)"),
+        help=f"feature extractor: inception (ImageNet, ADM evaluator), digits or fashion (the tiny tiers' judges) "
+        f"(default: {default_help})",
     )
     p.add_argument(
         "--inception-weights",
@@ -140,7 +139,8 @@ def _add_feature_arguments(p: argparse.ArgumentParser, default: str | None) -> N
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    extractor = build_extractor(args.features, resolve_device(args.device), args.inception_weights)
+    features = args.features or batch_features(args.ref) or "inception"
+    extractor = build_extractor(features, resolve_device(args.device), args.inception_weights)
     print(evaluate_batches(args.ref, args.samples, extractor, pr_precision=args.pr_precision).report())
     return 0
 
@@ -149,7 +149,7 @@ def add_fid(p: argparse.ArgumentParser) -> None:
     """The ADM evaluator's numbers for two ADM-format batches (arr_0 uint8 NHWC)."""
     p.add_argument("ref", help="reference batch, e.g. VIRTUAL_imagenet256_labeled.npz or data/reference/digits_ref.npz")
     p.add_argument("samples", help="sample batch (goc eval-sample's samples.npz)")
-    _add_feature_arguments(p, "inception")
+    _add_feature_arguments(p, None, "the features the reference batch was made with, else inception")
     p.add_argument(
         "--pr-precision",
         choices=["float16", "float32"],
@@ -162,8 +162,8 @@ def add_fid(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
-    features = args.features or ("digits" if args.model == "tiny-digits" else "inception")
-    ref = args.ref_batch or (str(paths.DIGITS_REFERENCE_BATCH) if features == "digits" else None)
+    features = args.features or default_features(args.model)
+    ref = args.ref_batch or (str(default_reference(features) or "") or None)
     if ref is None:
         raise InvalidArgumentError(
             "--ref-batch is required for Inception features: the ADM reference batch, "
@@ -214,9 +214,11 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cfg-scale", type=_cfg_list, default=[1.5], help="guidance scale(s), e.g. 1.5,4.0 (default 1.5)")
     p.add_argument(
-        "--ref-batch", default=None, help="ADM reference npz (default for digits: data/reference/digits_ref.npz)"
+        "--ref-batch",
+        default=None,
+        help="ADM reference npz (default for the tiny tiers: data/reference/digits_ref.npz, fashion_test_ref.npz)",
     )
-    _add_feature_arguments(p, None)
+    _add_feature_arguments(p, None, "digits for tiny-digits, fashion for tiny-fashion, else inception")
     p.add_argument("--latency-batch", type=int, default=8, help="images per timed batch (default 8)")
     p.add_argument("--latency-repeats", type=int, default=3, help="timed runs per method (default 3)")
     p.add_argument(

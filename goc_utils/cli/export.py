@@ -1,4 +1,4 @@
-"""``goc export-diffusers``: our DiT weights as a diffusers ``DiTTransformer2DModel`` folder."""
+"""``goc export-diffusers``: our DiT weights as a diffusers folder (a transformer, or a full ``DiTPipeline``)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,30 @@ import json
 from pathlib import Path
 
 from goc_utils.cli.common import add_model_arguments, check_output_dir
+from goc_utils.data import FASHION_CLASSES
 from goc_utils.diffusers_dit import export_diffusers
-from goc_utils.models import load_model
+from goc_utils.models import load_model, preset_info
+from goc_utils.vae import load_vae, vae_spec
 
 
 def add_export_diffusers(p: argparse.ArgumentParser) -> None:
     """Write a preset's weights (committed or --ckpt) as a diffusers DiTTransformer2DModel folder
-    (config.json + diffusion_pytorch_model.safetensors) that DiTTransformer2DModel.from_pretrained loads."""
-    add_model_arguments(p, vae=False)
-    p.add_argument("--out", required=True, help="folder to write (created; an old transformer folder is replaced)")
+    (config.json + diffusion_pytorch_model.safetensors) that DiTTransformer2DModel.from_pretrained loads; for
+    tiny-fashion (its VAE is committed) or with --vae, a full DiTPipeline folder (transformer/, vae/, scheduler/,
+    model_index.json) that DiTPipeline.from_pretrained loads."""
+    add_model_arguments(p)
+    p.add_argument("--out", required=True, help="folder to write (created; an old folder of the same kind is replaced)")
     p.set_defaults(func=run_export_diffusers)
 
 
 def run_export_diffusers(args: argparse.Namespace) -> int:
     out = check_output_dir(Path(args.out).expanduser(), "--out")
     model = load_model(args.model, args.ckpt, args.image_size, "cpu")
-    export_diffusers(model, out)
-    print(json.dumps({"model": args.model, "out": str(out), "class": "DiTTransformer2DModel"}))
+    info = preset_info(args.model)
+    pipeline = info.latent and (args.vae or info.vae not in (None, "ema"))
+    vae = load_vae(vae_spec(args.vae, args.ckpt, args.model)) if pipeline else None
+    names = FASHION_CLASSES if args.model == "tiny-fashion" else None
+    export_diffusers(model, out, vae, names)
+    kind = "DiTPipeline" if pipeline else "DiTTransformer2DModel"
+    print(json.dumps({"model": args.model, "out": str(out), "class": kind}))
     return 0

@@ -83,7 +83,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--priors needs --goc-steps auto or --goc-weight auto")
     priors = priors_for_run(args.model, model, args.steps, args.cfg_scale, args.priors) if method.needs_priors else None
     engine = method.engine(model, args.steps, priors)
-    vae = load_vae(vae_spec(args.vae, args.ckpt), device) if info.latent else None
+    vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), device) if info.latent else None
     started = time.perf_counter()
     result = generate(
         model,
@@ -98,7 +98,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - started
     nrow = args.per_class if args.per_class > 1 else min(len(labels), 16)
-    save_image_grid(result.images, out, nrow=nrow, upscale=args.upscale or (4 if not info.latent else 1))
+    upscale = args.upscale or (4 if result.images.shape[1] < 64 else 1)
+    save_image_grid(result.images, out, nrow=nrow, upscale=upscale)
     if npz is not None:
         save_samples_npz(npz, result)
     schedule, macs = engine.schedule, model_macs(model)
@@ -134,7 +135,7 @@ def add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-class", type=int, default=1, help="samples per class (default 1)")
     p.add_argument("--out", default="samples.png", help="grid PNG to write (default samples.png)")
     p.add_argument("--save-npz", default=None, help="also write arr_0 (uint8 NHWC), labels, final (float32)")
-    p.add_argument("--upscale", type=int, default=None, help="grid pixel upscaling (default 4 for pixel presets)")
+    p.add_argument("--upscale", type=int, default=None, help="grid pixel upscaling (default 4 for images under 64 px)")
     g = p.add_argument_group("feature caching (schedule x compensator)")
     g.add_argument(
         "--method",

@@ -25,13 +25,19 @@ from goc_utils.errors import InvalidArgumentError
 from goc_utils.models import create_model, load_model, resolve_device
 from goc_utils.notebooks import figures_dir_for, load_params_file, run_notebooks
 from goc_utils.priors import priors_for_run
-from goc_utils.study import tiny_digits_report
+from goc_utils.study import fashion_tier_report, tiny_report
 
 
 def cmd_tiny_report(args: argparse.Namespace) -> int:
-    if args.per_class < 1 or args.steps < 1:
-        raise InvalidArgumentError("--per-class and --steps must be >= 1")
-    rows = tiny_digits_report(
+    if args.steps < 1:
+        raise InvalidArgumentError("--steps must be >= 1")
+    if args.per_class is not None and args.per_class < 1:
+        raise InvalidArgumentError("--per-class must be >= 1")
+    parts = [n.strip() for n in args.fid_samples.split(",") if n.strip()]
+    if not all(n.isdigit() and int(n) >= 2 for n in parts):
+        raise InvalidArgumentError(f"--fid-samples must be comma-separated counts >= 2 (got {args.fid_samples!r})")
+    rows = tiny_report(
+        args.model,
         per_class=args.per_class,
         steps=args.steps,
         seed=args.seed,
@@ -43,14 +49,29 @@ def cmd_tiny_report(args: argparse.Namespace) -> int:
             f"cfg {r.cfg_scale:g}: classifier agreement {100 * r.agreement:.1f}% on {r.samples} samples "
             f"({r.images_per_second:.0f} images/s)"
         )
+    if args.model == "tiny-fashion":
+        report = fashion_tier_report([int(n) for n in parts], out_dir=Path(args.out_dir) if args.out_dir else None)
+        for quantity, value in report.items():
+            print(f"{quantity}: {value}")
     return 0
 
 
 def add_tiny_report(p: argparse.ArgumentParser) -> None:
-    """Writes figures/00_tiny_samples.png and figures/00_tiny_agreement.md."""
-    p.add_argument("--per-class", type=int, default=50, help="samples per digit and cfg scale (default 50)")
+    """Sample a tiny tier at cfg 1.5 and 4.0 and judge the samples with its classifier: writes
+    figures/00_tiny_samples.png and 00_tiny_agreement.md (tiny-digits) or figures/00_fashion_* (tiny-fashion)."""
+    p.add_argument(
+        "--model", choices=["tiny-digits", "tiny-fashion"], default="tiny-digits", help="tier (default tiny-digits)"
+    )
+    p.add_argument(
+        "--per-class", type=int, default=None, help="samples per class and cfg scale (tiny-digits 50, tiny-fashion 100)"
+    )
     add_sampling_arguments(p, cfg_scale=None)
-    p.add_argument("--ckpt", default=None, help="weights (default: the committed tiny-digits EMA)")
+    p.add_argument("--ckpt", default=None, help="weights (default: the tier's committed EMA weights)")
+    p.add_argument(
+        "--fid-samples",
+        default="2000,5000",
+        help="tiny-fashion: un-cached FID at these sample counts, cfg 1.5, with bootstrap spread (default 2000,5000)",
+    )
     p.add_argument("--out-dir", default=None, help="output folder (default figures/)")
     p.set_defaults(func=cmd_tiny_report)
 

@@ -1,4 +1,4 @@
-"""``goc train-tiny``, ``goc train-router``, ``goc train-classifier``: retrain what ``data/`` holds."""
+"""``goc train-tiny``, ``goc train-router``, ``goc train-classifier``, ``goc train-fashion``: retrain ``data/``."""
 
 from __future__ import annotations
 
@@ -7,43 +7,64 @@ from pathlib import Path
 
 import torch
 
+from goc_utils import paths
 from goc_utils.cache.l2c import router_mask
 from goc_utils.cache.l2c_training import (
     RouterTrainConfig,
     image_folder_batches,
+    posterior_batches,
     save_router,
     tensor_batches,
     train_router,
 )
 from goc_utils.cache.schedule import CacheSchedule
 from goc_utils.cli.common import add_model_arguments, add_threads_argument, check_writable, number, seed
-from goc_utils.data import load_digits_tensors
+from goc_utils.data import load_digits_tensors, load_fashion_mnist, load_fashion_tensors
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.macs import model_macs
+from goc_utils.metrics.judges import write_reference
 from goc_utils.models import load_model, preset_info, resolve_device
-from goc_utils.training import TinyTrainConfig, train_digits_classifier, train_tiny_dit
+from goc_utils.priors import default_priors_path
+from goc_utils.training import (
+    TRAINABLE_PRESETS,
+    default_train_config,
+    fashion_latents,
+    train_digits_classifier,
+    train_dit,
+    train_fashion_classifier,
+)
 from goc_utils.vae import load_vae, vae_spec
+from goc_utils.vae_training import VAETrainConfig, train_fashion_vae
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> int:
-    if args.train_steps < 1 or args.batch_size < 1 or not args.lr > 0:
-        raise InvalidArgumentError("--train-steps and --batch-size must be >= 1 and --lr > 0")
-    config = TinyTrainConfig(
-        steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads
+    for flag in ("train_steps", "batch_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise InvalidArgumentError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
+    if args.lr is not None and not args.lr > 0:
+        raise InvalidArgumentError(f"--lr must be > 0 (got {args.lr})")
+    config = default_train_config(
+        args.model, steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads
     )
-    out = train_tiny_dit(config, Path(args.run_dir) if args.run_dir else None, Path(args.out) if args.out else None)
+    out = train_dit(args.model, config, Path(args.run_dir) if args.run_dir else None,
+                    Path(args.out) if args.out else None)  # fmt: skip
     print(f"EMA weights -> {out}")
     return 0
 
 
 def add_train_tiny(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--train-steps", type=int, default=20_000, help="total optimiser steps (default 20000)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    p.add_argument("--lr", type=number, default=4e-4, help="AdamW learning rate (default 4e-4)")
+    """Train (or resume) a tiny DiT preset with DiT's recipe (eps MSE + VLB, class dropout 0.1, EMA weights):
+    tiny-digits on the digits' pixels, tiny-fashion on the tier VAE's latents of Fashion-MNIST."""
+    p.add_argument("--model", choices=TRAINABLE_PRESETS, default="tiny-digits", help="preset (default tiny-digits)")
+    p.add_argument(
+        "--train-steps", type=int, default=None, help="optimiser steps (tiny-digits 20000, tiny-fashion 8000)"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 128)")
+    p.add_argument("--lr", type=number, default=None, help="AdamW learning rate (default 4e-4)")
     p.add_argument("--seed", type=seed, default=0, help="seed (default 0)")
     add_threads_argument(p, default=2)
-    p.add_argument("--run-dir", default=None, help="checkpoints and log (default runs/train_tiny)")
-    p.add_argument("--out", default=None, help="exported EMA weights (default data/tiny_digits_dit_ema.safetensors)")
+    p.add_argument("--run-dir", default=None, help="checkpoints and log (default runs/train_<preset>)")
+    p.add_argument("--out", default=None, help="exported EMA weights (default: the preset's file under data/)")
     p.set_defaults(func=cmd_train_tiny)
 
 
@@ -61,11 +82,16 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, args.ckpt, args.image_size, device)
-    if preset_info(args.model).latent:
+    if args.model == "tiny-fashion":
+        mean, std, scale = fashion_latents()
+        _, labels = load_fashion_tensors("train")
+        batches = posterior_batches(mean, std, scale, labels)
+    elif preset_info(args.model).latent:
         if args.data is None:
             raise InvalidArgumentError(f"{args.model} routers train on images: pass --data DIR (ImageNet-style folder)")
         image_size = args.image_size or preset_info(args.model).default_image_size
-        batches = image_folder_batches(args.data, image_size, load_vae(vae_spec(args.vae, args.ckpt), device), device)
+        vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), device)
+        batches = image_folder_batches(args.data, image_size, vae, device)
     else:
         batches = tensor_batches(*load_digits_tensors())
     checkpoint = out.with_name(out.name + ".partial")
@@ -85,7 +111,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
 
 def add_train_router(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--data", default=None, help="latent presets: ImageNet-style image folder")
+    p.add_argument("--data", default=None, help="DiT's presets: ImageNet-style image folder (tiny presets: built in)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps the routers are for (default 20)")
     p.add_argument("--train-steps", type=int, default=2000, help="optimiser steps (default 2000)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
@@ -104,15 +130,96 @@ def add_train_router(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    out, accuracy = train_digits_classifier(
-        epochs=args.epochs, seed=args.seed, out=Path(args.out) if args.out else None
-    )
-    print(f"digits classifier: held-out accuracy {accuracy:.4f} -> {out}")
+    out = Path(args.out) if args.out else None
+    if args.model == "tiny-fashion":
+        out, accuracy = train_fashion_classifier(epochs=args.epochs or 8, seed=args.seed, out=out)
+        print(f"Fashion-MNIST judge: accuracy on the 10,000 test images {accuracy:.4f} -> {out}")
+    else:
+        out, accuracy = train_digits_classifier(epochs=args.epochs or 60, seed=args.seed, out=out)
+        print(f"digits classifier: held-out accuracy {accuracy:.4f} -> {out}")
     return 0
 
 
 def add_train_classifier(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=60, help="epochs (default 60)")
+    """Train a tiny tier's judge, the classifier whose features are its FID / sFID / IS / P / R features."""
+    p.add_argument(
+        "--model", choices=TRAINABLE_PRESETS, default="tiny-digits", help="whose judge (default tiny-digits)"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="epochs (tiny-digits 60, tiny-fashion 8)")
     p.add_argument("--seed", type=seed, default=0, help="seed (default 0)")
-    p.add_argument("--out", default=None, help="weights (default data/digits_classifier.safetensors)")
+    p.add_argument("--out", default=None, help="weights (default: the judge's file under data/)")
     p.set_defaults(func=cmd_train_classifier)
+
+
+FASHION_STAGES = ("vae", "dit", "judge", "reference", "router", "priors")
+
+
+def _fashion_outputs() -> dict[str, list[Path]]:
+    return {
+        "vae": [paths.TINY_FASHION_VAE / name for name in ("config.json", "diffusion_pytorch_model.safetensors")],
+        "dit": [paths.TINY_FASHION_WEIGHTS],
+        "judge": [paths.FASHION_CLASSIFIER_WEIGHTS],
+        "reference": [paths.FASHION_REFERENCE_BATCH],
+        "router": [paths.TINY_FASHION_ROUTER],
+        "priors": [default_priors_path("tiny-fashion", 20, cfg) for cfg in FASHION_PRIOR_CFGS],
+    }
+
+
+FASHION_PRIOR_CFGS = (1.5, 4.0)
+
+
+def _run_fashion_stage(stage: str, threads: int) -> None:
+    from goc_utils.cli import main  # the package's entry point runs the router and priors stages as commands
+
+    if stage == "vae":
+        out, report = train_fashion_vae(VAETrainConfig(threads=threads))
+        print(f"VAE -> {out}: scaling_factor {report['scaling_factor']}, test PSNR {report['psnr_32']:.2f} dB "
+              f"(32x32), {report['psnr_28']:.2f} dB (28x28 garment area)")  # fmt: skip
+    elif stage == "dit":
+        print(f"EMA weights -> {train_dit('tiny-fashion', default_train_config('tiny-fashion', threads=threads))}")
+    elif stage == "judge":
+        out, accuracy = train_fashion_classifier(threads=threads)
+        print(f"Fashion-MNIST judge: accuracy on the 10,000 test images {accuracy:.4f} -> {out}")
+    elif stage == "reference":
+        print(f"reference batch -> {write_reference('tiny-fashion')}")
+    elif stage == "router":
+        argv = ["train-router", "--model", "tiny-fashion", "--threads", str(threads),
+                "--out", str(paths.TINY_FASHION_ROUTER)]  # fmt: skip
+        if main(argv):
+            raise InvalidArgumentError("router training failed (see above)")
+    else:
+        for cfg in FASHION_PRIOR_CFGS:
+            argv = ["priors", "--model", "tiny-fashion", "--cfg-scale", f"{cfg:g}", "--per-class", "5",
+                    "--threads", str(threads)]  # fmt: skip
+            if main(argv):
+                raise InvalidArgumentError("priors extraction failed (see above)")
+
+
+def cmd_train_fashion(args: argparse.Namespace) -> int:
+    load_fashion_mnist("test")  # the data must be there before anything starts (one line if not)
+    stages = FASHION_STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
+    unknown = [s for s in stages if s not in FASHION_STAGES]
+    if unknown:
+        raise InvalidArgumentError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(FASHION_STAGES)}")
+    outputs = _fashion_outputs()
+    for stage in FASHION_STAGES:
+        if stage not in stages:
+            continue
+        if all(path.exists() for path in outputs[stage]):
+            print(f"[{stage}] done: {', '.join(str(p.relative_to(paths.PROJECT_ROOT)) for p in outputs[stage])}")
+            continue
+        print(f"[{stage}] training ...", flush=True)
+        _run_fashion_stage(stage, args.threads)
+    return 0
+
+
+def add_train_fashion(p: argparse.ArgumentParser) -> None:
+    """Build the tiny-fashion tier from Debian's Fashion-MNIST, in order: the VAE, the latent DiT, the judge,
+    the reference batch with the judge's statistics, the L2C router and the priors at cfg 1.5 and 4.0. A stage
+    whose outputs under data/ exist is skipped (delete them to redo it and the stages after it); an interrupted
+    stage resumes from its checkpoint under runs/."""
+    p.add_argument(
+        "--stages", default="all", help=f"comma-separated subset of {','.join(FASHION_STAGES)} (default all)"
+    )
+    add_threads_argument(p, default=2)
+    p.set_defaults(func=cmd_train_fashion)

@@ -126,6 +126,15 @@ def read_labels(path: str | Path) -> np.ndarray | None:
     return None
 
 
+def batch_features(path: str | Path) -> str | None:
+    """The feature extractor a reference batch was made with (its ``features`` entry), or None."""
+    info = batch_info(path)
+    with np.load(info.path) as data:
+        if "features" in data and data["features"].dtype.kind == "U" and data["features"].ndim == 0:
+            return str(data["features"])
+    return None
+
+
 def check_same_size(a: BatchInfo, b: BatchInfo) -> None:
     """Reference and sample images must have the same size and channels."""
     if a.image_shape != b.image_shape:
@@ -138,6 +147,7 @@ def check_same_size(a: BatchInfo, b: BatchInfo) -> None:
 __all__ = [
     "BatchFileError",
     "BatchInfo",
+    "batch_features",
     "batch_info",
     "check_same_size",
     "iter_images",

@@ -112,7 +112,7 @@ def evaluate_batches(
     """IS, FID, sFID, precision, recall of ``sample_path`` against ``ref_path`` (both ADM ``.npz``)."""
     check_same_size(batch_info(ref_path), batch_info(sample_path))
     ref = reference_features(ref_path, extractor, progress)
-    labels = read_labels(sample_path) if extractor.name == "digits" else None
+    labels = read_labels(sample_path) if extractor.judges_classes else None
     sample = extract(sample_path, extractor, progress=progress)
     return score_features(ref, sample, labels, extractor.device, pr_precision)
 

@@ -1,4 +1,4 @@
-"""Feature extractors for the ADM metrics: Inception (ImageNet) and the digits classifier (tiny study).
+"""Feature extractors for the ADM metrics: Inception (ImageNet) and the tiny tiers' judges.
 
 An extractor maps uint8 ``(n, H, W, C)`` images to three float arrays: ``pool`` (FID,
 precision / recall), ``spatial`` (sFID) and ``logits`` (Inception Score). :func:`extract`
@@ -8,6 +8,9 @@ streams an ADM ``.npz`` through one with a progress bar.
 |---|---|---|---|
 | ``inception`` | ``pool_3`` 2048-d | ``mixed_6/conv``[..., :7] 17x17x7 | 1008 (no bias) |
 | ``digits`` | penultimate 128-d | 2nd conv (pre-pool) [..., :7] 8x8x7 | 10 digits |
+| ``fashion`` | penultimate 256-d | 2nd stage (pre-pool) [..., :7] 16x16x7 | 10 garments |
+
+A judge's features (``digits``, ``fashion``) also give class agreement with the samples' labels.
 """
 
 from __future__ import annotations
@@ -19,13 +22,30 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from goc_utils import paths
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.files import write_npz
 from goc_utils.metrics.batches import batch_info, iter_images
 from goc_utils.metrics.inception import load_inception
-from goc_utils.training import load_digits_classifier
+from goc_utils.training import load_digits_classifier, load_fashion_classifier
 
-FEATURE_EXTRACTORS = ("inception", "digits")
+FEATURE_EXTRACTORS = ("inception", "digits", "fashion")
+
+PRESET_FEATURES = {"tiny-digits": "digits", "tiny-fashion": "fashion"}
+"""The features a preset is scored with by default (``inception`` for DiT's presets)."""
+
+REFERENCE_BATCHES = {"digits": paths.DIGITS_REFERENCE_BATCH, "fashion": paths.FASHION_REFERENCE_BATCH}
+"""Committed reference batches of the judges' features (Inception's comes from the user)."""
+
+
+def default_features(preset: str) -> str:
+    """``digits`` / ``fashion`` for the tiny tiers, ``inception`` otherwise."""
+    return PRESET_FEATURES.get(preset, "inception")
+
+
+def default_reference(features: str) -> Path | None:
+    """The committed reference batch for ``features``, or None (Inception: ``VIRTUAL_imagenet256_labeled.npz``)."""
+    return REFERENCE_BATCHES.get(features)
 
 
 @dataclass
@@ -42,6 +62,7 @@ class FeatureExtractor:
 
     name: str = ""
     image_shape: tuple[int, int, int] | None = None  # (H, W, C) it accepts; None = any RGB / grey size
+    judges_classes: bool = False  # True: its logits are the samples' classes (class agreement is scored)
 
     def __init__(self, network: torch.nn.Module, device: str | torch.device = "cpu") -> None:
         self.network = network.eval().to(device)
@@ -74,6 +95,7 @@ class DigitsExtractor(FeatureExtractor):
 
     name = "digits"
     image_shape = (8, 8, 1)
+    judges_classes = True
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         net = self.network
@@ -84,14 +106,31 @@ class DigitsExtractor(FeatureExtractor):
         return pool, spatial, net.head(pool)
 
 
+class FashionExtractor(FeatureExtractor):
+    """The committed Fashion-MNIST judge as the tiny-fashion tier's Inception."""
+
+    name = "fashion"
+    image_shape = (32, 32, 1)
+    judges_classes = True
+
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        net = self.network
+        feature_map = net.spatial(x.permute(0, 3, 1, 2).float() / 127.5 - 1.0)  # (n, 64, 16, 16)
+        spatial = feature_map[:, :7].permute(0, 2, 3, 1).flatten(1)
+        pool = net.features_from_spatial(feature_map)
+        return pool, spatial, net.head(pool)
+
+
 def build_extractor(
     name: str, device: str | torch.device = "cpu", inception_weights: str | Path | None = None
 ) -> FeatureExtractor:
-    """``inception`` (needs local weights) or ``digits`` (the committed classifier)."""
+    """``inception`` (needs local weights), ``digits`` or ``fashion`` (the committed judges)."""
     if name == "inception":
         return InceptionExtractor(load_inception(inception_weights), device)
     if name == "digits":
         return DigitsExtractor(load_digits_classifier(), device)
+    if name == "fashion":
+        return FashionExtractor(load_fashion_classifier(), device)
     raise InvalidArgumentError(f"unknown feature extractor {name!r}; choose one of {', '.join(FEATURE_EXTRACTORS)}")
 
 
@@ -138,10 +177,13 @@ def extract_cached(path: str | Path, extractor: FeatureExtractor, progress: bool
 __all__ = [
     "FEATURE_EXTRACTORS",
     "DigitsExtractor",
+    "FashionExtractor",
     "FeatureExtractor",
     "Features",
     "InceptionExtractor",
     "build_extractor",
+    "default_features",
+    "default_reference",
     "extract",
     "extract_cached",
 ]
