@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.goc-installed
 export MPLBACKEND := Agg
 
-.PHONY: help setup study smoke lab test lint train-tiny train-classifier eval-tiny peers-tiny lab-test ablations clean
+.PHONY: help setup study smoke lab test lint train-tiny train-classifier train-fashion fashion-report eval-tiny peers-tiny lab-test ablations clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ train-tiny: setup ## (re)train the embedded tiny-digits DiT; resumes from runs/t
 
 train-classifier: setup ## (re)train the digits classifier used as the tiny study's judge
 	$(BIN)/goc train-classifier
+
+train-fashion: setup ## build the tiny-fashion tier from Debian's dataset-fashion-mnist: VAE, judge, DiT, router, priors (about 2.5 h; resumable; skips what data/ holds)
+	$(BIN)/goc train-fashion
+
+fashion-report: setup ## the tiny-fashion report: samples, judge agreement, VAE reconstructions, FID at 2,000 / 5,000 samples (figures/00_fashion_*)
+	$(BIN)/goc tiny-report --model tiny-fashion
 
 EVAL_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-50,fora-50+goc,fora-50+goc:auto,l2c,l2c+goc,l2c+goc:auto,l2c+goc:coupling=unit,l2c+goc:auto:coupling=unit
 

@@ -299,8 +299,9 @@ def tiny_fashion(**kwargs) -> DiT:
 
     8x8x4 latents of the tier's VAE (32x32 images, factor 4), patch 2 (16 tokens, DiT-XL/2's patch
     size on latents), learned sigma (8 output channels), 10 classes + the null class, depth 12 (GOC's
-    host schedules address 2 x depth units), width 128: a training step of 128 latents takes about
-    0.4 s on two CPU cores, so the tier trains within its budget.
+    host schedules address 2 x depth units), width 128 (as tiny-digits): a training step of 128 latents
+    takes about 0.8 s on two CPU cores, so 6,000 steps fit the tier's training budget (under 3 hours for
+    VAE, judge, DiT and router together).
     """
     config = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=12, num_heads=4, num_classes=10)
     config.update(kwargs)
@@ -339,6 +340,9 @@ class PresetInfo:
             the committed folder for ``tiny-fashion``; None for pixel-space presets. The latent scale
             always comes from the VAE's config (``scaling_factor``).
         vae_factor: pixels per latent cell along a side (8 for sd-vae, 4 for the tier's VAE).
+        router: the committed Learning-to-Cache router for DDIM-20, or None.
+        judge: the features that score this preset's samples by default (``digits`` / ``fashion``: the
+            tiny tiers' classifiers; None: Inception, as the ADM evaluator).
     """
 
     latent: bool
@@ -346,13 +350,21 @@ class PresetInfo:
     checkpoint: Path | None = None
     vae: str | None = None
     vae_factor: int = 8
+    router: Path | None = None
+    judge: str | None = None
 
 
 def preset_info(name: str) -> PresetInfo:
     """Usage facts for a preset name (raises :class:`UnknownPresetError`)."""
     check_preset(name)
     if name == "tiny-digits":
-        return PresetInfo(latent=False, default_image_size=8, checkpoint=paths.TINY_DIGITS_WEIGHTS)
+        return PresetInfo(
+            latent=False,
+            default_image_size=8,
+            checkpoint=paths.TINY_DIGITS_WEIGHTS,
+            router=paths.TINY_DIGITS_ROUTER,
+            judge="digits",
+        )
     if name == "tiny-fashion":
         return PresetInfo(
             latent=True,
@@ -360,6 +372,8 @@ def preset_info(name: str) -> PresetInfo:
             checkpoint=paths.TINY_FASHION_WEIGHTS,
             vae=str(paths.TINY_FASHION_VAE),
             vae_factor=4,
+            router=paths.TINY_FASHION_ROUTER,
+            judge="fashion",
         )
     return PresetInfo(latent=True, default_image_size=256, vae="ema")
 

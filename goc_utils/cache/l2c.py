@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from goc_utils import paths
 from goc_utils.cache.schedule import CacheSchedule, ScheduleError, register_schedule
 from goc_utils.errors import first_line
+from goc_utils.models import DiT_models, preset_info
 
 L2C_CORRECTION_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
 """GOC's published correction steps with Learning-to-Cache (set by hand in its code, for every step count)."""
@@ -96,7 +96,6 @@ def l2c(steps: int, depth: int, router: str | Path | None = None, thres: float =
 
 
 def default_router(model: str, steps: int) -> str | None:
-    """The committed L2C router for a preset and step count (``tiny-digits``, DDIM-20), else None."""
-    if model == "tiny-digits" and steps == 20 and paths.TINY_DIGITS_ROUTER.is_file():
-        return str(paths.TINY_DIGITS_ROUTER)
-    return None
+    """The committed L2C router for a preset and step count (the tiny tiers, DDIM-20), else None."""
+    router = preset_info(model).router if model in DiT_models else None
+    return str(router) if steps == 20 and router is not None and router.is_file() else None

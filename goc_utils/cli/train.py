@@ -57,7 +57,7 @@ def add_train_tiny(p: argparse.ArgumentParser) -> None:
     tiny-digits on the digits' pixels, tiny-fashion on the tier VAE's latents of Fashion-MNIST."""
     p.add_argument("--model", choices=TRAINABLE_PRESETS, default="tiny-digits", help="preset (default tiny-digits)")
     p.add_argument(
-        "--train-steps", type=int, default=None, help="optimiser steps (tiny-digits 20000, tiny-fashion 8000)"
+        "--train-steps", type=int, default=None, help="optimiser steps (tiny-digits 20000, tiny-fashion 6000)"
     )
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default 128)")
     p.add_argument("--lr", type=number, default=None, help="AdamW learning rate (default 4e-4)")
@@ -151,7 +151,7 @@ def add_train_classifier(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_train_classifier)
 
 
-FASHION_STAGES = ("vae", "dit", "judge", "reference", "router", "priors")
+FASHION_STAGES = ("vae", "judge", "reference", "dit", "router", "priors")
 
 
 def _fashion_outputs() -> dict[str, list[Path]]:
@@ -214,8 +214,8 @@ def cmd_train_fashion(args: argparse.Namespace) -> int:
 
 
 def add_train_fashion(p: argparse.ArgumentParser) -> None:
-    """Build the tiny-fashion tier from Debian's Fashion-MNIST, in order: the VAE, the latent DiT, the judge,
-    the reference batch with the judge's statistics, the L2C router and the priors at cfg 1.5 and 4.0. A stage
+    """Build the tiny-fashion tier from Debian's Fashion-MNIST, in order: the VAE, the judge, the reference batch
+    with the judge's statistics, the latent DiT, its L2C router and its priors at cfg 1.5 and 4.0. A stage
     whose outputs under data/ exist is skipped (delete them to redo it and the stages after it); an interrupted
     stage resumes from its checkpoint under runs/."""
     p.add_argument(

@@ -27,20 +27,18 @@ from goc_utils.errors import InvalidArgumentError
 from goc_utils.files import write_npz
 from goc_utils.metrics.batches import batch_info, iter_images
 from goc_utils.metrics.inception import load_inception
+from goc_utils.models import DiT_models, preset_info
 from goc_utils.training import load_digits_classifier, load_fashion_classifier
 
 FEATURE_EXTRACTORS = ("inception", "digits", "fashion")
-
-PRESET_FEATURES = {"tiny-digits": "digits", "tiny-fashion": "fashion"}
-"""The features a preset is scored with by default (``inception`` for DiT's presets)."""
 
 REFERENCE_BATCHES = {"digits": paths.DIGITS_REFERENCE_BATCH, "fashion": paths.FASHION_REFERENCE_BATCH}
 """Committed reference batches of the judges' features (Inception's comes from the user)."""
 
 
 def default_features(preset: str) -> str:
-    """``digits`` / ``fashion`` for the tiny tiers, ``inception`` otherwise."""
-    return PRESET_FEATURES.get(preset, "inception")
+    """The preset's judge (``digits`` / ``fashion`` for the tiny tiers), ``inception`` otherwise."""
+    return (preset_info(preset).judge if preset in DiT_models else None) or "inception"
 
 
 def default_reference(features: str) -> Path | None:

@@ -18,17 +18,18 @@ from goc_utils.data import from_uint8, load_digits_tensors, load_fashion_mnist, 
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.metrics.evaluate import make_reference_batch
 from goc_utils.metrics.features import build_extractor, default_features, default_reference
+from goc_utils.models import DiT_models, preset_info
 from goc_utils.training import load_digits_classifier, load_fashion_classifier
 
-JUDGE_SHAPES = {"tiny-digits": (8, 8, 1), "tiny-fashion": (32, 32, 1)}
-"""The uint8 (H, W, C) sample shape each judge takes."""
+JUDGED_PRESETS = tuple(name for name in DiT_models if preset_info(name).judge)
+"""The presets with a judge of their own: the tiny tiers."""
 
 
 def load_judge(preset: str) -> torch.nn.Module:
     """The committed classifier judging ``preset`` (eval mode)."""
-    if preset not in JUDGE_SHAPES:
-        raise InvalidArgumentError(f"no judge for {preset!r}; judges exist for {', '.join(JUDGE_SHAPES)}")
-    return load_digits_classifier() if preset == "tiny-digits" else load_fashion_classifier()
+    if preset not in JUDGED_PRESETS:
+        raise InvalidArgumentError(f"no judge for {preset!r}; judges exist for {', '.join(JUDGED_PRESETS)}")
+    return load_digits_classifier() if preset_info(preset).judge == "digits" else load_fashion_classifier()
 
 
 @torch.no_grad()
@@ -36,13 +37,12 @@ def judge_logits(
     images: np.ndarray, preset: str = "tiny-digits", classifier=None, batch_size: int = 1024
 ) -> np.ndarray:
     """Classifier logits ``(N, 10)`` float32 for uint8 samples ``(N, H, W, 1)`` of ``preset``."""
-    shape = JUDGE_SHAPES.get(preset)
-    if shape is None or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != shape:
-        expected = ", ".join(map(str, shape or ()))
-        raise InvalidArgumentError(
-            f"{preset} samples are uint8 (N, {expected}); got {images.dtype} {tuple(images.shape)}"
-        )
     classifier = classifier or load_judge(preset)
+    side = preset_info(preset).default_image_size
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (side, side, 1):
+        raise InvalidArgumentError(
+            f"{preset} samples are uint8 (N, {side}, {side}, 1); got {images.dtype} {tuple(images.shape)}"
+        )
     x = from_uint8(images)
     return torch.cat([classifier(chunk) for chunk in torch.split(x, batch_size)]).numpy()
 
@@ -79,7 +79,7 @@ def write_reference(preset: str, out: str | Path | None = None) -> Path:
 
 
 __all__ = [
-    "JUDGE_SHAPES",
+    "JUDGED_PRESETS",
     "class_agreement",
     "judge_logits",
     "load_judge",
