@@ -262,6 +262,26 @@ def to_transformer(model, dit_timesteps: bool = True):
     return transformer
 
 
+EXPORT_FILES = {
+    "transformer": {"config.json", "diffusion_pytorch_model.safetensors"},
+    "pipeline": {"model_index.json", "transformer", "vae", "scheduler"},
+}
+
+
+def _written_by_export(folder: Path, kind: str) -> bool:
+    """Whether ``folder`` holds exactly what :func:`export_diffusers` writes for ``kind`` (so it may be replaced)."""
+    if {p.name for p in folder.iterdir()} != EXPORT_FILES[kind]:
+        return False
+    config = folder / ("config.json" if kind == "transformer" else "model_index.json")
+    try:
+        name = json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return name == ("DiTTransformer2DModel" if kind == "transformer" else "DiTPipeline") and (
+        kind == "transformer" or _written_by_export(folder / "transformer", "transformer")
+    )
+
+
 def export_diffusers(model, out: str | Path, vae=None, class_names: Sequence[str] | None = None) -> Path:
     """Write one of our DiTs as a diffusers folder (``save_pretrained``); returns it.
 
@@ -278,9 +298,10 @@ def export_diffusers(model, out: str | Path, vae=None, class_names: Sequence[str
     diffusers_logging.set_verbosity_error()
     out = Path(out)
     kind = "transformer" if vae is None else "pipeline"
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and folder_kind(out) != kind)):
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _written_by_export(out, kind))):
         raise CheckpointError(
-            f"--out {str(out)!r} exists and is not a diffusers {kind} folder; choose a new or empty folder"
+            f"--out {str(out)!r} exists and is not a DiT {kind} folder written by goc export-diffusers (it would be "
+            "replaced with everything in it); choose a new or empty folder"
         )
     transformer = DiTTransformer2DModel(**diffusers_config(model))
     transformer.load_state_dict(to_diffusers(model.state_dict()), strict=True)

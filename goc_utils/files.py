@@ -37,15 +37,29 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def atomic_write_dir(path: str | Path) -> Iterator[Path]:
     """Yield a hidden temporary folder next to ``path`` to fill; on success it replaces ``path``.
 
-    On error (or a kill) the temporary folder is removed (or left hidden, never under the final name);
-    an existing ``path`` is swapped out only once the new folder is complete.
+    On error the temporary folder is removed; a kill leaves it hidden (never under the final name) and the
+    next write of ``path`` removes it. An existing ``path`` is swapped out only once the new folder is complete.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*path.parent.glob(f".{path.name}.*.partial"), *path.parent.glob(f".{path.name}.*.old")]:
+        pid = stale.name[len(path.name) + 2 :].split(".")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     old = path.with_name(f".{path.name}.{os.getpid()}.old")
     shutil.rmtree(tmp, ignore_errors=True)

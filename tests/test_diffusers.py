@@ -32,6 +32,7 @@ from goc_utils.paths import PROJECT_ROOT
 from goc_utils.priors import priors_for_run
 from goc_utils.sampling import generate, per_sample_inputs
 from goc_utils.vae import vae_spec
+from tests.conftest import small_dit
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +157,8 @@ def test_a_pipeline_folder_loads_onto_our_dit_and_supplies_its_vae(dit_pipe, tmp
     assert vae_spec(None, tmp_path / "p") == str(tmp_path / "p" / "vae")
     assert vae_spec("mse", tmp_path / "p") == "mse"
     assert vae_spec(None, None) == "ema"
+    assert vae_spec(None, None, "DiT-XL/2") == "ema"
+    assert vae_spec(None, None, "tiny-fashion").endswith("tiny_fashion_vae")
     untied = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, num_layers=2, sample_size=8)
     untied.save_pretrained(str(tmp_path / "untied"))  # freshly initialised: one embedder per block
     with pytest.raises(CheckpointError, match="per-block copies of norm1.emb.timestep_embedder differ"):
@@ -365,3 +368,21 @@ def test_measured_costs_match_what_is_known(backend):
     fbc = make_engine(wrapped, "diffusers:fbc:threshold=0", 20)
     assert engine_cost(fbc, macs, run)["macs_speedup"] == pytest.approx(1.0)
     assert torch.equal(_sample(wrapped, inputs, fbc.forward), _sample(wrapped, inputs, None))
+
+
+def test_export_replaces_only_its_own_folders_and_cleans_stale_partials(tmp_path):
+    model = small_dit()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not a DiT transformer folder written by goc export-diffusers"):
+        dd.export_diffusers(model, foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    out = tmp_path / "dit"
+    stale = tmp_path / ".dit.999999999.partial"  # left by a killed export (no such process)
+    stale.mkdir()
+    dd.export_diffusers(model, out)
+    dd.export_diffusers(small_dit(seed=1), out)  # its own export is replaced
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["dit", "foreign"]
+    torch.testing.assert_close(read_state_dict(out)["pos_embed"], model.pos_embed.detach())

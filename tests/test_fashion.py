@@ -208,3 +208,44 @@ def test_exported_dit_pipeline_loads_and_samples(tmp_path):
     images = pipe(class_labels=[7, 1], num_inference_steps=4, output_type="np",
                   generator=torch.Generator().manual_seed(0)).images  # fmt: skip
     assert images.shape == (2, 32, 32, 1) and np.isfinite(images).all()
+
+
+def _goc(*argv: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "goc_utils.cli", *argv], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def test_info_bench_and_inflections_work_out_of_the_box():
+    info = _goc("info", "--model", "tiny-fashion")
+    assert info.returncode == 0 and '"tokens": 16' in info.stdout
+    bench = _goc("bench", "--model", "tiny-fashion", "--methods", "none,fora-50+goc,l2c+goc:auto", "--batch", "2",
+                 "--repeats", "1", "--warmup", "0", "--cfg-scale", "4.0")  # fmt: skip
+    assert bench.returncode == 0, bench.stderr
+    assert "l2c+goc:auto" in bench.stdout  # the committed router and priors are found without flags
+    priors = str(paths.DATA_DIR / "priors" / "tiny-fashion_ddim20_cfg4.safetensors")
+    inflections = _goc("inflections", priors, "--schedule", "l2c", "--weight", "auto")
+    assert inflections.returncode == 0, inflections.stderr
+
+
+def test_eval_through_the_diffusers_backend_scores_with_the_judge(tmp_path):
+    proc = _goc("eval", "--model", "tiny-fashion", "--backend", "diffusers", "--methods", "none,fora-50+goc",
+                "--num-samples", "20", "--per-device-batch", "10", "--latency-repeats", "1",
+                "--out", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "results.md").read_text()
+    assert "fora-50+goc" in table and "agreement" in table.lower()
+
+
+def test_priors_of_two_classes(tmp_path):
+    out = tmp_path / "p.safetensors"
+    proc = _goc("priors", "--model", "tiny-fashion", "--classes", "0,7", "--steps", "4", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file()
+
+
+@needs_data
+def test_router_training_runs_on_the_tier_latents(tmp_path):
+    out = tmp_path / "r.pt"
+    proc = _goc("train-router", "--model", "tiny-fashion", "--train-steps", "2", "--batch-size", "4", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and "reuses" in proc.stdout

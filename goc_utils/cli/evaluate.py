@@ -86,7 +86,7 @@ def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=50000, help="images per method (default 50000)")
     p.add_argument("--per-device-batch", type=int, default=32, help="images per forward and per shard (default 32)")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
-    add_router_arguments(p, help_extra=" (default: the committed tiny router)")
+    add_router_arguments(p, help_extra=" (default: the tiny tier's committed router)")
     add_priors_argument(p)
     add_backend_argument(p)
 

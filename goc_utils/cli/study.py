@@ -158,7 +158,7 @@ def add_bench(p: argparse.ArgumentParser) -> None:
         default=",".join(DEFAULT_METHODS),
         help="comma-separated method strings, e.g. fora-50+goc:auto, fora-25+taylor:k=2, fora:interval=3",
     )
-    add_router_arguments(p, help_extra=" (default: the committed tiny-digits router; skipped without one)")
+    add_router_arguments(p, help_extra=" (default: the tiny tier's committed router; skipped without one)")
     add_priors_argument(p)
     add_backend_argument(p)
     add_sampling_arguments(p, seed_help=None)

@@ -83,7 +83,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, args.ckpt, args.image_size, device)
     if args.model == "tiny-fashion":
-        mean, std, scale = fashion_latents()
+        mean, std, scale = fashion_latents(cache_dir=paths.RUNS_DIR / "train_tiny_fashion")  # the DiT run's cache
         _, labels = load_fashion_tensors("train")
         batches = posterior_batches(mean, std, scale, labels)
     elif preset_info(args.model).latent:
