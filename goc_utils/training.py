@@ -337,11 +337,24 @@ def fit_classifier(
     seed: int,
     name: str,
     progress: bool = True,
+    checkpoint: Path | None = None,
 ) -> nn.Module:
-    """One training loop for both judges: AdamW (weight decay 1e-4), cross-entropy, shuffled epochs."""
+    """One training loop for both judges: AdamW (weight decay 1e-4), cross-entropy, shuffled epochs.
+
+    With ``checkpoint``, the state is saved there after every epoch and a rerun resumes from it with
+    identical results (the caller removes it once the weights are saved).
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc=f"train {name}", disable=not progress):
+    done = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        done = int(state["epoch"])
+    for epoch in tqdm(range(done, epochs), desc=f"train {name}", disable=not progress, initial=done, total=epochs):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
         for start in range(0, len(order), batch_size):
@@ -350,6 +363,10 @@ def fit_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if checkpoint is not None:
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
+                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}  # fmt: skip
+            atomic_torch_save(state, checkpoint)
     return model.eval()
 
 
@@ -391,12 +408,16 @@ def train_fashion_classifier(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     x_train, y_train = load_fashion_tensors("train")
+    checkpoint = paths.RUNS_DIR / "train_fashion_judge" / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     model = fit_classifier(
-        FashionClassifier(), x_train, y_train, _augment_fashion, epochs, 128, 2e-3, seed, "fashion judge", progress
-    )
+        FashionClassifier(), x_train, y_train, _augment_fashion, epochs, 128, 2e-3, seed, "fashion judge", progress,
+        checkpoint,
+    )  # fmt: skip
     x_test, y_test = load_fashion_tensors("test")
     accuracy = classifier_accuracy(model, x_test, y_test)
     out = Path(out or paths.FASHION_CLASSIFIER_WEIGHTS)
     atomic_save_safetensors(model.state_dict(), out, {"test_accuracy": f"{accuracy:.4f}", "epochs": str(epochs)})
+    checkpoint.unlink(missing_ok=True)
     torch.set_num_threads(previous_threads)
     return out, accuracy

@@ -8,8 +8,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from goc_utils.data import load_digits_tensors
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.training import DigitsClassifier, DiTTrainConfig, FashionClassifier, default_train_config, train_dit
+from goc_utils.training import (
+    DigitsClassifier,
+    DiTTrainConfig,
+    FashionClassifier,
+    _augment_digits,
+    default_train_config,
+    fit_classifier,
+    train_dit,
+)
 
 
 def test_interrupted_and_resumed_training_equals_one_run(tmp_path):
@@ -44,3 +53,18 @@ def test_each_tiny_preset_has_its_recipe_and_others_are_refused():
     assert default_train_config("tiny-fashion", threads=1).threads == 1
     with pytest.raises(InvalidArgumentError, match="tiny-digits, tiny-fashion"):
         default_train_config("DiT-XL/2")
+
+
+def test_judge_training_resumes_from_its_epoch_checkpoint_with_identical_weights(tmp_path):
+    images, labels = load_digits_tensors()
+    x, y = images[:256], labels[:256]
+
+    def fit(epochs: int, checkpoint):
+        torch.manual_seed(0)
+        return fit_classifier(DigitsClassifier(), x, y, _augment_digits, epochs, 64, 2e-3, 0, "t", False, checkpoint)
+
+    straight = fit(2, None)
+    fit(1, tmp_path / "c.pt")  # an interrupted run: one epoch saved
+    resumed = fit(2, tmp_path / "c.pt")
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -167,6 +167,9 @@ def _fashion_outputs() -> dict[str, list[Path]]:
 
 FASHION_PRIOR_CFGS = (1.5, 4.0)
 
+FASHION_ROUTER_RECIPE = ("--train-steps", "1000", "--lr", "0.05", "--l1", "2e-5")
+"""The committed tiny routers' recipe (tiny-digits' too): fewer, larger steps than L2C's DiT-XL/2 setting."""
+
 
 def _run_fashion_stage(stage: str, threads: int) -> None:
     from goc_utils.cli import main  # the package's entry point runs the router and priors stages as commands
@@ -183,7 +186,7 @@ def _run_fashion_stage(stage: str, threads: int) -> None:
     elif stage == "reference":
         print(f"reference batch -> {write_reference('tiny-fashion')}")
     elif stage == "router":
-        argv = ["train-router", "--model", "tiny-fashion", "--threads", str(threads),
+        argv = ["train-router", "--model", "tiny-fashion", "--threads", str(threads), *FASHION_ROUTER_RECIPE,
                 "--out", str(paths.TINY_FASHION_ROUTER)]  # fmt: skip
         if main(argv):
             raise InvalidArgumentError("router training failed (see above)")
