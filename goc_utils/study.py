@@ -20,10 +20,20 @@ from goc_utils.data import from_uint8, load_fashion_tensors, to_uint8
 from goc_utils.diffusers_dit import export_diffusers, load_transformer
 from goc_utils.diffusers_hooks import DiffusersDiT, apply_cache, remove_cache
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation import EvalSettings, parse_methods, read_results, rounded, run_eval, write_results
+from goc_utils.evaluation import (
+    EvalSettings,
+    eval_sample,
+    parse_methods,
+    read_results,
+    rounded,
+    run_eval,
+    write_results,
+)
 from goc_utils.macs import model_macs, theoretical_speedup
-from goc_utils.metrics.batches import batch_info
-from goc_utils.metrics.features import build_extractor, default_features, default_reference
+from goc_utils.metrics.adm import fid_bootstrap_std
+from goc_utils.metrics.batches import batch_info, read_labels
+from goc_utils.metrics.evaluate import reference_features, score_features
+from goc_utils.metrics.features import Features, build_extractor, default_features, default_reference, extract_cached
 from goc_utils.metrics.judges import predicted_classes, reference_images
 from goc_utils.models import check_preset, load_model, preset_info, resolve_device
 from goc_utils.priors import (
@@ -165,8 +175,9 @@ def fashion_tier_report(
       (``decode(posterior mean)``; 32x32 and the 28x28 garment area), plus :func:`fashion_vae_figure`.
     - Judge: top-1 accuracy on the 10,000 test images.
     - Un-cached DDIM-20 samples at cfg 1.5 against the test set (judge features), at each of ``fid_samples``
-      sample counts, with FID's bootstrap spread (``fid_bootstrap`` resamples). Samples are kept in
-      ``samples_dir`` (default ``runs/report/tiny-fashion``); a rerun only re-scores them.
+      sample counts (the first n of one run: samples are seeded one by one), with FID's bootstrap spread
+      (``fid_bootstrap`` resamples). Samples are kept in ``samples_dir`` (default ``runs/report/tiny-fashion``);
+      a rerun only re-scores them.
     """
     out_dir = Path(out_dir or paths.FIGURES_DIR)
     samples_dir = Path(samples_dir or paths.RUNS_DIR / "report" / "tiny-fashion")
@@ -184,15 +195,18 @@ def fashion_tier_report(
         {"quantity": "VAE reconstruction PSNR, 28x28 garment area (dB)", "value": f"{recon['psnr_28']:.2f}"},
         {"quantity": "judge accuracy, 10,000 test images", "value": f"{100 * accuracy:.1f}%"},
     ]
-    for n in fid_samples:
-        settings = EvalSettings(model="tiny-fashion", vae=vae_spec(None, None, "tiny-fashion"), cfg_scale=1.5,
-                                per_device_batch=250)  # fmt: skip
-        (row,) = run_eval(model, settings, ["none"], n, samples_dir / f"n{n}", default_reference("fashion"),
-                          extractor, vae, latency_repeats=1, fid_bootstrap=fid_bootstrap)  # fmt: skip
-        r = rounded(row)
+    settings = EvalSettings(model="tiny-fashion", vae=vae_spec(None, None, "tiny-fashion"), cfg_scale=1.5,
+                            per_device_batch=250)  # fmt: skip
+    npz = eval_sample(model, settings, "none", samples_dir, max(fid_samples), vae)  # per-sample seeds: nested subsets
+    ref = reference_features(default_reference("fashion"), extractor)
+    feats, labels = extract_cached(npz, extractor), read_labels(npz)
+    for n in sorted(fid_samples):
+        sub = Features(feats.pool[:n], feats.spatial[:n], feats.logits[:n])
+        r = score_features(ref, sub, labels[:n])
+        spread = fid_bootstrap_std(sub.pool, ref.stats, fid_bootstrap)
         rows += [
             {"quantity": f"FID vs the 10,000 test images, un-cached, cfg 1.5, {n:,} samples (+- bootstrap std, "
-                         f"{fid_bootstrap} resamples)", "value": f"{r.fid:.2f} +- {r.fid_std:.2f}"},
+                         f"{fid_bootstrap} resamples)", "value": f"{r.fid:.2f} +- {spread:.2f}"},
             {"quantity": f"sFID / IS / precision / recall, {n:,} samples",
              "value": f"{r.sfid:.2f} / {r.inception_score:.2f} / {r.precision:.3f} / {r.recall:.3f}"},
             {"quantity": f"judge agreement at cfg 1.5, {n:,} samples", "value": f"{100 * r.agreement:.1f}%"},

@@ -210,13 +210,14 @@ def test_goc_eval_table_and_goc_fid(tmp_path, capsys):
 
 def test_eval_commands_fail_in_one_line(tmp_path, capsys):
     write_npz(tmp_path / "x.npz", images=np.zeros((4, 8, 8, 1), np.uint8))
+    write_npz(tmp_path / "plain.npz", arr_0=np.zeros((4, 8, 8, 1), np.uint8))  # a batch that names no features
     cases = [
         (["fid", str(tmp_path / "x.npz"), str(paths.DIGITS_REFERENCE_BATCH), "--features", "digits"], "no arr_0"),
         (["eval", "--methods", "fora-50+magic", "--out", str(tmp_path / "o")], "unknown method"),
         (["eval", "--model", "DiT-S/8", "--out", str(tmp_path / "o")], "--ref-batch is required"),
         (["eval-sample", "--method", "none,fora-50", "--out", str(tmp_path / "o")], "takes one method"),
         (["eval-sample", "--num-samples", "0", "--out", str(tmp_path / "o")], "--num-samples must be >= 1"),
-        (["fid", str(paths.DIGITS_REFERENCE_BATCH), str(paths.DIGITS_REFERENCE_BATCH)], "Inception weights needed"),
+        (["fid", str(tmp_path / "plain.npz"), str(paths.DIGITS_REFERENCE_BATCH)], "Inception weights needed"),
     ]
     for argv, message in cases:
         env_weights = os.environ.pop("GOC_INCEPTION_WEIGHTS", None)
