@@ -261,8 +261,8 @@ class FashionClassifier(nn.Module):
 
     Three conv stages (32, 64, 128 channels, each followed by GELU and a 2x2 max pool), a 256-d
     penultimate layer and a linear head. Its roles (:class:`goc_utils.metrics.features.FashionExtractor`):
-    ``features(x)`` (256-d) for FID / precision / recall, ``spatial(x)`` (the second stage's map
-    before its pool, ``(N, 64, 16, 16)``) for sFID, the logits for the Inception Score.
+    ``features(x)`` (256-d) for FID / precision / recall, ``spatial(x)`` (the third stage's map before
+    its pool, ``(N, 128, 8, 8)``) for sFID, the logits for the Inception Score.
     """
 
     feature_dim = 256
@@ -277,11 +277,12 @@ class FashionClassifier(nn.Module):
         self.head = nn.Linear(self.feature_dim, 10)
 
     def spatial(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 64, 16, 16)`` activations of the second stage, before its pool."""
-        return self.stage2(self.stage1(x))
+        """``(N, 128, 8, 8)`` activations of the third stage, before its pool."""
+        return self.stage3[:3](self.stage2(self.stage1(x)))
 
     def features_from_spatial(self, spatial: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.fc(self.dropout(self.stage3(spatial).flatten(1))))
+        """The 256-d penultimate features from :meth:`spatial`'s map."""
+        return F.gelu(self.fc(self.dropout(self.stage3[3](spatial).flatten(1))))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_from_spatial(self.spatial(x))

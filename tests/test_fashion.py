@@ -155,7 +155,7 @@ def test_judge_is_deterministic_and_accurate_on_the_test_set(test_images):
     a, b = extractor(images[:300]), build_extractor("fashion")(images[:300])
     for field in ("pool", "spatial", "logits"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-    assert a.pool.shape == (300, 256) and a.spatial.shape == (300, 16 * 16 * 7) and a.logits.shape == (300, 10)
+    assert a.pool.shape == (300, 256) and a.spatial.shape == (300, 8 * 8 * 7) and a.logits.shape == (300, 10)
     assert class_agreement(images, labels, "tiny-fashion") >= 0.90
 
 

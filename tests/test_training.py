@@ -44,7 +44,7 @@ def test_judge_shapes():
     assert model(x).shape == (5, 10) and model.features(x).shape == (5, DigitsClassifier.feature_dim)
     fashion = FashionClassifier().eval()
     x = torch.randn(5, 1, 32, 32)
-    assert fashion.spatial(x).shape == (5, 64, 16, 16) and fashion.features(x).shape == (5, 256)
+    assert fashion.spatial(x).shape == (5, 128, 8, 8) and fashion.features(x).shape == (5, 256)
     torch.testing.assert_close(fashion(x), fashion.head(fashion.features_from_spatial(fashion.spatial(x))))
 
 

@@ -8,7 +8,7 @@ streams an ADM ``.npz`` through one with a progress bar.
 |---|---|---|---|
 | ``inception`` | ``pool_3`` 2048-d | ``mixed_6/conv``[..., :7] 17x17x7 | 1008 (no bias) |
 | ``digits`` | penultimate 128-d | 2nd conv (pre-pool) [..., :7] 8x8x7 | 10 digits |
-| ``fashion`` | penultimate 256-d | 2nd stage (pre-pool) [..., :7] 16x16x7 | 10 garments |
+| ``fashion`` | penultimate 256-d | 3rd stage (pre-pool) [..., :7] 8x8x7 | 10 garments |
 
 A judge's features (``digits``, ``fashion``) also give class agreement with the samples' labels.
 """
@@ -113,7 +113,7 @@ class FashionExtractor(FeatureExtractor):
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         net = self.network
-        feature_map = net.spatial(x.permute(0, 3, 1, 2).float() / 127.5 - 1.0)  # (n, 64, 16, 16)
+        feature_map = net.spatial(x.permute(0, 3, 1, 2).float() / 127.5 - 1.0)  # (n, 128, 8, 8)
         spatial = feature_map[:, :7].permute(0, 2, 3, 1).flatten(1)
         pool = net.features_from_spatial(feature_map)
         return pool, spatial, net.head(pool)
