@@ -97,6 +97,27 @@ def atomic_save_safetensors(
     return Path(path)
 
 
+def save_training_state(path: str | Path, counter: str, value: int, generator: torch.Generator, **parts) -> Path:
+    """A resumable checkpoint, atomically: each part's ``state_dict()`` (modules, optimisers), the random
+    generator of the batches, torch's global RNG and ``{counter: value}`` (steps or epochs done)."""
+    state = {name: part.state_dict() for name, part in parts.items()}
+    state.update({counter: value, "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
+    return atomic_torch_save(state, path)
+
+
+def restore_training_state(path: str | Path, counter: str, generator: torch.Generator, **parts) -> int:
+    """Load a :func:`save_training_state` checkpoint into ``parts`` and the RNGs; returns ``counter``'s value
+    (0 when there is no checkpoint, and then nothing is touched)."""
+    if not Path(path).is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state[counter])
+
+
 def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     """Write an ``.npz`` deterministically (fixed zip timestamps) and atomically (temp + rename).
 

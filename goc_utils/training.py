@@ -30,7 +30,7 @@ from goc_utils import paths
 from goc_utils.data import load_digits_tensors, load_fashion_tensors, train_test_split_indices
 from goc_utils.diffusion import create_diffusion
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.files import atomic_save_safetensors, atomic_torch_save
+from goc_utils.files import atomic_save_safetensors, atomic_torch_save, restore_training_state, save_training_state
 from goc_utils.models import create_model, preset_info
 
 TRAINABLE_PRESETS = ("tiny-digits", "tiny-fashion")
@@ -162,29 +162,10 @@ def train_dit(
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     diffusion = create_diffusion("")
     generator = torch.Generator().manual_seed(config.seed)
-    step = 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step = int(state["step"])
+    step = restore_training_state(ckpt_path, "step", generator, model=model, ema=ema, opt=opt)
 
     def save_checkpoint() -> None:
-        atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "opt": opt.state_dict(),
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "config": json.dumps(asdict(config)),
-            },
-            ckpt_path,
-        )
+        save_training_state(ckpt_path, "step", step, generator, model=model, ema=ema, opt=opt)
         atomic_save_safetensors(ema.state_dict(), run_dir / "ema_latest.safetensors", {"step": str(step)})
 
     model.train()
@@ -249,8 +230,16 @@ class DigitsClassifier(nn.Module):
         self.fc = nn.Linear(64 * 4 * 4, self.feature_dim)
         self.head = nn.Linear(self.feature_dim, 10)
 
+    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 64, 8, 8)`` activations of the second conv (after its GELU), before the max pool."""
+        return self.conv[:4](x)
+
+    def features_from_spatial(self, spatial: torch.Tensor) -> torch.Tensor:
+        """The 128-d penultimate features from :meth:`spatial`'s map."""
+        return F.gelu(self.fc(self.conv[4](spatial).flatten(1)))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.fc(self.conv(x).flatten(1)))
+        return self.features_from_spatial(self.spatial(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -260,7 +249,7 @@ class FashionClassifier(nn.Module):
     """The tiny-fashion judge: a CNN on padded 32x32 Fashion-MNIST in [-1, 1], ``(N, 1, 32, 32)`` -> logits ``(N, 10)``.
 
     Three conv stages (32, 64, 128 channels, each followed by GELU and a 2x2 max pool), a 256-d
-    penultimate layer and a linear head. Its roles (:class:`goc_utils.metrics.features.FashionExtractor`):
+    penultimate layer and a linear head. Its roles (:class:`goc_utils.metrics.features.JudgeExtractor`):
     ``features(x)`` (256-d) for FID / precision / recall, ``spatial(x)`` (the third stage's map before
     its pool, ``(N, 128, 8, 8)``) for sFID, the logits for the Inception Score.
     """
@@ -347,14 +336,7 @@ def fit_classifier(
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
-    done = 0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        done = int(state["epoch"])
+    done = restore_training_state(checkpoint, "epoch", generator, model=model, opt=opt) if checkpoint else 0
     for epoch in tqdm(range(done, epochs), desc=f"train {name}", disable=not progress, initial=done, total=epochs):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
@@ -365,9 +347,7 @@ def fit_classifier(
             loss.backward()
             opt.step()
         if checkpoint is not None:
-            state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
-                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}  # fmt: skip
-            atomic_torch_save(state, checkpoint)
+            save_training_state(checkpoint, "epoch", epoch + 1, generator, model=model, opt=opt)
     return model.eval()
 
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from goc_utils import paths
 from goc_utils.data import load_fashion_tensors, to_uint8
-from goc_utils.files import atomic_torch_save, atomic_write_dir
+from goc_utils.files import atomic_write_dir, restore_training_state, save_training_state
 from goc_utils.metrics.fidelity import psnr
 
 
@@ -139,14 +139,7 @@ def train_fashion_vae(
     vae = build_vae(config.channels)
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
-    step = 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step = int(state["step"])
+    step = restore_training_state(ckpt_path, "step", generator, model=vae, opt=opt)
 
     vae.train()
     bar = tqdm(total=config.steps, initial=step, desc="train tiny-fashion VAE", disable=not progress)
@@ -181,11 +174,7 @@ def train_fashion_vae(
                 bar.set_postfix(psnr=f"{train_psnr:.2f}", kl=f"{kl_mean:.0f}")
                 running = []
             if step % config.checkpoint_every == 0 or step == config.steps:
-                atomic_torch_save(
-                    {"model": vae.state_dict(), "opt": opt.state_dict(), "generator": generator.get_state(),
-                     "torch_rng": torch.get_rng_state(), "step": step, "config": json.dumps(asdict(config))},
-                    ckpt_path,
-                )
+                save_training_state(ckpt_path, "step", step, generator, model=vae, opt=opt)
     bar.close()
     vae.eval()
     scale = measure_scaling_factor(vae, images, seed=config.seed)

@@ -88,32 +88,19 @@ class InceptionExtractor(FeatureExtractor):
         return self.network(x)
 
 
-class DigitsExtractor(FeatureExtractor):
-    """The committed digits classifier as the tiny study's Inception."""
+class JudgeExtractor(FeatureExtractor):
+    """A tiny tier's judge as its Inception: ``spatial`` from the judge's :meth:`spatial` map (first 7
+    channels, as the ADM evaluator keeps 7 of ``mixed_6/conv``), ``pool`` its penultimate features, its logits."""
 
-    name = "digits"
-    image_shape = (8, 8, 1)
     judges_classes = True
+
+    def __init__(self, name: str, network: torch.nn.Module, image_shape: tuple[int, int, int], device="cpu") -> None:
+        super().__init__(network, device)
+        self.name, self.image_shape = name, image_shape
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         net = self.network
-        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        feature_map = net.conv[:4](x)  # second conv + GELU, before the max pool: (n, 64, 8, 8)
-        spatial = feature_map[:, :7].permute(0, 2, 3, 1).flatten(1)
-        pool = torch.nn.functional.gelu(net.fc(net.conv[4](feature_map).flatten(1)))
-        return pool, spatial, net.head(pool)
-
-
-class FashionExtractor(FeatureExtractor):
-    """The committed Fashion-MNIST judge as the tiny-fashion tier's Inception."""
-
-    name = "fashion"
-    image_shape = (32, 32, 1)
-    judges_classes = True
-
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        net = self.network
-        feature_map = net.spatial(x.permute(0, 3, 1, 2).float() / 127.5 - 1.0)  # (n, 128, 8, 8)
+        feature_map = net.spatial(x.permute(0, 3, 1, 2).float() / 127.5 - 1.0)
         spatial = feature_map[:, :7].permute(0, 2, 3, 1).flatten(1)
         pool = net.features_from_spatial(feature_map)
         return pool, spatial, net.head(pool)
@@ -126,9 +113,9 @@ def build_extractor(
     if name == "inception":
         return InceptionExtractor(load_inception(inception_weights), device)
     if name == "digits":
-        return DigitsExtractor(load_digits_classifier(), device)
+        return JudgeExtractor("digits", load_digits_classifier(), (8, 8, 1), device)
     if name == "fashion":
-        return FashionExtractor(load_fashion_classifier(), device)
+        return JudgeExtractor("fashion", load_fashion_classifier(), (32, 32, 1), device)
     raise InvalidArgumentError(f"unknown feature extractor {name!r}; choose one of {', '.join(FEATURE_EXTRACTORS)}")
 
 
@@ -174,8 +161,7 @@ def extract_cached(path: str | Path, extractor: FeatureExtractor, progress: bool
 
 __all__ = [
     "FEATURE_EXTRACTORS",
-    "DigitsExtractor",
-    "FashionExtractor",
+    "JudgeExtractor",
     "FeatureExtractor",
     "Features",
     "InceptionExtractor",
