@@ -78,13 +78,17 @@ def test_missing_data_is_one_line_naming_the_package_and_the_variable(tmp_path, 
         load_fashion_mnist("test")
 
 
-def test_train_fashion_without_data_fails_in_one_line(tmp_path):
+def test_training_without_data_fails_in_one_line(tmp_path):
     env = {"PATH": "/usr/bin:/bin", FASHION_MNIST_ENV: str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "goc_utils.cli", "train-fashion"], capture_output=True, text=True, env=env, timeout=120
-    )
+    argv = [sys.executable, "-m", "goc_utils.cli", "train-classifier", "--model", "tiny-fashion",
+            "--out", str(tmp_path / "judge.safetensors")]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "apt-get install dataset-fashion-mnist" in proc.stderr
+    assert not (tmp_path / "judge.safetensors").exists()
+    bad = subprocess.run([sys.executable, "-m", "goc_utils.cli", "train-fashion", "--stages", "vae,gan"],
+                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "unknown stage(s) gan" in bad.stderr and bad.stderr.count("\n") == 1
 
 
 @needs_data

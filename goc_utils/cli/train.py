@@ -130,6 +130,8 @@ def add_train_router(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
+    if args.epochs is not None and args.epochs < 1:
+        raise InvalidArgumentError(f"--epochs must be >= 1 (got {args.epochs})")
     out = Path(args.out) if args.out else None
     if args.model == "tiny-fashion":
         out, accuracy = train_fashion_classifier(epochs=args.epochs or 8, seed=args.seed, out=out)
@@ -199,20 +201,22 @@ def _run_fashion_stage(stage: str, threads: int) -> None:
 
 
 def cmd_train_fashion(args: argparse.Namespace) -> int:
-    load_fashion_mnist("test")  # the data must be there before anything starts (one line if not)
     stages = FASHION_STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
     unknown = [s for s in stages if s not in FASHION_STAGES]
     if unknown:
         raise InvalidArgumentError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(FASHION_STAGES)}")
+    if args.threads is not None and args.threads < 1:
+        raise InvalidArgumentError(f"--threads must be >= 1 (got {args.threads})")
     outputs = _fashion_outputs()
+    todo = [s for s in FASHION_STAGES if s in stages and not all(path.exists() for path in outputs[s])]
+    if any(stage != "priors" for stage in todo):
+        load_fashion_mnist("test")  # the data must be there before anything starts (one line if not)
     for stage in FASHION_STAGES:
-        if stage not in stages:
-            continue
-        if all(path.exists() for path in outputs[stage]):
+        if stage in stages and stage not in todo:
             print(f"[{stage}] done: {', '.join(str(p.relative_to(paths.PROJECT_ROOT)) for p in outputs[stage])}")
-            continue
-        print(f"[{stage}] training ...", flush=True)
-        _run_fashion_stage(stage, args.threads)
+        elif stage in todo:
+            print(f"[{stage}] training ...", flush=True)
+            _run_fashion_stage(stage, args.threads)
     return 0
 
 
