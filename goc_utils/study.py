@@ -127,7 +127,7 @@ def tiny_report(
         [np.arange(c * per_class, c * per_class + min(grid_per_class, per_class)) for c in range(model.num_classes)]
     )
     best = rows[cfg_scales.index(max(cfg_scales))]
-    what = "digit" if preset == "tiny-digits" else "class (Fashion-MNIST label order)"
+    what = "digit" if preset == "tiny-digits" else "class"
     save_labelled_grid(
         result.images[pick],
         result.labels[pick],
@@ -168,6 +168,7 @@ def fashion_tier_report(
     fid_bootstrap: int = 20,
     samples_dir: Path | None = None,
     out_dir: Path | None = None,
+    ckpt: str | Path | None = None,
 ) -> dict:
     """The tiny-fashion tier measured: VAE, judge, un-cached FID; writes ``figures/00_fashion_tier.md|csv``.
 
@@ -187,7 +188,7 @@ def fashion_tier_report(
     recon = reconstruction_psnr(vae, test_x)
     fashion_vae_figure(vae, out_dir=out_dir)
     accuracy = classifier_accuracy(load_fashion_classifier(), test_x, test_y)
-    model = load_model("tiny-fashion")
+    model = load_model("tiny-fashion", ckpt)
     extractor = build_extractor("fashion")
     rows = [
         {"quantity": "VAE scaling_factor (1 / std of the training latents)", "value": f"{latent_scale(vae):.5g}"},
@@ -195,8 +196,8 @@ def fashion_tier_report(
         {"quantity": "VAE reconstruction PSNR, 28x28 garment area (dB)", "value": f"{recon['psnr_28']:.2f}"},
         {"quantity": "judge accuracy, 10,000 test images", "value": f"{100 * accuracy:.1f}%"},
     ]
-    settings = EvalSettings(model="tiny-fashion", vae=vae_spec(None, None, "tiny-fashion"), cfg_scale=1.5,
-                            per_device_batch=250)  # fmt: skip
+    settings = EvalSettings(model="tiny-fashion", ckpt=None if ckpt is None else str(ckpt), cfg_scale=1.5,
+                            vae=vae_spec(None, None, "tiny-fashion"), per_device_batch=250)  # fmt: skip
     npz = eval_sample(model, settings, "none", samples_dir, max(fid_samples), vae)  # per-sample seeds: nested subsets
     ref = reference_features(default_reference("fashion"), extractor)
     feats, labels = extract_cached(npz, extractor), read_labels(npz)

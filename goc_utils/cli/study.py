@@ -50,7 +50,8 @@ def cmd_tiny_report(args: argparse.Namespace) -> int:
             f"({r.images_per_second:.0f} images/s)"
         )
     if args.model == "tiny-fashion":
-        report = fashion_tier_report([int(n) for n in parts], out_dir=Path(args.out_dir) if args.out_dir else None)
+        out_dir = Path(args.out_dir) if args.out_dir else None
+        report = fashion_tier_report([int(n) for n in parts], ckpt=args.ckpt, out_dir=out_dir)
         for quantity, value in report.items():
             print(f"{quantity}: {value}")
     return 0
