@@ -57,7 +57,7 @@ def add_train_tiny(p: argparse.ArgumentParser) -> None:
     tiny-digits on the digits' pixels, tiny-fashion on the tier VAE's latents of Fashion-MNIST."""
     p.add_argument("--model", choices=TRAINABLE_PRESETS, default="tiny-digits", help="preset (default tiny-digits)")
     p.add_argument(
-        "--train-steps", type=int, default=None, help="optimiser steps (tiny-digits 20000, tiny-fashion 6000)"
+        "--train-steps", type=int, default=None, help="optimiser steps (tiny-digits 20000, tiny-fashion 8000)"
     )
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default 128)")
     p.add_argument("--lr", type=number, default=None, help="AdamW learning rate (default 4e-4)")
