@@ -149,17 +149,19 @@ def tiny_report(
 
 
 def fashion_vae_figure(vae, per_class: int = 2, out_dir: Path | None = None) -> Path:
-    """Test images (the first ``per_class`` of each class) above their VAE reconstructions: ``00_fashion_vae``."""
+    """Test images (the first ``per_class`` of each class, one per column) each above its VAE reconstruction:
+    ``00_fashion_vae``, rows alternating original / ``decode(encode(x))``."""
     images, labels = reference_images("tiny-fashion")
-    pick = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
-    with torch.no_grad():
-        x = from_uint8(images[pick])
-        recon = to_uint8(vae.decode(vae.encode(x).latent_dist.mean).sample)
-    both = np.concatenate([images[pick], recon])
+    rows = []
+    for k in range(per_class):
+        pick = np.array([np.flatnonzero(labels == c)[k] for c in range(10)])
+        with torch.no_grad():
+            recon = to_uint8(vae.decode(vae.encode(from_uint8(images[pick])).latent_dist.mean).sample)
+        rows += [images[pick], recon]
     out = Path(out_dir or paths.FIGURES_DIR) / "00_fashion_vae.png"
     return save_labelled_grid(
-        both, np.concatenate([labels[pick]] * 2), out, nrow=len(pick),
-        title="tiny-fashion VAE: test images (top) and decode(encode(x)) (bottom), 32x32 -> 8x8x4 -> 32x32",
+        np.concatenate(rows), np.zeros(20 * per_class, dtype=int), out, nrow=10,
+        title="tiny-fashion VAE (32x32 -> 8x8x4 -> 32x32): test images, each above its reconstruction",
     )  # fmt: skip
 
 

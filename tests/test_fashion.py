@@ -181,7 +181,7 @@ def test_tiny_fashion_samples_through_its_vae_and_the_judge_recognises_them():
     labels = [c for c in range(10) for _ in range(5)]
     result = generate(model, labels, seed=0, steps=20, cfg_scale=4.0, vae=vae)
     assert result.final.shape == (50, 4, 8, 8) and result.images.shape == (50, 32, 32, 1)
-    assert class_agreement(result.images, np.array(labels), "tiny-fashion") >= 0.7
+    assert class_agreement(result.images, np.array(labels), "tiny-fashion") >= 0.85  # 95.6% on 1,000 (report)
 
 
 def test_goc_sample_cli_writes_a_grid_and_an_npz(tmp_path):
