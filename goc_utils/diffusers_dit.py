@@ -311,9 +311,13 @@ def export_diffusers(model, out: str | Path, vae=None, class_names: Sequence[str
         else:
             scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                                       clip_sample=False)  # fmt: skip
-            id2label = {i: name for i, name in enumerate(class_names)} if class_names else None
-            pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler, id2label=id2label)
-            pipe.save_pretrained(str(tmp), safe_serialization=True)
+            DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler).save_pretrained(
+                str(tmp), safe_serialization=True
+            )
+            if class_names:  # DiTPipeline takes id2label from model_index.json (as facebook/DiT-XL-2-256's)
+                index = json.loads((tmp / "model_index.json").read_text())
+                index["id2label"] = {str(i): name for i, name in enumerate(class_names)}
+                (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from goc_utils.cache import build_schedule
+from goc_utils.cache.l2c import default_router
 from goc_utils.cli.common import (
     add_model_arguments,
     add_router_arguments,
@@ -89,7 +90,8 @@ def add_priors(p: argparse.ArgumentParser) -> None:
 
 def cmd_inflections(args: argparse.Namespace) -> int:
     stats = PriorStats.load(args.priors)
-    options = {"router": args.router, "thres": args.router_thres} if args.schedule == "l2c" else {}
+    router = args.router or default_router(stats.model, stats.steps)  # the tiny tiers' committed routers
+    options = {"router": router, "thres": args.router_thres} if args.schedule == "l2c" else {}
     schedule = build_schedule(args.schedule, stats.steps, stats.depth, **options)
     w = schedule.reference_weight if args.weight is None else args.weight
     auto = auto_goc(stats, schedule, "auto", w, args.coupling, args.granularity, args.source)
