@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from goc_utils.models import DiT
+from goc_utils.model.dit import DiT
 from goc_utils.paths import PROJECT_ROOT
 
 REFERENCE_DIR_VARIABLE = "GOC_REFERENCE_DIR"

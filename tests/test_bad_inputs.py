@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from goc_utils import vae as vae_module
 from goc_utils.cli import main
 from goc_utils.errors import VAEError
+from goc_utils.model import vae as vae_module
 from tests.conftest import router_file
 
 

@@ -11,9 +11,9 @@ import torch
 from goc_utils.cache import CacheEngine, ScheduleError, build_compensator, build_schedule
 from goc_utils.cache.method import CacheMethod
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.macs import model_macs, theoretical_speedup
-from goc_utils.models import create_model
-from goc_utils.sampling import generate
+from goc_utils.evaluation.sampling import generate
+from goc_utils.model.dit import create_model
+from goc_utils.model.macs import model_macs, theoretical_speedup
 from tests.conftest import router_file, small_dit
 
 FORA_50_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
@@ -417,7 +417,7 @@ def test_dit_xl2_macs(tmp_path):
 
 def test_router_training_writes_the_official_format_and_leaves_the_dit_frozen(model, tmp_path):
     from goc_utils.cache.l2c import load_router_logits
-    from goc_utils.cache.l2c_training import RouterTrainConfig, save_router, tensor_batches, train_router
+    from goc_utils.training.routers import RouterTrainConfig, save_router, tensor_batches, train_router
 
     torch.manual_seed(0)
     images, labels = torch.randn(32, 1, 8, 8).clamp(-1, 1), torch.randint(0, 10, (32,))

@@ -18,20 +18,20 @@ from diffusers import (
     PixArtTransformer2DModel,
 )
 
-from goc_utils import diffusers_dit as dd
-from goc_utils.bench import engine_cost, make_engine
 from goc_utils.cache import CacheMethod
 from goc_utils.cache.l2c import default_router
-from goc_utils.diffusers_hooks import DiffusersDiT, UnitCounter, apply_cache, remove_cache
-from goc_utils.diffusers_peers import diffusers_backend, parse_peer
 from goc_utils.errors import CheckpointError, InvalidArgumentError
-from goc_utils.evaluation import parse_methods
-from goc_utils.macs import model_macs, theoretical_speedup
-from goc_utils.models import create_model, get_2d_sincos_pos_embed, load_model, read_state_dict
+from goc_utils.evaluation.bench import engine_cost, make_engine
+from goc_utils.evaluation.eval import parse_methods
+from goc_utils.evaluation.sampling import generate, per_sample_inputs
+from goc_utils.integrations.diffusers import transformer as dd
+from goc_utils.integrations.diffusers.hooks import DiffusersDiT, UnitCounter, apply_cache, remove_cache
+from goc_utils.integrations.diffusers.peers import diffusers_backend, parse_peer
+from goc_utils.model.dit import create_model, get_2d_sincos_pos_embed, load_model, read_state_dict
+from goc_utils.model.macs import model_macs, theoretical_speedup
+from goc_utils.model.vae import vae_spec
 from goc_utils.paths import PROJECT_ROOT
-from goc_utils.priors import priors_for_run
-from goc_utils.sampling import generate, per_sample_inputs
-from goc_utils.vae import vae_spec
+from goc_utils.priors.stats import priors_for_run
 from tests.conftest import small_dit
 
 
@@ -283,7 +283,7 @@ def test_the_engine_through_the_hooks_equals_the_native_engine(exported, text):
 
 
 def test_priors_through_the_hooks_equal_native_priors(exported):
-    from goc_utils.priors import extract_priors
+    from goc_utils.priors.stats import extract_priors
 
     model = load_model("tiny-digits", ckpt=exported)
     wrapped = DiffusersDiT(dd.load_transformer(exported))

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from goc_utils.diffusion import (
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.model.diffusion import (
     cfg_denoiser,
     create_diffusion,
     guidance_channels,
     linear_betas,
     space_timesteps,
 )
-from goc_utils.errors import InvalidArgumentError
 
 # Timesteps kept by ADM's space_timesteps(1000, N) (guided-diffusion respace.py), recorded from the reference.
 ADM_TIMESTEPS = {

@@ -16,9 +16,9 @@ from goc_utils import paths
 from goc_utils.cache import CacheMethod, without_router
 from goc_utils.cli import main
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation import EvalSettings, eval_sample, method_folder, parse_methods, read_results
-from goc_utils.models import load_model
-from goc_utils.sampling import SAMPLES_NAME, per_sample_inputs, sample_to_npz, write_npz
+from goc_utils.evaluation.eval import EvalSettings, eval_sample, method_folder, parse_methods, read_results
+from goc_utils.evaluation.sampling import SAMPLES_NAME, per_sample_inputs, sample_to_npz, write_npz
+from goc_utils.model.dit import load_model
 
 GOC = [sys.executable, "-m", "goc_utils.cli"]
 ENV = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
@@ -81,7 +81,7 @@ def test_resume_redoes_only_missing_or_torn_shards(tiny, tmp_path):
 
 
 def test_finished_run_is_not_rewritten_and_features_are_reused(tiny, tmp_path, monkeypatch):
-    from goc_utils.metrics import features
+    from goc_utils.evaluation.metrics import features
 
     settings = EvalSettings(steps=4, per_device_batch=4)
     path = eval_sample(tiny, settings, "none", tmp_path, 8, progress=False)
@@ -233,8 +233,8 @@ def test_committed_table_bytes_do_not_depend_on_the_thread_count(tmp_path):
     """What `make study` commits is rounded so that CPU-dependent float differences do not reach the bytes."""
     import torch
 
-    from goc_utils.evaluation import EvalSettings, run_eval, write_results
-    from goc_utils.metrics.features import build_extractor
+    from goc_utils.evaluation.eval import EvalSettings, run_eval, write_results
+    from goc_utils.evaluation.metrics.features import build_extractor
 
     model, extractor = load_model("tiny-digits"), build_extractor("digits", "cpu", None)
     settings = EvalSettings(

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from goc_utils import paths
-from goc_utils.data import (
+from goc_utils.datasets import (
     FASHION_MNIST_ENV,
     DatasetMissingError,
     fashion_mnist_available,
@@ -23,13 +23,13 @@ from goc_utils.data import (
     load_fashion_mnist,
     load_fashion_tensors,
 )
-from goc_utils.metrics.batches import batch_features
-from goc_utils.metrics.features import build_extractor
-from goc_utils.metrics.judges import class_agreement
-from goc_utils.models import create_model, load_model, model_info
-from goc_utils.sampling import generate
-from goc_utils.vae import latent_scale, load_vae
-from goc_utils.vae_training import build_vae, measure_scaling_factor, reconstruction_psnr
+from goc_utils.evaluation.metrics.batches import batch_features
+from goc_utils.evaluation.metrics.features import build_extractor
+from goc_utils.evaluation.metrics.judges import class_agreement
+from goc_utils.evaluation.sampling import generate
+from goc_utils.model.dit import create_model, load_model, model_info
+from goc_utils.model.vae import latent_scale, load_vae
+from goc_utils.training.vae import build_vae, measure_scaling_factor, reconstruction_psnr
 
 needs_data = pytest.mark.skipif(
     not fashion_mnist_available(),

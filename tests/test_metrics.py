@@ -9,7 +9,7 @@ from scipy.special import softmax
 
 from goc_utils import paths
 from goc_utils.errors import CheckpointError, InvalidArgumentError
-from goc_utils.metrics.adm import (
+from goc_utils.evaluation.metrics.adm import (
     FIDStatistics,
     MetricError,
     compute_statistics,
@@ -17,12 +17,18 @@ from goc_utils.metrics.adm import (
     manifold_radii,
     precision_recall,
 )
-from goc_utils.metrics.batches import BatchFileError, batch_info, check_same_size, iter_images, read_statistics
-from goc_utils.metrics.evaluate import evaluate_batches
-from goc_utils.metrics.features import build_extractor, extract
-from goc_utils.metrics.fidelity import file_fidelity, psnr, ssim
-from goc_utils.metrics.inception import FIDInception, load_inception, random_inception, resize_bilinear_tf1
-from goc_utils.sampling import write_npz
+from goc_utils.evaluation.metrics.batches import (
+    BatchFileError,
+    batch_info,
+    check_same_size,
+    iter_images,
+    read_statistics,
+)
+from goc_utils.evaluation.metrics.evaluate import evaluate_batches
+from goc_utils.evaluation.metrics.features import build_extractor, extract
+from goc_utils.evaluation.metrics.fidelity import file_fidelity, psnr, ssim
+from goc_utils.evaluation.metrics.inception import FIDInception, load_inception, random_inception, resize_bilinear_tf1
+from goc_utils.evaluation.sampling import write_npz
 
 # ----------------------------------------------------------------------------- FID
 
@@ -308,7 +314,7 @@ def test_file_fidelity_streams_the_same_numbers(tmp_path):
 
 
 def test_inception_score_is_nan_when_probabilities_underflow_as_in_the_evaluator(capfd):
-    from goc_utils.metrics.adm import inception_score
+    from goc_utils.evaluation.metrics.adm import inception_score
 
     logits = np.array([[0.0, 200.0, 0.0], [200.0, 0.0, 0.0], [0.0, 0.0, 200.0]], dtype=np.float32)
     assert np.isnan(inception_score(logits))  # softmax underflows to 0: 0 * log 0 = NaN (evaluator.py too)
@@ -318,7 +324,7 @@ def test_inception_score_is_nan_when_probabilities_underflow_as_in_the_evaluator
 
 
 def test_half_precision_distances_fall_back_to_float32_when_squared_norms_overflow():
-    from goc_utils.metrics.adm import pairwise_sq_distances
+    from goc_utils.evaluation.metrics.adm import pairwise_sq_distances
 
     big_u, big_v = np.full((1, 4), 300.0), np.array([[300.0, 300.0, 300.0, 300.4]])  # |u|^2 = 360000 > 65504
     half_inputs = pairwise_sq_distances(np.full((1, 4), 300.0), np.full((1, 4), 300.0) + [0, 0, 0, 0.5], "float32")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from goc_utils.errors import CheckpointError, UnknownPresetError
-from goc_utils.models import (
+from goc_utils.model.dit import (
     ATTENTION,
     MLP,
     DiT_models,

@@ -10,8 +10,8 @@ import pytest
 from goc_utils.cache import COMPENSATORS, register_compensator
 from goc_utils.cache.compensator import ReuseCompensator
 from goc_utils.cli import main
-from goc_utils.models import load_model
-from goc_utils.widgets import ThresholdExplorer
+from goc_utils.model.dit import load_model
+from goc_utils.study.threshold_explorer import ThresholdExplorer
 
 
 @dataclass

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from goc_utils.notebooks import NotebookError, run_notebooks, study_notebooks
+from goc_utils.study.notebooks import NotebookError, run_notebooks, study_notebooks
 
 NOTEBOOKS = study_notebooks()
 
@@ -69,7 +69,7 @@ def test_the_long_ablations_notebook_runs_only_when_named_or_in_smoke_mode():
 def test_smoke_runs_never_write_the_committed_figures(tmp_path, monkeypatch, capfd):
     from goc_utils import paths
     from goc_utils.cli import main
-    from goc_utils.notebooks import figures_dir_for
+    from goc_utils.study.notebooks import figures_dir_for
 
     monkeypatch.delenv("GOC_FIGURES_DIR", raising=False)
     assert figures_dir_for(smoke=True) == paths.RUNS_DIR / "smoke" / "figures"

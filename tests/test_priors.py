@@ -9,7 +9,8 @@ import torch
 from goc_utils.cache import build_schedule
 from goc_utils.cache.method import CacheMethod
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.priors import (
+from goc_utils.evaluation.sampling import draw_noise, generate
+from goc_utils.priors.stats import (
     PriorsError,
     PriorStats,
     calibrate_weight,
@@ -20,7 +21,6 @@ from goc_utils.priors import (
     simulate_goc,
     step_similarity,
 )
-from goc_utils.sampling import draw_noise, generate
 from tests.conftest import small_dit
 
 
@@ -154,7 +154,7 @@ def test_replay_follows_the_coupling(model, coupling):
 
 
 def test_sketch_is_unbiased_for_inner_products():
-    from goc_utils.priors import sketch_features
+    from goc_utils.priors.stats import sketch_features
 
     rng = torch.Generator().manual_seed(1)
     x = torch.randn(2, 64, 256, generator=rng)
@@ -254,9 +254,9 @@ def test_goc_auto_resolves_from_priors(model):
 def test_automatic_steps_and_weight_on_held_out_samples():
     """Priors from seeds 0-4 (committed); evaluation on 200 other samples (the eval harness's per-sample seeds)."""
     from goc_utils import paths
-    from goc_utils.models import load_model
-    from goc_utils.priors import default_priors_path
-    from goc_utils.sampling import per_sample_inputs
+    from goc_utils.evaluation.sampling import per_sample_inputs
+    from goc_utils.model.dit import load_model
+    from goc_utils.priors.stats import default_priors_path
 
     torch.set_grad_enabled(False)
     model = load_model("tiny-digits")

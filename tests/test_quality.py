@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from goc_utils import paths
-from goc_utils.metrics.judges import class_agreement
-from goc_utils.models import load_model
-from goc_utils.sampling import class_labels, generate
-from goc_utils.training import load_digits_classifier
+from goc_utils.evaluation.metrics.judges import class_agreement
+from goc_utils.evaluation.sampling import class_labels, generate
+from goc_utils.model.dit import load_model
+from goc_utils.training.dit import load_digits_classifier
 
 
 def test_committed_weights_exist():
@@ -18,7 +18,7 @@ def test_committed_weights_exist():
 
 
 def test_digits_classifier_is_accurate_on_held_out_digits():
-    from goc_utils.data import load_digits_tensors, train_test_split_indices
+    from goc_utils.datasets import load_digits_tensors, train_test_split_indices
 
     images, labels = load_digits_tensors()
     _, test_idx = train_test_split_indices(len(images), 0.2, 0)

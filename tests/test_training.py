@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from goc_utils.data import load_digits_tensors
+from goc_utils.datasets import load_digits_tensors
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.training import (
+from goc_utils.training.dit import (
     DigitsClassifier,
     DiTTrainConfig,
     FashionClassifier,

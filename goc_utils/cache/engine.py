@@ -4,9 +4,9 @@ The engine has a step / unit API used by both front ends: :meth:`CacheEngine.beg
 then :meth:`CacheEngine.unit` for every (block, unit) in order, which either computes the branch
 (schedule says recompute; the compensator records the output) or asks the compensator for the
 reused value, then :meth:`CacheEngine.end_step`. Our ``DiT`` goes through
-:meth:`CacheEngine.forward` (the ``forward(x, t, y, step=s)`` that :func:`goc_utils.sampling.generate`
+:meth:`CacheEngine.forward` (the ``forward(x, t, y, step=s)`` that :func:`goc_utils.evaluation.sampling.generate`
 calls, handing the model :meth:`CacheEngine.unit` as its ``unit_fn``); diffusers transformers go
-through the hooks of :mod:`goc_utils.diffusers_hooks`. It keeps only the tensors the schedule can
+through the hooks of :mod:`goc_utils.integrations.diffusers.hooks`. It keeps only the tensors the schedule can
 still reuse: a unit whose last reuse has passed (or that is never reused) is released.
 With a schedule that reuses nothing the model runs its plain, hook-free path.
 """
@@ -19,7 +19,7 @@ import torch
 
 from goc_utils.cache.compensator import Compensator, ReuseCompensator
 from goc_utils.cache.schedule import CacheSchedule
-from goc_utils.models import DiT
+from goc_utils.model.dit import DiT
 
 
 class CacheEngine:
@@ -27,8 +27,8 @@ class CacheEngine:
 
     Example:
         >>> from goc_utils.cache import build_compensator, build_schedule
-        >>> from goc_utils.models import load_model
-        >>> from goc_utils.sampling import generate
+        >>> from goc_utils.model.dit import load_model
+        >>> from goc_utils.evaluation.sampling import generate
         >>> model = load_model("tiny-digits")
         >>> engine = CacheEngine(model, build_schedule("fora-50", 20, model.depth),
         ...                      build_compensator("goc", weight=1.2, correction_steps=(3, 5, 7, 9, 11, 13, 15, 19)))
@@ -66,8 +66,8 @@ class CacheEngine:
     def unit(self, block: int, unit: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The output of ``(block, unit)`` at the current step: ``compute()`` or the compensator's reuse.
 
-        This is the :data:`~goc_utils.models.UnitFn` of the current step, used by :meth:`forward` for
-        our ``DiT`` and by :mod:`goc_utils.diffusers_hooks` for diffusers transformers.
+        This is the :data:`~goc_utils.model.dit.UnitFn` of the current step, used by :meth:`forward` for
+        our ``DiT`` and by :mod:`goc_utils.integrations.diffusers.hooks` for diffusers transformers.
         """
         step, key = self._step, (block, unit)
         is_computed = bool(self._recompute[block, unit])
@@ -94,7 +94,7 @@ class CacheEngine:
         return self._uncached and self.on_unit is None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-        """``forward(x, t, y, step=s)`` for :func:`goc_utils.sampling.generate`."""
+        """``forward(x, t, y, step=s)`` for :func:`goc_utils.evaluation.sampling.generate`."""
         if self.plain:
             if not 0 <= step < self.schedule.steps:
                 raise IndexError(f"step {step} is outside the schedule's {self.schedule.steps} steps")

@@ -23,7 +23,7 @@ from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.options import parse_options
 from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.models import DiT
+from goc_utils.model.dit import DiT
 
 AUTO = "auto"
 
@@ -59,8 +59,8 @@ class CacheMethod:
     def engine(self, model: DiT, steps: int, priors=None) -> CacheEngine:
         """A fresh engine for ``model`` sampling ``steps`` steps.
 
-        ``priors`` (a :class:`~goc_utils.priors.PriorStats`) resolves GOC's ``"auto"`` correction steps and
-        weight, through its :meth:`~goc_utils.priors.PriorStats.auto_goc` (the one place ``auto`` is resolved).
+        ``priors`` (a :class:`~goc_utils.priors.stats.PriorStats`) resolves GOC's ``"auto"`` correction steps and
+        weight, through its :meth:`~goc_utils.priors.stats.PriorStats.auto_goc` (the one place ``auto`` is resolved).
         """
         schedule = self.build_schedule(steps, model.depth)
         options = dict(self.compensator_options)

@@ -154,7 +154,7 @@ def add_backend_argument(p: argparse.ArgumentParser) -> None:
         choices=["native", "diffusers"],
         default="native",
         help="native: our DiT; diffusers: the same weights as a diffusers DiTTransformer2DModel, methods through "
-        "goc_utils.diffusers_hooks (needed for diffusers:* caches) (default native)",
+        "goc_utils.integrations.diffusers.hooks (needed for diffusers:* caches) (default native)",
     )
 
 

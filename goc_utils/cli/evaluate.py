@@ -21,9 +21,8 @@ from goc_utils.cli.common import (
     check_writable,
     number,
 )
-from goc_utils.diffusers_peers import diffusers_backend
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation import (
+from goc_utils.evaluation.eval import (
     TABLE_METHODS,
     EvalSettings,
     eval_sample,
@@ -33,11 +32,17 @@ from goc_utils.evaluation import (
     run_eval,
     write_results,
 )
-from goc_utils.metrics.batches import batch_features, batch_info
-from goc_utils.metrics.evaluate import evaluate_batches
-from goc_utils.metrics.features import FEATURE_EXTRACTORS, build_extractor, default_features, default_reference
-from goc_utils.models import load_model, preset_info, resolve_device
-from goc_utils.vae import load_vae, vae_spec
+from goc_utils.evaluation.metrics.batches import batch_features, batch_info
+from goc_utils.evaluation.metrics.evaluate import evaluate_batches
+from goc_utils.evaluation.metrics.features import (
+    FEATURE_EXTRACTORS,
+    build_extractor,
+    default_features,
+    default_reference,
+)
+from goc_utils.integrations.diffusers.peers import diffusers_backend
+from goc_utils.model.dit import load_model, preset_info, resolve_device
+from goc_utils.model.vae import load_vae, vae_spec
 
 METHOD_HELP = (
     "Method strings: schedule[:option...][+compensator[:option...]], e.g. none, fora-50, fora:interval=3, "

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 from goc_utils.cli.common import add_model_arguments, check_output_dir
-from goc_utils.data import FASHION_CLASSES
-from goc_utils.diffusers_dit import export_diffusers
-from goc_utils.models import load_model, preset_info
-from goc_utils.vae import load_vae, vae_spec
+from goc_utils.datasets import FASHION_CLASSES
+from goc_utils.integrations.diffusers.transformer import export_diffusers
+from goc_utils.model.dit import load_model, preset_info
+from goc_utils.model.vae import load_vae, vae_spec
 
 
 def add_export_diffusers(p: argparse.ArgumentParser) -> None:

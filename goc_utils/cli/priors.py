@@ -21,9 +21,16 @@ from goc_utils.cli.common import (
     weight,
 )
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.models import load_model, resolve_device
-from goc_utils.priors import GRAM_SOURCES, GRANULARITIES, PriorStats, auto_goc, default_priors_path, extract_priors
-from goc_utils.sampling import parse_classes
+from goc_utils.evaluation.sampling import parse_classes
+from goc_utils.model.dit import load_model, resolve_device
+from goc_utils.priors.stats import (
+    GRAM_SOURCES,
+    GRANULARITIES,
+    PriorStats,
+    auto_goc,
+    default_priors_path,
+    extract_priors,
+)
 
 
 def cmd_priors(args: argparse.Namespace) -> int:

@@ -21,12 +21,12 @@ from goc_utils.cli.common import (
     weight,
 )
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.macs import model_macs, theoretical_speedup
-from goc_utils.models import load_model, model_info, preset_info, resolve_device
-from goc_utils.priors import priors_for_run
-from goc_utils.sampling import check_sampling_args, class_labels, generate, parse_classes, save_samples_npz
-from goc_utils.vae import load_vae, vae_spec
-from goc_utils.viz import save_image_grid
+from goc_utils.evaluation.sampling import check_sampling_args, class_labels, generate, parse_classes, save_samples_npz
+from goc_utils.model.dit import load_model, model_info, preset_info, resolve_device
+from goc_utils.model.macs import model_macs, theoretical_speedup
+from goc_utils.model.vae import load_vae, vae_spec
+from goc_utils.priors.stats import priors_for_run
+from goc_utils.study.viz import save_image_grid
 
 CACHE_FLAGS = {
     # flag: (attribute, schedule or compensator it belongs to, option name)

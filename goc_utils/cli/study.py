@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from goc_utils.bench import DEFAULT_METHODS, format_table, rows_as_dicts, run_bench
 from goc_utils.cache import split_methods, without_router
 from goc_utils.cache.l2c import default_router
 from goc_utils.cli.common import (
@@ -20,12 +19,13 @@ from goc_utils.cli.common import (
     add_sampling_arguments,
     add_threads_argument,
 )
-from goc_utils.diffusers_peers import diffusers_backend
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.models import create_model, load_model, resolve_device
-from goc_utils.notebooks import figures_dir_for, load_params_file, run_notebooks
-from goc_utils.priors import priors_for_run
-from goc_utils.study import fashion_tier_report, tiny_report
+from goc_utils.evaluation.bench import DEFAULT_METHODS, format_table, rows_as_dicts, run_bench
+from goc_utils.integrations.diffusers.peers import diffusers_backend
+from goc_utils.model.dit import create_model, load_model, resolve_device
+from goc_utils.priors.stats import priors_for_run
+from goc_utils.study.notebooks import figures_dir_for, load_params_file, run_notebooks
+from goc_utils.study.params import fashion_tier_report, tiny_report
 
 
 def cmd_tiny_report(args: argparse.Namespace) -> int:

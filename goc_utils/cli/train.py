@@ -9,23 +9,16 @@ import torch
 
 from goc_utils import paths
 from goc_utils.cache.l2c import router_mask
-from goc_utils.cache.l2c_training import (
-    RouterTrainConfig,
-    image_folder_batches,
-    posterior_batches,
-    save_router,
-    tensor_batches,
-    train_router,
-)
 from goc_utils.cache.schedule import CacheSchedule
 from goc_utils.cli.common import add_model_arguments, add_threads_argument, check_writable, number, seed
-from goc_utils.data import load_digits_tensors, load_fashion_mnist, load_fashion_tensors
+from goc_utils.datasets import load_digits_tensors, load_fashion_mnist, load_fashion_tensors
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.macs import model_macs
-from goc_utils.metrics.judges import write_reference
-from goc_utils.models import load_model, preset_info, resolve_device
-from goc_utils.priors import default_priors_path
-from goc_utils.training import (
+from goc_utils.evaluation.metrics.judges import write_reference
+from goc_utils.model.dit import load_model, preset_info, resolve_device
+from goc_utils.model.macs import model_macs
+from goc_utils.model.vae import load_vae, vae_spec
+from goc_utils.priors.stats import default_priors_path
+from goc_utils.training.dit import (
     TRAINABLE_PRESETS,
     default_train_config,
     fashion_latents,
@@ -33,8 +26,15 @@ from goc_utils.training import (
     train_dit,
     train_fashion_classifier,
 )
-from goc_utils.vae import load_vae, vae_spec
-from goc_utils.vae_training import VAETrainConfig, train_fashion_vae
+from goc_utils.training.routers import (
+    RouterTrainConfig,
+    image_folder_batches,
+    posterior_batches,
+    save_router,
+    tensor_batches,
+    train_router,
+)
+from goc_utils.training.vae import VAETrainConfig, train_fashion_vae
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> int:

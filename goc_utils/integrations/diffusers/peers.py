@@ -1,17 +1,18 @@
 """Methods on a diffusers transformer in our harness: ours through the hooks, and diffusers' own caches.
 
 ``goc bench`` / ``goc eval-sample`` / ``goc eval`` with ``--backend diffusers`` sample a
-``DiTTransformer2DModel`` (our weights, :class:`~goc_utils.diffusers_hooks.DiffusersDiT`) with our
+``DiTTransformer2DModel`` (our weights, :class:`~goc_utils.integrations.diffusers.hooks.DiffusersDiT`) with our
 sampler and the same per-sample noise as the native backend. Each method is a :class:`HookRunner`:
 
 * our method strings (``fora-50+goc``, ``l2c+goc:auto``...) drive the transformer through
-  :func:`~goc_utils.diffusers_hooks.apply_cache`'s hooks (the engine is built once per runner);
+  :func:`~goc_utils.integrations.diffusers.hooks.apply_cache`'s hooks (the engine is built once per runner);
 * ``diffusers:<cache>[:key=value...]`` applies one of diffusers' caches (:data:`PEERS`); options are the
   fields of its config (``diffusers:fbc:threshold=0.05``, ``diffusers:taylorseer:cache_interval=2``;
   ranges as ``lo..hi``).
 
-What each method really computes is counted by the unit hooks (:class:`~goc_utils.diffusers_hooks.UnitCounter`),
-so the MACs columns of diffusers' caches are measured, not assumed.
+What each method really computes is counted by the unit hooks
+(:class:`~goc_utils.integrations.diffusers.hooks.UnitCounter`), so the MACs columns of
+diffusers' caches are measured, not assumed.
 
 How each diffusers cache is made to run on DiT (diffusers 0.42):
 
@@ -53,8 +54,8 @@ from diffusers.hooks import (
 from diffusers.models.cache_utils import CacheMixin
 
 from goc_utils.cache.method import CacheMethod
-from goc_utils.diffusers_hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_router
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.integrations.diffusers.hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_router
 
 PREFIX = "diffusers:"
 CALIBRATION_SAMPLES = 16
@@ -154,7 +155,8 @@ def parse_peer(text: str) -> tuple[str, dict]:
 
 
 class HookRunner:
-    """One method on a :class:`~goc_utils.diffusers_hooks.DiffusersDiT`: ``forward(x, t, y, step)`` for the sampler.
+    """One method on a :class:`~goc_utils.integrations.diffusers.hooks.DiffusersDiT`: ``forward(x, t, y, step)``
+    for the sampler.
 
     Several runners may share a transformer: a run's first step applies this runner's hooks (with fresh
     state) and its last step (or an error) removes them, so between runs the transformer computes plainly.
@@ -293,7 +295,7 @@ class HookRunner:
     def measure(self, run: Callable[[Callable], None], macs) -> dict:
         """The MACs columns, from counting what one run (``run(forward)``) really computes."""
         if self.schedule is not None:  # ours: exactly the schedule (tests check the hooks agree)
-            from goc_utils.macs import theoretical_speedup
+            from goc_utils.model.macs import theoretical_speedup
 
             return {
                 "cache_ratio": self.schedule.cache_ratio,
@@ -312,6 +314,6 @@ class HookRunner:
 
 def diffusers_backend(model) -> DiffusersDiT:
     """Our DiT as a diffusers ``DiTTransformer2DModel`` (same weights, published timestep features) for the harness."""
-    from goc_utils.diffusers_dit import to_transformer
+    from goc_utils.integrations.diffusers.transformer import to_transformer
 
     return DiffusersDiT(to_transformer(model))

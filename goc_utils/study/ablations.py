@@ -1,6 +1,6 @@
 """The paper's claims tested one by one on sampled images (notebook 08, ``make ablations``).
 
-Every point is a ``goc eval`` run (:func:`goc_utils.evaluation.run_eval`): the same per-sample noise for every
+Every point is a ``goc eval`` run (:func:`goc_utils.evaluation.eval.run_eval`): the same per-sample noise for every
 method, resumable under ``runs/``, scored with FID (digits features, bootstrap spread) and PSNR vs the un-cached
 samples. Where fidelity is the verdict 500 samples per point are used (``runs/ablations/``); where FID is, 2,000
 (``runs/eval/<model>/``, shared with ``make eval-tiny`` and notebook 05).
@@ -21,7 +21,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from goc_utils.cache.method import CacheMethod
-from goc_utils.priors import PriorStats, simulate_goc, unit_macs_weights, weighted_error
+from goc_utils.priors.stats import PriorStats, simulate_goc, unit_macs_weights, weighted_error
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 """The w grid of the weight sweep (the paper's 1.2 / 0.8 and the least-squares w are added)."""

@@ -3,7 +3,7 @@
 Two entry points, in the style of diffusers' own caches (``HookRegistry`` / ``ModelHook``)::
 
     from diffusers import DiTPipeline
-    from goc_utils.diffusers_hooks import apply_cache, remove_cache
+    from goc_utils.integrations.diffusers.hooks import apply_cache, remove_cache
 
     pipe = DiTPipeline.from_pretrained("path/to/DiT-XL-2-256")
     apply_cache(pipe.transformer, "fora-50+goc", steps=20)
@@ -49,7 +49,7 @@ UNIT_MODULES = ("attn1", "ff")
 class UnitRouter:
     """State shared by a transformer's unit hooks: where a branch call goes.
 
-    ``unit_fn`` (a :data:`~goc_utils.models.UnitFn`) receives every branch call while set; with it
+    ``unit_fn`` (a :data:`~goc_utils.model.dit.UnitFn`) receives every branch call while set; with it
     None the branches run plainly. ``on_compute(block, unit)`` (optional) sees each branch really
     computed, with the batch it runs on, whoever decides (our engine, a diffusers cache registered after
     the unit hooks, nobody); ``on_block(block, batch)`` and ``on_embed(batch)`` see each block that
@@ -194,7 +194,7 @@ def apply_cache(transformer: nn.Module, method: str | CacheMethod, steps: int, p
 
     ``method``: a method string (``"fora-50+goc"``, ``"l2c:router=r.pt+goc"``, ``"fora-50+goc:auto"``) or
     a :class:`~goc_utils.cache.method.CacheMethod`. ``steps``: the pipeline's ``num_inference_steps``.
-    ``priors``: a :class:`~goc_utils.priors.PriorStats` for ``goc:auto``. Applying again replaces the
+    ``priors``: a :class:`~goc_utils.priors.stats.PriorStats` for ``goc:auto``. Applying again replaces the
     previous cache.
     """
     blocks = _blocks(transformer)

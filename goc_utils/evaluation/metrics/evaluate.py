@@ -14,10 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from goc_utils.evaluation.metrics.adm import FIDStatistics, compute_statistics, inception_score, precision_recall
+from goc_utils.evaluation.metrics.batches import (
+    BatchFileError,
+    batch_info,
+    check_same_size,
+    read_labels,
+    read_statistics,
+)
+from goc_utils.evaluation.metrics.features import FeatureExtractor, Features, extract
 from goc_utils.files import write_npz
-from goc_utils.metrics.adm import FIDStatistics, compute_statistics, inception_score, precision_recall
-from goc_utils.metrics.batches import BatchFileError, batch_info, check_same_size, read_labels, read_statistics
-from goc_utils.metrics.features import FeatureExtractor, Features, extract
 
 
 @dataclass
@@ -86,7 +92,7 @@ def score_features(
     pr_precision: str = "float16",
 ) -> EvalResult:
     """The five metrics of sample features against a reference (k-NN distances computed on ``device``,
-    ``pr_precision``: see :func:`~goc_utils.metrics.adm.pairwise_sq_distances`)."""
+    ``pr_precision``: see :func:`~goc_utils.evaluation.metrics.adm.pairwise_sq_distances`)."""
     prec, rec = precision_recall(ref.pool, sample.pool, precision=pr_precision, device=device)
     agreement = None
     if labels is not None and len(labels) == len(sample.logits) and labels.max(initial=0) < sample.logits.shape[1]:

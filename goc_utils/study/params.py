@@ -12,15 +12,12 @@ import torch
 from tqdm.auto import tqdm
 
 from goc_utils import paths
-from goc_utils.ablations import HOSTS
-from goc_utils.bench import same_noise_runs
 from goc_utils.cache import CacheMethod, split_methods, without_router
 from goc_utils.cache.l2c import default_router
-from goc_utils.data import from_uint8, load_fashion_tensors, to_uint8
-from goc_utils.diffusers_dit import export_diffusers, load_transformer
-from goc_utils.diffusers_hooks import DiffusersDiT, apply_cache, remove_cache
+from goc_utils.datasets import from_uint8, load_fashion_tensors, to_uint8
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation import (
+from goc_utils.evaluation.bench import same_noise_runs
+from goc_utils.evaluation.eval import (
     EvalSettings,
     eval_sample,
     parse_methods,
@@ -29,14 +26,25 @@ from goc_utils.evaluation import (
     run_eval,
     write_results,
 )
-from goc_utils.macs import model_macs, theoretical_speedup
-from goc_utils.metrics.adm import fid_bootstrap_std
-from goc_utils.metrics.batches import batch_info, read_labels
-from goc_utils.metrics.evaluate import reference_features, score_features
-from goc_utils.metrics.features import Features, build_extractor, default_features, default_reference, extract_cached
-from goc_utils.metrics.judges import predicted_classes, reference_images
-from goc_utils.models import check_preset, load_model, preset_info, resolve_device
-from goc_utils.priors import (
+from goc_utils.evaluation.metrics.adm import fid_bootstrap_std
+from goc_utils.evaluation.metrics.batches import batch_info, read_labels
+from goc_utils.evaluation.metrics.evaluate import reference_features, score_features
+from goc_utils.evaluation.metrics.features import (
+    Features,
+    build_extractor,
+    default_features,
+    default_reference,
+    extract_cached,
+)
+from goc_utils.evaluation.metrics.judges import predicted_classes, reference_images
+from goc_utils.evaluation.sampling import class_labels, generate, parse_classes
+from goc_utils.evaluation.tables import show_table, write_table
+from goc_utils.integrations.diffusers.hooks import DiffusersDiT, apply_cache, remove_cache
+from goc_utils.integrations.diffusers.transformer import export_diffusers, load_transformer
+from goc_utils.model.dit import check_preset, load_model, preset_info, resolve_device
+from goc_utils.model.macs import model_macs, theoretical_speedup
+from goc_utils.model.vae import latent_scale, load_vae, vae_spec
+from goc_utils.priors.stats import (
     PriorsError,
     PriorStats,
     auto_goc,
@@ -45,12 +53,10 @@ from goc_utils.priors import (
     extract_priors,
     unit_macs_weights,
 )
-from goc_utils.sampling import class_labels, generate, parse_classes
-from goc_utils.tables import show_table, write_table
-from goc_utils.training import classifier_accuracy, load_fashion_classifier
-from goc_utils.vae import latent_scale, load_vae, vae_spec
-from goc_utils.vae_training import reconstruction_psnr
-from goc_utils.viz import goc_simulation_plot, save_labelled_grid
+from goc_utils.study.ablations import HOSTS
+from goc_utils.study.viz import goc_simulation_plot, save_labelled_grid
+from goc_utils.training.dit import classifier_accuracy, load_fashion_classifier
+from goc_utils.training.vae import reconstruction_psnr
 
 __all__ = [  # what the notebooks use
     "StudyParams",
@@ -362,7 +368,7 @@ def inflection_table(
 
 
 def goc_on_priors_figure(stats, schedule_name: str, router: str | None = None):
-    """:func:`goc_utils.viz.goc_simulation_plot` for the automatic steps and weight of a host schedule."""
+    """:func:`goc_utils.study.viz.goc_simulation_plot` for the automatic steps and weight of a host schedule."""
     schedule = CacheMethod.parse(schedule_name, router=router).build_schedule(stats.steps, stats.depth)
     auto = auto_goc(stats, schedule)
     return goc_simulation_plot(

@@ -17,9 +17,9 @@ from urllib.parse import urlparse
 import torch
 
 from goc_utils import paths
-from goc_utils.diffusers_dit import pipeline_vae_folder
 from goc_utils.errors import VAEError, first_line
-from goc_utils.models import preset_info
+from goc_utils.integrations.diffusers.transformer import pipeline_vae_folder
+from goc_utils.model.dit import preset_info
 
 VAE_HUB_IDS = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: models.py imports this module
     from goc_utils.cache.schedule import CacheSchedule
-    from goc_utils.models import DiT
+    from goc_utils.model.dit import DiT
 
 
 @dataclass(frozen=True)

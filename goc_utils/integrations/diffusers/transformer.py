@@ -142,7 +142,7 @@ def read_diffusers_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def from_diffusers(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
     """A diffusers DiT state dict -> ours (the ``pos_embed`` is recomputed as DiT stores it)."""
-    from goc_utils.models import get_2d_sincos_pos_embed  # lazy: models imports this module
+    from goc_utils.model.dit import get_2d_sincos_pos_embed  # lazy: models imports this module
 
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks.")}
     depth = int(config.get("num_layers") or 1 + max(blocks, default=-1))

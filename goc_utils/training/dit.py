@@ -27,11 +27,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from goc_utils import paths
-from goc_utils.data import load_digits_tensors, load_fashion_tensors, train_test_split_indices
-from goc_utils.diffusion import create_diffusion
+from goc_utils.datasets import load_digits_tensors, load_fashion_tensors, train_test_split_indices
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.files import atomic_save_safetensors, atomic_torch_save, restore_training_state, save_training_state
-from goc_utils.models import create_model, preset_info
+from goc_utils.model.diffusion import create_diffusion
+from goc_utils.model.dit import create_model, preset_info
 
 TRAINABLE_PRESETS = ("tiny-digits", "tiny-fashion")
 
@@ -96,8 +96,8 @@ def fashion_latents(vae_dir: Path | None = None, cache_dir: Path | None = None, 
     Encoded once and cached in ``cache_dir/latents.pt`` keyed by the VAE weights' sha256.
     Returns ``(mean (N, 4, 8, 8), std (N, 4, 8, 8), scaling_factor)``.
     """
-    from goc_utils.vae import latent_scale, load_vae
-    from goc_utils.vae_training import encode_posterior
+    from goc_utils.model.vae import latent_scale, load_vae
+    from goc_utils.training.vae import encode_posterior
 
     vae_dir = Path(vae_dir or paths.TINY_FASHION_VAE)
     key = file_sha256(vae_dir / "diffusion_pytorch_model.safetensors")
@@ -249,7 +249,7 @@ class FashionClassifier(nn.Module):
     """The tiny-fashion judge: a CNN on padded 32x32 Fashion-MNIST in [-1, 1], ``(N, 1, 32, 32)`` -> logits ``(N, 10)``.
 
     Three conv stages (32, 64, 128 channels, each followed by GELU and a 2x2 max pool), a 256-d
-    penultimate layer and a linear head. Its roles (:class:`goc_utils.metrics.features.JudgeExtractor`):
+    penultimate layer and a linear head. Its roles (:class:`goc_utils.evaluation.metrics.features.JudgeExtractor`):
     ``features(x)`` (256-d) for FID / precision / recall, ``spatial(x)`` (the third stage's map before
     its pool, ``(N, 128, 8, 8)``) for sFID, the logits for the Inception Score.
     """

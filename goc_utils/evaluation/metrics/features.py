@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from goc_utils import paths
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.evaluation.metrics.batches import batch_info, iter_images
+from goc_utils.evaluation.metrics.inception import load_inception
 from goc_utils.files import write_npz
-from goc_utils.metrics.batches import batch_info, iter_images
-from goc_utils.metrics.inception import load_inception
-from goc_utils.models import DiT_models, preset_info
-from goc_utils.training import load_digits_classifier, load_fashion_classifier
+from goc_utils.model.dit import DiT_models, preset_info
+from goc_utils.training.dit import load_digits_classifier, load_fashion_classifier
 
 FEATURE_EXTRACTORS = ("inception", "digits", "fashion")
 
@@ -80,7 +80,7 @@ class FeatureExtractor:
 
 
 class InceptionExtractor(FeatureExtractor):
-    """The ADM evaluator's Inception features (:mod:`goc_utils.metrics.inception`)."""
+    """The ADM evaluator's Inception features (:mod:`goc_utils.evaluation.metrics.inception`)."""
 
     name = "inception"
 

@@ -2,7 +2,7 @@
 
 Every DiT caching paper reports what guided-diffusion's ``evaluations/evaluator.py`` prints.
 This module reimplements its formulas on feature arrays (the network that makes the
-features lives in :mod:`goc_utils.metrics.features`):
+features lives in :mod:`goc_utils.evaluation.metrics.features`):
 
 - **FID / sFID**: Frechet distance between Gaussians ``(mu, sigma)``; ``mu`` the mean and
   ``sigma`` ``np.cov(rowvar=False)`` (unbiased, N-1) of the activations. ``sqrtm`` of

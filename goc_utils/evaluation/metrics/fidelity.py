@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.metrics.batches import batch_info, iter_images
+from goc_utils.evaluation.metrics.batches import batch_info, iter_images
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> None:

@@ -31,11 +31,11 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from tqdm.auto import tqdm
 
-from goc_utils.diffusion import create_diffusion
 from goc_utils.errors import InvalidArgumentError, first_line
 from goc_utils.files import atomic_torch_save
-from goc_utils.models import DiT
-from goc_utils.vae import latent_scale
+from goc_utils.model.diffusion import create_diffusion
+from goc_utils.model.dit import DiT
+from goc_utils.model.vae import latent_scale
 
 
 @dataclass

@@ -14,7 +14,8 @@ the paper's FORA-50 setting. Sliders re-sample when released (``continuous_updat
 shows while sampling; for slow models (latent presets such as DiT-XL/2) a **sample** button replaces live updates.
 
 The callbacks call the same functions as the static study cells (:class:`CacheMethod`,
-:func:`goc_utils.sampling.generate`, :mod:`goc_utils.macs`), so what a slider shows is what the tables report.
+:func:`goc_utils.evaluation.sampling.generate`, :mod:`goc_utils.model.macs`), so what a slider shows is what
+the tables report.
 Headless (papermill, ``interactive=False``) the notebook renders :meth:`ThresholdExplorer.snapshot`, a figure with
 every panel.
 """
@@ -34,9 +35,9 @@ from goc_utils.cache.goc import COUPLINGS
 from goc_utils.cache.method import CacheMethod
 from goc_utils.cache.schedule import build_schedule
 from goc_utils.errors import GocError
-from goc_utils.macs import model_macs, theoretical_speedup
-from goc_utils.sampling import generate
-from goc_utils.viz import image_grid
+from goc_utils.evaluation.sampling import generate
+from goc_utils.model.macs import model_macs, theoretical_speedup
+from goc_utils.study.viz import image_grid
 
 COMPUTED, REUSED, CORRECTED = 0, 1, 2
 MAP_COLOURS = ListedColormap(["#d9d9d9", "#4c72b0", "#dd8452"])

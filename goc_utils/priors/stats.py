@@ -46,10 +46,10 @@ from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.goc import COUPLINGS
 from goc_utils.cache.schedule import CacheSchedule, none_schedule
 from goc_utils.errors import GocError, InvalidArgumentError, first_line
+from goc_utils.evaluation.sampling import draw_noise, generate
 from goc_utils.files import atomic_save_safetensors
-from goc_utils.macs import branch_macs
-from goc_utils.models import DiT
-from goc_utils.sampling import draw_noise, generate
+from goc_utils.model.dit import DiT
+from goc_utils.model.macs import branch_macs
 
 KINDS = ("attention", "mlp", "block")
 """Feature kinds recorded per block: the two cacheable units and the block output."""

@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.method import CacheMethod
-from goc_utils.diffusers_hooks import DiffusersDiT
-from goc_utils.diffusers_peers import HookRunner, is_peer
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.macs import MACs, model_macs, theoretical_speedup
-from goc_utils.models import DiT
-from goc_utils.sampling import SampleResult, generate, per_sample_inputs
-from goc_utils.tables import markdown_table
+from goc_utils.evaluation.sampling import SampleResult, generate, per_sample_inputs
+from goc_utils.evaluation.tables import markdown_table
+from goc_utils.integrations.diffusers.hooks import DiffusersDiT
+from goc_utils.integrations.diffusers.peers import HookRunner, is_peer
+from goc_utils.model.dit import DiT
+from goc_utils.model.macs import MACs, model_macs, theoretical_speedup
 
 DEFAULT_METHODS = (
     "none",
@@ -53,7 +53,7 @@ def make_engine(
     seed: int = 0,
 ) -> CacheEngine | HookRunner:
     """What samples ``text`` on ``model``: a :class:`CacheEngine` on our ``DiT``; a
-    :class:`~goc_utils.diffusers_peers.HookRunner` on a diffusers transformer (``--backend diffusers``),
+    :class:`~goc_utils.integrations.diffusers.peers.HookRunner` on a diffusers transformer (``--backend diffusers``),
     for our methods and for ``diffusers:*`` caches alike. Both have ``forward(x, t, y, step)``."""
     if isinstance(model, DiffusersDiT):
 
@@ -231,7 +231,7 @@ def same_noise_runs(
 ) -> tuple[dict[str, SampleResult], dict[str, np.ndarray]]:
     """Run every method from the same noise; return ``(results, per-step RMSE vs the un-cached run)``.
 
-    ``results[method]`` is a :class:`~goc_utils.sampling.SampleResult`; the per-step error of
+    ``results[method]`` is a :class:`~goc_utils.evaluation.sampling.SampleResult`; the per-step error of
     method m is the RMSE between its sample after step s and the un-cached sample after step s.
     """
     results, trajectories = {}, {}

@@ -11,7 +11,7 @@ import seaborn as sns
 from PIL import Image
 
 from goc_utils import paths
-from goc_utils.priors import KINDS, gradient_consistency, step_similarity
+from goc_utils.priors.stats import KINDS, gradient_consistency, step_similarity
 
 
 def image_grid(images: np.ndarray, nrow: int, padding: int = 2, pad_value: int = 255) -> np.ndarray:

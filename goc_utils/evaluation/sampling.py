@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from goc_utils.data import to_uint8
-from goc_utils.diffusion import NUM_TRAIN_TIMESTEPS, cfg_denoiser, create_diffusion
+from goc_utils.datasets import to_uint8
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.files import atomic_write_text, write_npz, write_npz_stream
-from goc_utils.models import DiT
-from goc_utils.vae import decode_latents
+from goc_utils.model.diffusion import NUM_TRAIN_TIMESTEPS, cfg_denoiser, create_diffusion
+from goc_utils.model.dit import DiT
+from goc_utils.model.vae import decode_latents
 
 
 @dataclass
@@ -99,7 +99,7 @@ def generate(
     ``(N, C, H, W)`` replaces the seeded draw (per-sample seeding by the caller).
 
     Example:
-        >>> from goc_utils.models import load_model
+        >>> from goc_utils.model.dit import load_model
         >>> result = generate(load_model("tiny-digits"), [3, 5], seed=0, steps=10)
         >>> result.images.shape
         (2, 8, 8, 1)

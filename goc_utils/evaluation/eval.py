@@ -1,7 +1,7 @@
 """``goc eval-sample`` and ``goc eval``: many samples per method -> the paper's results table.
 
 For each method string (``none``, ``fora-50+goc``, ``l2c:ROUTER@0.1+goc:w=0.8``, ...) the
-sampler writes ``<out>/<method>/samples.npz`` resumably (:func:`goc_utils.sampling.sample_to_npz`);
+sampler writes ``<out>/<method>/samples.npz`` resumably (:func:`goc_utils.evaluation.sampling.sample_to_npz`);
 then every batch is scored against the reference batch with the ADM metrics, compared with
 the un-cached run of the same noise (PSNR / SSIM), and timed; one table row per method lands in
 ``results.csv`` and ``results.md``.
@@ -22,21 +22,21 @@ import torch
 import torch.distributed as torch_dist
 
 from goc_utils import paths
-from goc_utils.bench import engine_cost, make_engine, time_engines
 from goc_utils.cache.method import CacheMethod, split_methods
-from goc_utils.diffusers_peers import HookRunner, is_peer, parse_peer
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.evaluation.bench import engine_cost, make_engine, time_engines
+from goc_utils.evaluation.metrics.adm import fid_bootstrap_std
+from goc_utils.evaluation.metrics.batches import batch_info, check_same_size, read_labels
+from goc_utils.evaluation.metrics.evaluate import reference_features, score_features
+from goc_utils.evaluation.metrics.features import extract_cached
+from goc_utils.evaluation.metrics.fidelity import file_fidelity
+from goc_utils.evaluation.sampling import generate, per_sample_inputs, sample_to_npz
+from goc_utils.evaluation.tables import csv_text, markdown_table
 from goc_utils.files import atomic_write_text
-from goc_utils.macs import model_macs
-from goc_utils.metrics.adm import fid_bootstrap_std
-from goc_utils.metrics.batches import batch_info, check_same_size, read_labels
-from goc_utils.metrics.evaluate import reference_features, score_features
-from goc_utils.metrics.features import extract_cached
-from goc_utils.metrics.fidelity import file_fidelity
-from goc_utils.models import DiT
-from goc_utils.priors import priors_for_run
-from goc_utils.sampling import generate, per_sample_inputs, sample_to_npz
-from goc_utils.tables import csv_text, markdown_table
+from goc_utils.integrations.diffusers.peers import HookRunner, is_peer, parse_peer
+from goc_utils.model.dit import DiT
+from goc_utils.model.macs import model_macs
+from goc_utils.priors.stats import priors_for_run
 
 TABLE_METHODS = ("none", "fora-25", "fora-25+goc", "fora-50", "fora-50+goc", "l2c", "l2c+goc")
 """The paper's comparison: each host schedule with plain reuse and with GOC."""
@@ -55,7 +55,7 @@ class EvalSettings:
         router, thres: default Learning-to-Cache router and threshold for ``l2c`` methods.
         priors: priors file for ``goc:auto`` (None = the default path for model / steps / cfg).
         backend: ``native`` (our ``DiT``) or ``diffusers`` (the same weights as a ``DiTTransformer2DModel``,
-            methods through :mod:`goc_utils.diffusers_hooks`; also runs ``diffusers:*`` caches).
+            methods through :mod:`goc_utils.integrations.diffusers.hooks`; also runs ``diffusers:*`` caches).
     """
 
     model: str = "tiny-digits"
@@ -138,7 +138,8 @@ def _parses(text: str) -> bool:
 
 def build_engine(model: DiT, settings: EvalSettings, text: str):
     """The parsed method (None for diffusers' caches) and what samples it on ``model``: a cache engine, or a
-    :class:`~goc_utils.diffusers_peers.HookRunner` on the diffusers backend (priors loaded for ``goc:auto``)."""
+    :class:`~goc_utils.integrations.diffusers.peers.HookRunner` on the diffusers backend
+    (priors loaded for ``goc:auto``)."""
     if is_peer(text):
         method, priors = None, None
     else:

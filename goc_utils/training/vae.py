@@ -8,7 +8,7 @@ the per-image sum of squared pixel errors plus ``kl_weight`` times the per-image
 the diagonal Gaussian posterior from N(0, I) (SD: 1e-6). Its ``scaling_factor`` is measured as SD's
 0.18215 was: one over the standard deviation of latents sampled from the posterior of the
 training images, so that the scaled latents have unit variance; it is stored in the VAE's config,
-where every loader reads it (:func:`goc_utils.vae.latent_scale`).
+where every loader reads it (:func:`goc_utils.model.vae.latent_scale`).
 
 Training checkpoints atomically to ``run_dir`` every ``checkpoint_every`` steps and resumes from
 there with identical results; progress goes to a tqdm bar and a JSON-lines log.
@@ -26,9 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from goc_utils import paths
-from goc_utils.data import load_fashion_tensors, to_uint8
+from goc_utils.datasets import load_fashion_tensors, to_uint8
+from goc_utils.evaluation.metrics.fidelity import psnr
 from goc_utils.files import atomic_write_dir, restore_training_state, save_training_state
-from goc_utils.metrics.fidelity import psnr
 
 
 @dataclass

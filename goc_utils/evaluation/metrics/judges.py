@@ -3,7 +3,7 @@
 ``tiny-digits`` is judged by the digits classifier (uint8 ``(N, 8, 8, 1)`` samples), ``tiny-fashion``
 by the Fashion-MNIST classifier (uint8 ``(N, 32, 32, 1)``, the padded images). A judge gives the
 class of a sample (class agreement with the conditioning label) and, through
-:mod:`goc_utils.metrics.features`, the features of FID / sFID / IS / precision / recall. Each tier's
+:mod:`goc_utils.evaluation.metrics.features`, the features of FID / sFID / IS / precision / recall. Each tier's
 reference batch (ADM format, with the judge's statistics) is written here.
 """
 
@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from goc_utils.data import from_uint8, load_digits_tensors, load_fashion_mnist, pad_fashion, to_uint8
+from goc_utils.datasets import from_uint8, load_digits_tensors, load_fashion_mnist, pad_fashion, to_uint8
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.metrics.evaluate import make_reference_batch
-from goc_utils.metrics.features import build_extractor, default_features, default_reference
-from goc_utils.models import DiT_models, preset_info
-from goc_utils.training import load_digits_classifier, load_fashion_classifier
+from goc_utils.evaluation.metrics.evaluate import make_reference_batch
+from goc_utils.evaluation.metrics.features import build_extractor, default_features, default_reference
+from goc_utils.model.dit import DiT_models, preset_info
+from goc_utils.training.dit import load_digits_classifier, load_fashion_classifier
 
 JUDGED_PRESETS = tuple(name for name in DiT_models if preset_info(name).judge)
 """The presets with a judge of their own: the tiny tiers."""

@@ -27,9 +27,10 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import Attention, Mlp, PatchEmbed
 from torch import nn
 
-from goc_utils import diffusers_dit, paths
+from goc_utils import paths
 from goc_utils.errors import CheckpointError, InvalidArgumentError, UnknownPresetError, first_line
-from goc_utils.macs import model_macs
+from goc_utils.integrations.diffusers import transformer as diffusers_dit
+from goc_utils.model.macs import model_macs
 
 UnitFn = Callable[[int, int, Callable[[], torch.Tensor]], torch.Tensor]
 """``unit_fn(block_index, unit, compute) -> branch output``.
@@ -429,7 +430,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Accepts the official DiT ``.pt`` (a plain state dict of EMA weights), checkpoints of
     DiT's ``train.py`` (a dict with an ``ema`` key, whose ``args`` entry is an
     ``argparse.Namespace``), ``.safetensors`` files and diffusers DiT folders (a pipeline folder
-    such as ``facebook/DiT-XL-2-256`` or its ``transformer/``; see :mod:`goc_utils.diffusers_dit`).
+    such as ``facebook/DiT-XL-2-256`` or its ``transformer/``; see :mod:`goc_utils.integrations.diffusers.transformer`).
     Pickles are read with ``weights_only=True`` (``argparse.Namespace`` allow-listed), never unrestricted.
     """
     path = Path(path)
