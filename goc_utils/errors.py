@@ -13,7 +13,7 @@ class GocError(Exception):
 
 
 class UnknownPresetError(GocError, KeyError):
-    """A model preset name that is not registered in :data:`goc_utils.model.dit.DiT_models`."""
+    """A model preset name that is not registered in :data:`goc_utils.model.presets.DiT_models`."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""

@@ -1,4 +1,4 @@
-"""Writing result files atomically (a temporary sibling, then a rename), npz files byte-reproducibly.
+"""Writing result files atomically (a temporary sibling, then a rename), npz files byte-reproducibly; file hashes.
 
 A crash, a ``kill -9`` or a full disk never leaves a half-written file under the final name, and
 two processes writing the same file never share a temporary name.
@@ -6,6 +6,7 @@ two processes writing the same file never share a temporary name.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -162,3 +163,12 @@ def write_npz_stream(
                 for chunk in chunks:
                     member.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -10,10 +10,11 @@ import torch
 
 from goc_utils.cache import CacheEngine, ScheduleError, build_compensator, build_schedule
 from goc_utils.cache.method import CacheMethod
+from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.sampling import generate
-from goc_utils.model.dit import create_model
-from goc_utils.model.macs import model_macs, theoretical_speedup
+from goc_utils.model.macs import model_macs
+from goc_utils.model.presets import create_model
+from goc_utils.model.sampler import generate
 from tests.conftest import router_file, small_dit
 
 FORA_50_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)

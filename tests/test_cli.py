@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from goc_utils.cli import main
-from goc_utils.model.dit import create_model
+from goc_utils.model.presets import create_model
 from tests.conftest import router_file
 
 

@@ -20,15 +20,19 @@ from diffusers import (
 
 from goc_utils.cache import CacheMethod
 from goc_utils.cache.l2c import default_router
+from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.errors import CheckpointError, InvalidArgumentError
 from goc_utils.evaluation.bench import engine_cost, make_engine
 from goc_utils.evaluation.eval import parse_methods
-from goc_utils.evaluation.sampling import generate, per_sample_inputs
 from goc_utils.integrations.diffusers import transformer as dd
 from goc_utils.integrations.diffusers.hooks import DiffusersDiT, UnitCounter, apply_cache, remove_cache
 from goc_utils.integrations.diffusers.peers import diffusers_backend, parse_peer
-from goc_utils.model.dit import create_model, get_2d_sincos_pos_embed, load_model, read_state_dict
-from goc_utils.model.macs import model_macs, theoretical_speedup
+from goc_utils.model import diffusers_format as fmt
+from goc_utils.model.checkpoints import load_model, read_state_dict
+from goc_utils.model.dit import get_2d_sincos_pos_embed
+from goc_utils.model.macs import model_macs
+from goc_utils.model.presets import create_model
+from goc_utils.model.sampler import generate, per_sample_inputs
 from goc_utils.model.vae import vae_spec
 from goc_utils.paths import PROJECT_ROOT
 from goc_utils.priors.stats import priors_for_run
@@ -92,19 +96,19 @@ def test_a_dit_xl2_state_dict_round_trips_key_for_key():
     generator = torch.Generator().manual_seed(0)
     ours = {k: torch.randn(s, generator=generator) for k, s in shapes.items() if k != "pos_embed"}
     ours["pos_embed"] = torch.from_numpy(get_2d_sincos_pos_embed(1152, 16)).float().unsqueeze(0)
-    theirs = dd.to_diffusers(ours)
+    theirs = fmt.to_diffusers(ours)
     assert set(theirs) == set(reference)
     assert all(theirs[k].shape == reference[k].shape for k in reference)
-    back = dd.from_diffusers(theirs, {"num_layers": 28, "sample_size": 32, "patch_size": 2})
+    back = fmt.from_diffusers(theirs, {"num_layers": 28, "sample_size": 32, "patch_size": 2})
     assert set(back) == set(ours)
     assert all(torch.equal(back[k], ours[k]) for k in ours)
 
 
 def test_disagreeing_embedder_copies_and_foreign_folders_are_refused_in_one_line(exported, tmp_path):
-    state = dd.read_diffusers_state_dict(exported)
+    state = fmt.read_diffusers_state_dict(exported)
     state["transformer_blocks.5.norm1.emb.class_embedder.embedding_table.weight"] += 1
     with pytest.raises(CheckpointError, match="per-block copies .* differ \\(block 0 vs block 5\\)") as info:
-        dd.from_diffusers(state, dd.read_config(exported))
+        fmt.from_diffusers(state, fmt.read_config(exported))
     assert "\n" not in str(info.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="is not a diffusers DiT"):

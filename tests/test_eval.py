@@ -17,8 +17,9 @@ from goc_utils.cache import CacheMethod, without_router
 from goc_utils.cli import main
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.eval import EvalSettings, eval_sample, method_folder, parse_methods, read_results
-from goc_utils.evaluation.sampling import SAMPLES_NAME, per_sample_inputs, sample_to_npz, write_npz
-from goc_utils.model.dit import load_model
+from goc_utils.evaluation.sampling import SAMPLES_NAME, sample_to_npz, write_npz
+from goc_utils.model.checkpoints import load_model
+from goc_utils.model.sampler import per_sample_inputs
 
 GOC = [sys.executable, "-m", "goc_utils.cli"]
 ENV = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT), "OMP_NUM_THREADS": "1"}

@@ -26,8 +26,9 @@ from goc_utils.datasets import (
 from goc_utils.evaluation.metrics.batches import batch_features
 from goc_utils.evaluation.metrics.features import build_extractor
 from goc_utils.evaluation.metrics.judges import class_agreement
-from goc_utils.evaluation.sampling import generate
-from goc_utils.model.dit import create_model, load_model, model_info
+from goc_utils.model.checkpoints import load_model
+from goc_utils.model.presets import create_model, model_info
+from goc_utils.model.sampler import generate
 from goc_utils.model.vae import latent_scale, load_vae
 from goc_utils.training.vae import build_vae, measure_scaling_factor, reconstruction_psnr
 

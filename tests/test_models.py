@@ -10,16 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from goc_utils.errors import CheckpointError, UnknownPresetError
-from goc_utils.model.dit import (
-    ATTENTION,
-    MLP,
-    DiT_models,
-    count_parameters,
-    create_model,
-    guess_preset,
-    load_model,
-    read_state_dict,
-)
+from goc_utils.model.checkpoints import guess_preset, load_model, read_state_dict
+from goc_utils.model.dit import ATTENTION, MLP
+from goc_utils.model.presets import DiT_models, count_parameters, create_model
 
 
 @pytest.fixture(scope="module")

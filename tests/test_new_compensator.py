@@ -10,8 +10,8 @@ import pytest
 from goc_utils.cache import COMPENSATORS, register_compensator
 from goc_utils.cache.compensator import ReuseCompensator
 from goc_utils.cli import main
-from goc_utils.model.dit import load_model
-from goc_utils.study.threshold_explorer import ThresholdExplorer
+from goc_utils.model.checkpoints import load_model
+from goc_utils.study.nb06_threshold_explorer import ThresholdExplorer
 
 
 @dataclass

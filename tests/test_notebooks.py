@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from goc_utils import paths
 from goc_utils.study.notebooks import NotebookError, run_notebooks, study_notebooks
 
 NOTEBOOKS = study_notebooks()
@@ -29,6 +30,18 @@ def test_committed_notebook_is_clean_and_thin(path):
     assert "import" in "".join(code[0]["source"])
     assert code[1].get("metadata", {}).get("tags") == ["parameters"]
     assert "smoke: bool" in "".join(code[1]["source"])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_imports_its_own_study_module(path):
+    """Notebook NN takes its helpers from ``goc_utils.study.nbNN_<its name>`` (plus ``viz`` and ``paths``) only."""
+    cells = json.loads(path.read_text())["cells"]
+    sources = "".join("".join(c["source"]) + "\n" for c in cells if c["cell_type"] == "code")
+    imports = sorted({line.strip() for line in sources.splitlines() if "goc_utils" in line})
+    own = f"nb{path.stem}"
+    assert (paths.PROJECT_ROOT / "goc_utils" / "study" / f"{own}.py").is_file(), f"no study module {own}.py"
+    allowed = {"from goc_utils import paths", f"from goc_utils.study import {own} as study, viz"}
+    assert set(imports) <= allowed and f"from goc_utils.study import {own} as study, viz" in imports, imports
 
 
 @pytest.mark.slow

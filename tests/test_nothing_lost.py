@@ -14,8 +14,9 @@ import pytest
 
 from goc_utils import paths
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.sampling import MANIFEST_NAME, SAMPLES_NAME, file_sha256, run_lock, sample_to_npz
-from goc_utils.model.dit import load_model
+from goc_utils.evaluation.sampling import MANIFEST_NAME, SAMPLES_NAME, run_lock, sample_to_npz
+from goc_utils.files import file_sha256
+from goc_utils.model.checkpoints import load_model
 
 GOC = [sys.executable, "-m", "goc_utils.cli"]
 ENV = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT), "OMP_NUM_THREADS": "1"}

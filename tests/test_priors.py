@@ -9,16 +9,15 @@ import torch
 from goc_utils.cache import build_schedule
 from goc_utils.cache.method import CacheMethod
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.sampling import draw_noise, generate
+from goc_utils.model.sampler import draw_noise, generate
+from goc_utils.priors.auto import calibrate_weight, inflection_steps
+from goc_utils.priors.replay import simulate_goc
 from goc_utils.priors.stats import (
     PriorsError,
     PriorStats,
-    calibrate_weight,
     check_compatible,
     extract_priors,
     gradient_consistency,
-    inflection_steps,
-    simulate_goc,
     step_similarity,
 )
 from tests.conftest import small_dit
@@ -254,8 +253,8 @@ def test_goc_auto_resolves_from_priors(model):
 def test_automatic_steps_and_weight_on_held_out_samples():
     """Priors from seeds 0-4 (committed); evaluation on 200 other samples (the eval harness's per-sample seeds)."""
     from goc_utils import paths
-    from goc_utils.evaluation.sampling import per_sample_inputs
-    from goc_utils.model.dit import load_model
+    from goc_utils.model.checkpoints import load_model
+    from goc_utils.model.sampler import per_sample_inputs
     from goc_utils.priors.stats import default_priors_path
 
     torch.set_grad_enabled(False)

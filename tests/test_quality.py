@@ -8,9 +8,9 @@ import torch
 
 from goc_utils import paths
 from goc_utils.evaluation.metrics.judges import class_agreement
-from goc_utils.evaluation.sampling import class_labels, generate
-from goc_utils.model.dit import load_model
-from goc_utils.training.dit import load_digits_classifier
+from goc_utils.model.checkpoints import load_model
+from goc_utils.model.judges import load_digits_classifier
+from goc_utils.model.sampler import class_labels, generate
 
 
 def test_committed_weights_exist():

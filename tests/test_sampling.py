@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.sampling import class_labels, draw_noise, generate, save_samples_npz, write_npz
+from goc_utils.evaluation.sampling import save_samples_npz, write_npz
+from goc_utils.model.sampler import class_labels, draw_noise, generate
 
 
 def test_noise_is_drawn_like_dit_sample_py(tiny_random):
@@ -49,8 +50,8 @@ def test_write_npz_is_atomic_and_loadable(tmp_path):
 def test_cfg_one_is_the_plain_conditional_model(tiny_random):
     """cfg = 1 takes the un-doubled path; the doubled CFG path at scale 1 gives the same eps."""
     plain = generate(tiny_random, [4, 5], seed=3, steps=5, cfg_scale=1.0)
-    from goc_utils.evaluation.sampling import plain_forward
     from goc_utils.model.diffusion import cfg_denoiser, create_diffusion
+    from goc_utils.model.sampler import plain_forward
 
     d = create_diffusion(5)
     noise = draw_noise(tiny_random, 2, 3)

@@ -10,15 +10,9 @@ from safetensors.torch import load_file
 
 from goc_utils.datasets import load_digits_tensors
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.training.dit import (
-    DigitsClassifier,
-    DiTTrainConfig,
-    FashionClassifier,
-    _augment_digits,
-    default_train_config,
-    fit_classifier,
-    train_dit,
-)
+from goc_utils.model.judges import DigitsClassifier, FashionClassifier
+from goc_utils.training.dit import DiTTrainConfig, default_train_config, train_dit
+from goc_utils.training.judges import _augment_digits, fit_classifier
 
 
 def test_interrupted_and_resumed_training_equals_one_run(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from goc_utils.errors import VAEError
-from goc_utils.evaluation.sampling import generate
+from goc_utils.model.sampler import generate
 from goc_utils.model.vae import decode_latents, latent_scale, load_vae
 from tests.conftest import small_dit
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from goc_utils import paths
-from goc_utils.model.dit import load_model
-from goc_utils.study.threshold_explorer import COMPUTED, CORRECTED, REUSED, ThresholdExplorer
+from goc_utils.model.checkpoints import load_model
+from goc_utils.study.nb06_threshold_explorer import COMPUTED, CORRECTED, REUSED, ThresholdExplorer
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import torch
 
 from goc_utils.cache.schedule import CacheSchedule, ScheduleError, register_schedule
 from goc_utils.errors import first_line
-from goc_utils.model.dit import DiT_models, preset_info
+from goc_utils.model.presets import DiT_models, preset_info
 
 L2C_CORRECTION_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
 """GOC's published correction steps with Learning-to-Cache (set by hand in its code, for every step count)."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from goc_utils.cache.options import builder_options
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.model.macs import MACs
 
 
 class ScheduleError(InvalidArgumentError):
@@ -154,3 +155,16 @@ def build_schedule(name: str, steps: int, depth: int, **options) -> CacheSchedul
 
 MAX_STEPS = 1000
 """Sampling steps are at most the diffusion's 1,000 training timesteps."""
+
+
+def schedule_macs(macs: MACs, schedule: CacheSchedule) -> int:
+    """MACs of a whole sampling run of one image under ``schedule`` (one forward per step)."""
+    computed_attention = int(schedule.mask[:, :, 0].sum())
+    computed_mlp = int(schedule.mask[:, :, 1].sum())
+    fixed = schedule.steps * (macs.outside_blocks + macs.depth * macs.adaln_per_block)
+    return fixed + computed_attention * macs.attention_branch + computed_mlp * macs.mlp_branch
+
+
+def theoretical_speedup(macs: MACs, schedule: CacheSchedule) -> float:
+    """MACs(no cache) / MACs(schedule); classifier-free guidance doubles both, so it cancels."""
+    return schedule.steps * macs.forward / schedule_macs(macs, schedule)

@@ -41,7 +41,8 @@ from goc_utils.evaluation.metrics.features import (
     default_reference,
 )
 from goc_utils.integrations.diffusers.peers import diffusers_backend
-from goc_utils.model.dit import load_model, preset_info, resolve_device
+from goc_utils.model.checkpoints import load_model, resolve_device
+from goc_utils.model.presets import preset_info
 from goc_utils.model.vae import load_vae, vae_spec
 
 METHOD_HELP = (

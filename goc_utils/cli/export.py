@@ -9,7 +9,8 @@ from pathlib import Path
 from goc_utils.cli.common import add_model_arguments, check_output_dir
 from goc_utils.datasets import FASHION_CLASSES
 from goc_utils.integrations.diffusers.transformer import export_diffusers
-from goc_utils.model.dit import load_model, preset_info
+from goc_utils.model.checkpoints import load_model
+from goc_utils.model.presets import preset_info
 from goc_utils.model.vae import load_vae, vae_spec
 
 

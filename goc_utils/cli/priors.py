@@ -21,16 +21,10 @@ from goc_utils.cli.common import (
     weight,
 )
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.sampling import parse_classes
-from goc_utils.model.dit import load_model, resolve_device
-from goc_utils.priors.stats import (
-    GRAM_SOURCES,
-    GRANULARITIES,
-    PriorStats,
-    auto_goc,
-    default_priors_path,
-    extract_priors,
-)
+from goc_utils.model.checkpoints import load_model, resolve_device
+from goc_utils.model.sampler import parse_classes
+from goc_utils.priors.auto import GRANULARITIES, auto_goc
+from goc_utils.priors.stats import GRAM_SOURCES, PriorStats, default_priors_path, extract_priors
 
 
 def cmd_priors(args: argparse.Namespace) -> int:

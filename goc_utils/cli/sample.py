@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from goc_utils.cache import COMPENSATORS, SCHEDULES, CacheMethod
+from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.cli.common import (
     add_model_arguments,
     add_priors_argument,
@@ -21,9 +22,11 @@ from goc_utils.cli.common import (
     weight,
 )
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.sampling import check_sampling_args, class_labels, generate, parse_classes, save_samples_npz
-from goc_utils.model.dit import load_model, model_info, preset_info, resolve_device
-from goc_utils.model.macs import model_macs, theoretical_speedup
+from goc_utils.evaluation.sampling import save_samples_npz
+from goc_utils.model.checkpoints import load_model, resolve_device
+from goc_utils.model.macs import model_macs
+from goc_utils.model.presets import model_info, preset_info
+from goc_utils.model.sampler import check_sampling_args, class_labels, generate, parse_classes
 from goc_utils.model.vae import load_vae, vae_spec
 from goc_utils.priors.stats import priors_for_run
 from goc_utils.study.viz import save_image_grid

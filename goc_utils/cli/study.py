@@ -22,10 +22,11 @@ from goc_utils.cli.common import (
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.bench import DEFAULT_METHODS, format_table, rows_as_dicts, run_bench
 from goc_utils.integrations.diffusers.peers import diffusers_backend
-from goc_utils.model.dit import create_model, load_model, resolve_device
+from goc_utils.model.checkpoints import load_model, resolve_device
+from goc_utils.model.presets import create_model
 from goc_utils.priors.stats import priors_for_run
 from goc_utils.study.notebooks import figures_dir_for, load_params_file, run_notebooks
-from goc_utils.study.params import fashion_tier_report, tiny_report
+from goc_utils.study.tier_report import fashion_tier_report, tiny_report
 
 
 def cmd_tiny_report(args: argparse.Namespace) -> int:

@@ -14,18 +14,13 @@ from goc_utils.cli.common import add_model_arguments, add_threads_argument, chec
 from goc_utils.datasets import load_digits_tensors, load_fashion_mnist, load_fashion_tensors
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.metrics.judges import write_reference
-from goc_utils.model.dit import load_model, preset_info, resolve_device
+from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.macs import model_macs
+from goc_utils.model.presets import preset_info
 from goc_utils.model.vae import load_vae, vae_spec
 from goc_utils.priors.stats import default_priors_path
-from goc_utils.training.dit import (
-    TRAINABLE_PRESETS,
-    default_train_config,
-    fashion_latents,
-    train_digits_classifier,
-    train_dit,
-    train_fashion_classifier,
-)
+from goc_utils.training.dit import TRAINABLE_PRESETS, default_train_config, fashion_latents, train_dit
+from goc_utils.training.judges import train_digits_classifier, train_fashion_classifier
 from goc_utils.training.routers import (
     RouterTrainConfig,
     image_folder_batches,

@@ -25,13 +25,14 @@ from tqdm.auto import tqdm
 
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.method import CacheMethod
+from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.sampling import SampleResult, generate, per_sample_inputs
 from goc_utils.evaluation.tables import markdown_table
 from goc_utils.integrations.diffusers.hooks import DiffusersDiT
 from goc_utils.integrations.diffusers.peers import HookRunner, is_peer
 from goc_utils.model.dit import DiT
-from goc_utils.model.macs import MACs, model_macs, theoretical_speedup
+from goc_utils.model.macs import MACs, model_macs
+from goc_utils.model.sampler import SampleResult, generate, per_sample_inputs
 
 DEFAULT_METHODS = (
     "none",

@@ -30,12 +30,13 @@ from goc_utils.evaluation.metrics.batches import batch_info, check_same_size, re
 from goc_utils.evaluation.metrics.evaluate import reference_features, score_features
 from goc_utils.evaluation.metrics.features import extract_cached
 from goc_utils.evaluation.metrics.fidelity import file_fidelity
-from goc_utils.evaluation.sampling import generate, per_sample_inputs, sample_to_npz
+from goc_utils.evaluation.sampling import sample_to_npz
 from goc_utils.evaluation.tables import csv_text, markdown_table
 from goc_utils.files import atomic_write_text
 from goc_utils.integrations.diffusers.peers import HookRunner, is_peer, parse_peer
 from goc_utils.model.dit import DiT
 from goc_utils.model.macs import model_macs
+from goc_utils.model.sampler import generate, per_sample_inputs
 from goc_utils.priors.stats import priors_for_run
 
 TABLE_METHODS = ("none", "fora-25", "fora-25+goc", "fora-50", "fora-50+goc", "l2c", "l2c+goc")

@@ -1,4 +1,5 @@
-"""Result tables: one markdown writer and one CSV + markdown file writer for every table of the study."""
+"""Result tables: one markdown writer and one CSV + markdown file writer for every table of the study (here, not
+in the study room, because `goc eval` and `goc bench` write tables too)."""
 
 from __future__ import annotations
 

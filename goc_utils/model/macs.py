@@ -1,4 +1,5 @@
-"""Multiply-accumulate (MAC) counts of a DiT forward, per unit, per step and per schedule.
+"""Multiply-accumulate (MAC) counts of a DiT forward, per branch and per block (a whole run under a cache
+schedule: :func:`goc_utils.cache.schedule.schedule_macs`).
 
 Counts follow the DiT paper's "Gflops" (which are MACs): linear layers and the two
 attention matmuls; normalisation, activations and elementwise ops are not counted. For one
@@ -15,11 +16,8 @@ DiT-XL/2 at 256 px: 118.6 G per forward; 1.51 G per attention branch, 2.72 G per
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # annotations only: models.py imports this module
-    from goc_utils.cache.schedule import CacheSchedule
-    from goc_utils.model.dit import DiT
+from goc_utils.model.dit import DiT
 
 
 @dataclass(frozen=True)
@@ -67,16 +65,3 @@ def model_macs(model: DiT) -> MACs:
         outside_blocks=outside,
         depth=model.depth,
     )
-
-
-def schedule_macs(macs: MACs, schedule: CacheSchedule) -> int:
-    """MACs of a whole sampling run of one image under ``schedule`` (one forward per step)."""
-    computed_attention = int(schedule.mask[:, :, 0].sum())
-    computed_mlp = int(schedule.mask[:, :, 1].sum())
-    fixed = schedule.steps * (macs.outside_blocks + macs.depth * macs.adaln_per_block)
-    return fixed + computed_attention * macs.attention_branch + computed_mlp * macs.mlp_branch
-
-
-def theoretical_speedup(macs: MACs, schedule: CacheSchedule) -> float:
-    """MACs(no cache) / MACs(schedule); classifier-free guidance doubles both, so it cancels."""
-    return schedule.steps * macs.forward / schedule_macs(macs, schedule)

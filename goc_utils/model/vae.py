@@ -18,8 +18,8 @@ import torch
 
 from goc_utils import paths
 from goc_utils.errors import VAEError, first_line
-from goc_utils.integrations.diffusers.transformer import pipeline_vae_folder
-from goc_utils.model.dit import preset_info
+from goc_utils.model.diffusers_format import pipeline_vae_folder
+from goc_utils.model.presets import preset_info
 
 VAE_HUB_IDS = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
 

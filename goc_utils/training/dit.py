@@ -1,4 +1,4 @@
-"""Training of the embedded models: the tiny DiTs (``tiny-digits``, ``tiny-fashion``) and their judges.
+"""Training of the tiny DiTs (``tiny-digits``, ``tiny-fashion``); their judges: :mod:`goc_utils.training.judges`.
 
 :func:`train_dit` is one loop for both tiny presets, with DiT's objective (eps MSE + VLB for the
 learned variance, 1,000 training timesteps, class dropout 0.1, EMA weights). ``tiny-digits`` trains
@@ -12,7 +12,6 @@ and a JSON-lines log.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -21,17 +20,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from goc_utils import paths
-from goc_utils.datasets import load_digits_tensors, load_fashion_tensors, train_test_split_indices
+from goc_utils.datasets import load_digits_tensors, load_fashion_tensors
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.files import atomic_save_safetensors, atomic_torch_save, restore_training_state, save_training_state
+from goc_utils.files import (
+    atomic_save_safetensors,
+    atomic_torch_save,
+    file_sha256,
+    restore_training_state,
+    save_training_state,
+)
 from goc_utils.model.diffusion import create_diffusion
-from goc_utils.model.dit import create_model, preset_info
+from goc_utils.model.presets import create_model, preset_info
+from goc_utils.model.vae import latent_scale, load_vae
+from goc_utils.training.vae import encode_posterior
 
 TRAINABLE_PRESETS = ("tiny-digits", "tiny-fashion")
 
@@ -77,15 +82,6 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 BatchFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """``draw(indices, generator) -> x0`` model-space training inputs for the given example indices."""
 
@@ -96,9 +92,6 @@ def fashion_latents(vae_dir: Path | None = None, cache_dir: Path | None = None, 
     Encoded once and cached in ``cache_dir/latents.pt`` keyed by the VAE weights' sha256.
     Returns ``(mean (N, 4, 8, 8), std (N, 4, 8, 8), scaling_factor)``.
     """
-    from goc_utils.model.vae import latent_scale, load_vae
-    from goc_utils.training.vae import encode_posterior
-
     vae_dir = Path(vae_dir or paths.TINY_FASHION_VAE)
     key = file_sha256(vae_dir / "diffusion_pytorch_model.safetensors")
     cache = Path(cache_dir) / "latents.pt" if cache_dir else None
@@ -208,197 +201,3 @@ def train_dit(
 # --------------------------------------------------------------------------------------
 # The judges: small classifiers whose features play Inception's roles in the tiny tiers
 # --------------------------------------------------------------------------------------
-
-
-class DigitsClassifier(nn.Module):
-    """Small CNN on 8x8 digits in [-1, 1]: ``(N, 1, 8, 8)`` -> logits ``(N, 10)``.
-
-    ``features(x)`` returns the 128-d penultimate activations used for FID-style metrics.
-    """
-
-    feature_dim = 128
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.GELU(),
-            nn.MaxPool2d(2),
-        )
-        self.fc = nn.Linear(64 * 4 * 4, self.feature_dim)
-        self.head = nn.Linear(self.feature_dim, 10)
-
-    def spatial(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 64, 8, 8)`` activations of the second conv (after its GELU), before the max pool."""
-        return self.conv[:4](x)
-
-    def features_from_spatial(self, spatial: torch.Tensor) -> torch.Tensor:
-        """The 128-d penultimate features from :meth:`spatial`'s map."""
-        return F.gelu(self.fc(self.conv[4](spatial).flatten(1)))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features_from_spatial(self.spatial(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-class FashionClassifier(nn.Module):
-    """The tiny-fashion judge: a CNN on padded 32x32 Fashion-MNIST in [-1, 1], ``(N, 1, 32, 32)`` -> logits ``(N, 10)``.
-
-    Three conv stages (32, 64, 128 channels, each followed by GELU and a 2x2 max pool), a 256-d
-    penultimate layer and a linear head. Its roles (:class:`goc_utils.evaluation.metrics.features.JudgeExtractor`):
-    ``features(x)`` (256-d) for FID / precision / recall, ``spatial(x)`` (the third stage's map before
-    its pool, ``(N, 128, 8, 8)``) for sFID, the logits for the Inception Score.
-    """
-
-    feature_dim = 256
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stage1 = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.GELU(), nn.MaxPool2d(2))
-        self.stage2 = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.GELU())
-        self.stage3 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(64, 128, 3, padding=1), nn.GELU(), nn.MaxPool2d(2))
-        self.dropout = nn.Dropout(0.3)
-        self.fc = nn.Linear(128 * 4 * 4, self.feature_dim)
-        self.head = nn.Linear(self.feature_dim, 10)
-
-    def spatial(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 128, 8, 8)`` activations of the third stage, before its pool."""
-        return self.stage3[:3](self.stage2(self.stage1(x)))
-
-    def features_from_spatial(self, spatial: torch.Tensor) -> torch.Tensor:
-        """The 256-d penultimate features from :meth:`spatial`'s map."""
-        return F.gelu(self.fc(self.dropout(self.stage3[3](spatial).flatten(1))))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features_from_spatial(self.spatial(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def load_digits_classifier(path: Path | None = None) -> DigitsClassifier:
-    """The committed digits judge (eval mode)."""
-    model = DigitsClassifier()
-    model.load_state_dict(load_file(str(path or paths.DIGITS_CLASSIFIER_WEIGHTS)))
-    return model.eval()
-
-
-def load_fashion_classifier(path: Path | None = None) -> FashionClassifier:
-    """The committed tiny-fashion judge (eval mode); a one-line error when it is not trained yet."""
-    path = Path(path or paths.FASHION_CLASSIFIER_WEIGHTS)
-    if not path.is_file():
-        raise InvalidArgumentError(f"the Fashion-MNIST judge {path} is missing; train it with `make train-fashion`")
-    model = FashionClassifier()
-    model.load_state_dict(load_file(str(path)))
-    return model.eval()
-
-
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def _augment_digits(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """1-pixel shifts of the whole batch and Gaussian noise of std 0.1."""
-    shift = torch.randint(-1, 2, (2,), generator=generator).tolist()
-    x = torch.roll(x, shifts=shift, dims=(2, 3))
-    return x + 0.1 * torch.randn(x.shape, generator=generator)
-
-
-def _augment_fashion(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per-image horizontal flips and a shift of up to 2 pixels of the whole batch (inside the black border)."""
-    flip = torch.rand(len(x), generator=generator) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
-    return torch.roll(x, shifts=shift, dims=(2, 3))
-
-
-@torch.enable_grad()
-def fit_classifier(
-    model: nn.Module,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    augment: Augment,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    name: str,
-    progress: bool = True,
-    checkpoint: Path | None = None,
-) -> nn.Module:
-    """One training loop for both judges: AdamW (weight decay 1e-4), cross-entropy, shuffled epochs.
-
-    With ``checkpoint``, the state is saved there after every epoch and a rerun resumes from it with
-    identical results (the caller removes it once the weights are saved).
-    """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(seed)
-    done = restore_training_state(checkpoint, "epoch", generator, model=model, opt=opt) if checkpoint else 0
-    for epoch in tqdm(range(done, epochs), desc=f"train {name}", disable=not progress, initial=done, total=epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            loss = F.cross_entropy(model(augment(x_train[batch], generator)), y_train[batch])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if checkpoint is not None:
-            save_training_state(checkpoint, "epoch", epoch + 1, generator, model=model, opt=opt)
-    return model.eval()
-
-
-@torch.no_grad()
-def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy of ``model`` on model-space ``images``."""
-    predicted = torch.cat([model(chunk).argmax(1) for chunk in torch.split(images, 1000)])
-    return (predicted == labels).float().mean().item()
-
-
-def train_digits_classifier(
-    epochs: int = 60, seed: int = 0, out: Path | None = None, progress: bool = True
-) -> tuple[Path, float]:
-    """Train the digits judge on 80% of the digits (1-pixel shifts + small noise as augmentation).
-
-    Returns ``(weights path, accuracy on the held-out 20%)``.
-    """
-    torch.manual_seed(seed)
-    images, labels = load_digits_tensors()
-    train_idx, test_idx = train_test_split_indices(len(images), 0.2, seed)
-    model = fit_classifier(
-        DigitsClassifier(), images[train_idx], labels[train_idx], _augment_digits, epochs, 64, 2e-3, seed,
-        "digits classifier", progress,
-    )  # fmt: skip
-    accuracy = classifier_accuracy(model, images[test_idx], labels[test_idx])
-    out = Path(out or paths.DIGITS_CLASSIFIER_WEIGHTS)
-    atomic_save_safetensors(model.state_dict(), out, {"test_accuracy": f"{accuracy:.4f}", "epochs": str(epochs)})
-    return out, accuracy
-
-
-def train_fashion_classifier(
-    epochs: int = 8, seed: int = 0, out: Path | None = None, threads: int = 2, progress: bool = True
-) -> tuple[Path, float]:
-    """Train the tiny-fashion judge on the 60,000 training images (flips and shifts as augmentation).
-
-    Returns ``(weights path, accuracy on the 10,000 held-out test images)``.
-    """
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    x_train, y_train = load_fashion_tensors("train")
-    checkpoint = paths.RUNS_DIR / "train_fashion_judge" / "checkpoint.pt"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    model = fit_classifier(
-        FashionClassifier(), x_train, y_train, _augment_fashion, epochs, 128, 2e-3, seed, "fashion judge", progress,
-        checkpoint,
-    )  # fmt: skip
-    x_test, y_test = load_fashion_tensors("test")
-    accuracy = classifier_accuracy(model, x_test, y_test)
-    out = Path(out or paths.FASHION_CLASSIFIER_WEIGHTS)
-    atomic_save_safetensors(model.state_dict(), out, {"test_accuracy": f"{accuracy:.4f}", "epochs": str(epochs)})
-    checkpoint.unlink(missing_ok=True)
-    torch.set_num_threads(previous_threads)
-    return out, accuracy

@@ -1,1 +1,1 @@
-"""Metrics of the study (feature extractors and scores)."""
+"""Metrics of the study: the ADM evaluator's formulas, feature extractors, batches, fidelity, judges."""

@@ -27,8 +27,8 @@ from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.metrics.batches import batch_info, iter_images
 from goc_utils.evaluation.metrics.inception import load_inception
 from goc_utils.files import write_npz
-from goc_utils.model.dit import DiT_models, preset_info
-from goc_utils.training.dit import load_digits_classifier, load_fashion_classifier
+from goc_utils.model.judges import load_digits_classifier, load_fashion_classifier
+from goc_utils.model.presets import DiT_models, preset_info
 
 FEATURE_EXTRACTORS = ("inception", "digits", "fashion")
 

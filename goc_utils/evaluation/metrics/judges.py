@@ -18,8 +18,8 @@ from goc_utils.datasets import from_uint8, load_digits_tensors, load_fashion_mni
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.metrics.evaluate import make_reference_batch
 from goc_utils.evaluation.metrics.features import build_extractor, default_features, default_reference
-from goc_utils.model.dit import DiT_models, preset_info
-from goc_utils.training.dit import load_digits_classifier, load_fashion_classifier
+from goc_utils.model.judges import load_digits_classifier, load_fashion_classifier
+from goc_utils.model.presets import DiT_models, preset_info
 
 JUDGED_PRESETS = tuple(name for name in DiT_models if preset_info(name).judge)
 """The presets with a judge of their own: the tiny tiers."""

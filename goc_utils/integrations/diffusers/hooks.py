@@ -3,7 +3,7 @@
 Two entry points, in the style of diffusers' own caches (``HookRegistry`` / ``ModelHook``)::
 
     from diffusers import DiTPipeline
-    from goc_utils.integrations.diffusers.hooks import apply_cache, remove_cache
+    from goc_utils.integrations.diffusers import apply_cache, remove_cache
 
     pipe = DiTPipeline.from_pretrained("path/to/DiT-XL-2-256")
     apply_cache(pipe.transformer, "fora-50+goc", steps=20)

@@ -54,8 +54,10 @@ from diffusers.hooks import (
 from diffusers.models.cache_utils import CacheMixin
 
 from goc_utils.cache.method import CacheMethod
+from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.integrations.diffusers.hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_router
+from goc_utils.integrations.diffusers.transformer import to_transformer
 
 PREFIX = "diffusers:"
 CALIBRATION_SAMPLES = 16
@@ -295,8 +297,6 @@ class HookRunner:
     def measure(self, run: Callable[[Callable], None], macs) -> dict:
         """The MACs columns, from counting what one run (``run(forward)``) really computes."""
         if self.schedule is not None:  # ours: exactly the schedule (tests check the hooks agree)
-            from goc_utils.model.macs import theoretical_speedup
-
             return {
                 "cache_ratio": self.schedule.cache_ratio,
                 "cache_ratio_macs": self.schedule.cache_ratio_macs(macs.units),
@@ -314,6 +314,4 @@ class HookRunner:
 
 def diffusers_backend(model) -> DiffusersDiT:
     """Our DiT as a diffusers ``DiTTransformer2DModel`` (same weights, published timestep features) for the harness."""
-    from goc_utils.integrations.diffusers.transformer import to_transformer
-
     return DiffusersDiT(to_transformer(model))

@@ -1,4 +1,4 @@
-"""The paper's claims tested one by one on sampled images (notebook 08, ``make ablations``).
+"""Notebook 08: the paper's claims tested one by one on sampled images (``make ablations``).
 
 Every point is a ``goc eval`` run (:func:`goc_utils.evaluation.eval.run_eval`): the same per-sample noise for every
 method, resumable under ``runs/``, scored with FID (digits features, bootstrap spread) and PSNR vs the un-cached
@@ -16,12 +16,38 @@ samples. Where fidelity is the verdict 500 samples per point are used (``runs/ab
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from goc_utils.cache.l2c import default_router
 from goc_utils.cache.method import CacheMethod
-from goc_utils.priors.stats import PriorStats, simulate_goc, unit_macs_weights, weighted_error
+from goc_utils.evaluation.eval import EvalSettings, rounded, run_eval
+from goc_utils.evaluation.metrics.features import build_extractor, default_features, default_reference
+from goc_utils.evaluation.tables import write_table
+from goc_utils.priors.auto import auto_goc, unit_macs_weights
+from goc_utils.priors.replay import simulate_goc, weighted_error
+from goc_utils.priors.stats import PriorStats, default_priors_path
+from goc_utils.study.params import StudyParams
+
+__all__ = [  # what notebook 08 uses
+    "HOSTS",
+    "PriorStats",
+    "StudyParams",
+    "ablation_auto",
+    "ablation_eval",
+    "ablation_verdicts",
+    "default_priors_path",
+    "default_router",
+    "inflection_methods",
+    "rank_correlation",
+    "ratio_methods",
+    "replay_predictions",
+    "weight_methods",
+    "write_table",
+]
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 """The w grid of the weight sweep (the paper's 1.2 / 0.8 and the least-squares w are added)."""
@@ -98,3 +124,65 @@ def rank_correlation(predicted: dict, rows: Sequence[dict]) -> tuple[float, int]
         return float("nan"), len(pairs)
     rho = spearmanr([p for p, _ in pairs], [m for _, m in pairs]).statistic
     return float(rho), len(pairs)
+
+
+def ablation_eval(p: StudyParams, methods: Sequence[str], num_samples: int, out: Path, router: str = "",
+                  fid_bootstrap: int = 0, per_device_batch: int = 250) -> list[dict]:  # fmt: skip
+    """``goc eval`` of ``methods`` at ``p.cfg_scale`` into ``out`` (resumable), rows rounded as committed."""
+    settings = EvalSettings(
+        model=p.model, ckpt=p.ckpt, image_size=p.image_size, vae=p.vae_spec, steps=p.steps, cfg_scale=p.cfg_scale,
+        seed=p.seed, per_device_batch=per_device_batch, router=router or default_router(p.model, p.steps),
+    )  # fmt: skip
+    features = default_features(p.model)
+    extractor = build_extractor(features, p.torch_device)
+    rows = run_eval(p.load_model(), settings, list(methods), num_samples, out, str(default_reference(features)),
+                    extractor, p.load_vae(), latency_repeats=1, progress=True, fid_bootstrap=fid_bootstrap)  # fmt: skip
+    return [asdict(rounded(r)) for r in rows]
+
+
+def ablation_auto(p: StudyParams, stats, router: str = "") -> dict:
+    """What ``goc:auto`` resolves to per ablation host: ``{host: {"steps", "weight", "weight_published_steps"}}``."""
+    router = router or str(default_router(p.model, p.steps))
+    model = p.load_model()
+    out = {}
+    for host in HOSTS:
+        schedule = CacheMethod.parse(host, router=router).build_schedule(p.steps, model.depth)
+        auto = auto_goc(stats, schedule)
+        published = auto_goc(stats, schedule, steps=schedule.reference_correction_steps, weight="auto")
+        out[host] = {
+            "steps": auto.steps, "weight": float(auto.weight), "weight_published_steps": float(published.weight)
+        }
+    return out
+
+
+def ablation_verdicts(weights: list[dict], inflections: list[dict], ratio: list[dict], auto: dict, runs) -> list[str]:
+    """One sentence per ablation, computed from the measured rows."""
+    by_w, by_step, rows = ({r["method"]: r for r in table} for table in (weights, inflections, ratio))
+    lines = []
+    for host, paper_w in HOSTS.items():
+        grid = [(float(m.rsplit("=", 1)[1]), r["psnr_vs_none"]) for m, r in by_w.items()
+                if m.startswith(f"{host}+goc:w=") and not m.endswith("auto")]  # fmt: skip
+        best_w, best = max(grid, key=lambda x: x[1])
+        ls = by_w.get(f"{host}+goc:w=auto", {}).get("psnr_vs_none", float("nan"))
+        lines.append(
+            f"w ({host}): best measured w on the grid = {best_w:g} ({best:.1f} dB); paper's w {paper_w} gives "
+            f"{by_w[f'{host}+goc']['psnr_vs_none']:.1f} dB; least-squares w {auto[host]['weight_published_steps']:.2f} "
+            f"gives {ls:.1f} dB"
+        )
+        base = by_step[f"{host}+goc"]["psnr_vs_none"]  # the same samples as the single-step changes
+        hurt = [s for h, m, kind, s in runs if h == host and kind == "without" and by_step[m]["psnr_vs_none"] > base]
+        helps = [s for h, m, kind, s in runs if h == host and kind == "with" and by_step[m]["psnr_vs_none"] > base]
+        lines.append(
+            f"inflections ({host}): published steps whose correction hurts (leaving it out raises PSNR): "
+            f"{hurt or 'none'}; "
+            f"skipped steps whose correction would help: {helps or 'none'}; goc:auto skips "
+            f"{sorted(set(range(1, 20, 2)) - set(auto[host]['steps']))}"
+        )
+    for host in ("fora:interval=2", "fora:interval=3", "fora:interval=4", "l2c", "l2c@0.3", "l2c@0.5"):
+        if host in rows:
+            cells = ", ".join(
+                f"{c or 'plain'} {rows[host + c]['psnr_vs_none']:.1f} dB / FID {rows[host + c]['fid']:.2f}"
+                for c in ("", "+goc", "+goc:auto", "+taylor") if host + c in rows
+            )  # fmt: skip
+            lines.append(f"ratio ({host}, {100 * rows[host]['cache_ratio_macs']:.0f}% reused): {cells}")
+    return lines

@@ -1,4 +1,4 @@
-"""Interactive threshold explorer (ipywidgets): caching knobs -> what the cache does and why.
+"""Notebook 06: the interactive threshold explorer (ipywidgets): caching knobs -> what the cache does and why.
 
 Four panels, all recomputed from the same noise on every change:
 
@@ -32,12 +32,25 @@ from PIL import Image
 
 from goc_utils.cache import COMPENSATORS
 from goc_utils.cache.goc import COUPLINGS
+from goc_utils.cache.l2c import default_router
 from goc_utils.cache.method import CacheMethod
-from goc_utils.cache.schedule import build_schedule
+from goc_utils.cache.schedule import build_schedule, theoretical_speedup
 from goc_utils.errors import GocError
-from goc_utils.evaluation.sampling import generate
-from goc_utils.model.macs import model_macs, theoretical_speedup
+from goc_utils.model.macs import model_macs
+from goc_utils.model.sampler import generate, parse_classes
+from goc_utils.priors.stats import PriorStats, default_priors_path
+from goc_utils.study.params import StudyParams
 from goc_utils.study.viz import image_grid
+
+__all__ = [  # what notebook 06 uses
+    "PriorStats",
+    "StudyParams",
+    "ThresholdExplorer",
+    "default_priors_path",
+    "default_router",
+    "parse_classes",
+]
+
 
 COMPUTED, REUSED, CORRECTED = 0, 1, 2
 MAP_COLOURS = ListedColormap(["#d9d9d9", "#4c72b0", "#dd8452"])

@@ -1,0 +1,15 @@
+"""Notebook 01 (load a DiT and sample): the preset's architecture and a grid of samples."""
+
+from __future__ import annotations
+
+from goc_utils.model.presets import model_info
+from goc_utils.model.sampler import class_labels, generate, parse_classes
+from goc_utils.study.params import StudyParams
+
+__all__ = [  # what notebook 01 uses
+    "StudyParams",
+    "class_labels",
+    "generate",
+    "model_info",
+    "parse_classes",
+]

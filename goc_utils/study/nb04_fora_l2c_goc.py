@@ -1,0 +1,53 @@
+"""Notebook 04 (FORA / L2C with and without GOC): the methods a notebook can run, and their cost table."""
+
+from __future__ import annotations
+
+from goc_utils.cache import CacheMethod, split_methods, without_router
+from goc_utils.cache.l2c import default_router
+from goc_utils.cache.schedule import theoretical_speedup
+from goc_utils.evaluation.bench import same_noise_runs
+from goc_utils.evaluation.tables import show_table, write_table
+from goc_utils.model.macs import model_macs
+from goc_utils.model.sampler import parse_classes
+from goc_utils.priors.stats import PriorStats, default_priors_path
+from goc_utils.study.params import StudyParams
+
+__all__ = [  # what notebook 04 uses
+    "PriorStats",
+    "StudyParams",
+    "default_priors_path",
+    "default_router",
+    "method_table",
+    "notebook_methods",
+    "parse_classes",
+    "same_noise_runs",
+    "show_table",
+    "write_table",
+]
+
+
+
+def notebook_methods(methods: str, router: str | None, priors, smoke: bool = False) -> list[str]:
+    """The method strings a notebook can run: those needing a router are dropped without one, ``auto``
+    ones without priors; ``smoke`` keeps the fora-50 ones."""
+    wanted = without_router(split_methods(methods), router)[0]
+    wanted = [m for m in wanted if priors is not None or not CacheMethod.parse(m, router=router).needs_priors]
+    return [m for m in wanted if "fora-50" in m] if smoke else wanted
+
+
+def method_table(model, results: dict, errors: dict, steps: int, router: str | None = None) -> list[dict]:
+    """Cache ratio (units, MACs), theoretical speedup and final RMSE vs no cache for each method."""
+    macs = model_macs(model)
+    rows = []
+    for method in results:
+        schedule = CacheMethod.parse(method, router=router).build_schedule(steps, model.depth)
+        rows.append(
+            {
+                "method": method,
+                "cached units": f"{100 * schedule.cache_ratio:.1f}%",
+                "cached MACs": f"{100 * schedule.cache_ratio_macs(macs.units):.1f}%",
+                "theoretical speedup": f"{theoretical_speedup(macs, schedule):.3f}x",
+                "final RMSE vs none": f"{float(errors[method][-1]):#.3g}",
+            }
+        )
+    return rows

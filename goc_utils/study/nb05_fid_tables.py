@@ -1,0 +1,78 @@
+"""Notebook 05 (FID tables): ``goc eval`` from a notebook, written byte-reproducibly to ``figures/``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from goc_utils import paths
+from goc_utils.cache import without_router
+from goc_utils.cache.l2c import default_router
+from goc_utils.errors import InvalidArgumentError
+from goc_utils.evaluation.eval import EvalSettings, parse_methods, rounded, run_eval, write_results
+from goc_utils.evaluation.metrics.batches import batch_info
+from goc_utils.evaluation.metrics.features import build_extractor, default_features, default_reference
+from goc_utils.evaluation.tables import show_table, write_table
+from goc_utils.study.params import StudyParams
+
+__all__ = [  # what notebook 05 uses
+    "StudyParams",
+    "fid_table",
+    "show_table",
+]
+
+
+def fid_table(
+    p: StudyParams,
+    methods: str,
+    cfg_scales: str = "1.5",
+    num_samples: int = 2000,
+    per_device_batch: int = 250,
+    router: str = "",
+    ref_batch: str = "",
+    features: str = "",
+    inception_weights: str = "",
+    samples_dir: str = "",
+    latency_repeats: int = 3,
+    fid_bootstrap: int = 20,
+    name: str = "05_fid_table",
+) -> list[dict]:
+    """`goc eval` from a notebook: sample (resumably) and score every method, write ``figures/<name>.csv|md``.
+
+    The table leaves out wall-clock columns (so ``make study`` reproduces it byte for byte);
+    latencies go to ``figures/<name>_latency.csv|md``, which changes from run to run.
+
+    Samples go to ``samples_dir`` (default ``runs/eval/<model>/cfg<c>/<method>/``), the folder
+    ``make eval-tiny`` fills too, so a finished run is only re-scored. ``l2c`` methods are skipped
+    when no router is given and none is committed for the model.
+    """
+    features = features or default_features(p.model)
+    ref = ref_batch or str(default_reference(features) or "")
+    if not ref:
+        raise InvalidArgumentError(
+            "parameter ref_batch is required with Inception features: the ADM reference batch "
+            "VIRTUAL_imagenet256_labeled.npz (see the README section on DiT-XL/2)"
+        )
+    batch_info(ref)
+    router_path = router or default_router(p.model, p.steps)
+    wanted = without_router(parse_methods(methods), router_path)[0]
+    scales = [float(c) for c in cfg_scales.split(",") if c.strip()]
+    model, vae = p.load_model(), p.load_vae()
+    extractor = build_extractor(features, p.torch_device, inception_weights or None)
+    out = Path(samples_dir) if samples_dir else paths.RUNS_DIR / "eval" / p.model.replace("/", "-")
+    rows = []
+    for cfg in scales:
+        settings = EvalSettings(
+            model=p.model, ckpt=p.ckpt, image_size=p.image_size, vae=p.vae_spec, steps=p.steps, cfg_scale=cfg,
+            seed=p.seed, per_device_batch=per_device_batch, router=router_path,
+        )  # fmt: skip
+        rows += run_eval(
+            model, settings, wanted, num_samples, out / f"cfg{cfg:g}", ref, extractor, vae,
+            latency_repeats=latency_repeats, fid_bootstrap=fid_bootstrap,
+        )  # fmt: skip
+    write_results(rows, paths.FIGURES_DIR, name, timing=False)  # byte-reproducible
+    latency = [{"method": r.method, "cfg": r.cfg_scale, "MACs speedup": f"{r.macs_speedup:.3f}x",
+                "latency s/batch": f"{r.latency_s:.4f}", "measured speedup": f"{r.measured_speedup:.3f}x"}
+               for r in rows]  # fmt: skip
+    write_table(latency, f"{name}_latency")
+    return [asdict(rounded(r)) for r in rows]  # figures drawn from the committed (rounded) numbers
