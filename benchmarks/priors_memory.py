@@ -24,8 +24,9 @@ import time
 def _child(args: argparse.Namespace) -> dict:
     import torch
 
-    from goc_utils.evaluation.sampling import generate
-    from goc_utils.model.dit import create_model, load_model
+    from goc_utils.model.checkpoints import load_model
+    from goc_utils.model.presets import create_model
+    from goc_utils.model.sampler import generate
     from goc_utils.priors.stats import extract_priors
 
     torch.set_grad_enabled(False)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from goc_utils.evaluation.sampling import generate
-from goc_utils.model.dit import count_parameters, create_model
+from goc_utils.model.presets import count_parameters, create_model
+from goc_utils.model.sampler import generate
 
 
 def _sync(device: str) -> None:
