@@ -68,3 +68,21 @@ def small_dit(in_channels: int = 1, depth: int = 3, input_size: int = 8, num_cla
 @pytest.fixture
 def tiny_random() -> DiT:
     return small_dit()
+
+
+def run_bad_input(argv: list[str], message: str, capsys, out: Path | None = None) -> str:
+    """Run ``goc argv`` in-process and assert the promise for a bad input: exit status 2, exactly one line on
+    stderr containing ``message``, and (when ``out`` is given) no ``run.json`` written there. Returns stderr."""
+    from goc_utils.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    assert code == 2, (captured.out, captured.err)
+    assert message in captured.err, captured.err
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    if out is not None:
+        assert not (out / "run.json").exists()  # nothing started
+    return captured.err

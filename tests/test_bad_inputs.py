@@ -12,7 +12,7 @@ import torch
 from goc_utils.cli import main
 from goc_utils.errors import VAEError
 from goc_utils.model import vae as vae_module
-from tests.conftest import router_file
+from tests.conftest import router_file, run_bad_input
 
 
 class _RunsCode:
@@ -95,15 +95,7 @@ def test_bad_input_is_one_line_with_exit_2(argv, message, tmp_path, capsys):
     argv = [str(files.get(a, a)).replace("OUT", str(out)) for a in argv]
     if "--out" not in argv and argv[0] == "sample":
         argv += ["--out", str(tmp_path / "g.png")]
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    assert code == 2, (captured.out, captured.err)
-    assert message in captured.err, captured.err
-    assert len(captured.err.strip().splitlines()) == 1, captured.err
-    assert not (out / "run.json").exists()  # nothing started
+    run_bad_input(argv, message, capsys, out)
 
 
 def test_vae_paths_and_unreachable_hub_are_one_line(monkeypatch):
