@@ -35,3 +35,13 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first non-empty line of an exception's message (its type name when the message is empty)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr``-free text of ``value`` cut to ``limit`` characters around an ellipsis (a 100,000-digit number or a
+    5,000-character path stays readable in a one-line message)."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    head = (limit - 5) * 2 // 3
+    return f"{text[:head]} ... {text[-(limit - 5 - head):]}"

@@ -1,4 +1,5 @@
-"""Writing result files atomically (a temporary sibling, then a rename), npz files byte-reproducibly; file hashes.
+"""Files: writing results atomically (a temporary sibling, then a rename), npz files byte-reproducibly; file hashes;
+the checks made before reading an input file or starting a job that needs memory or disk.
 
 A crash, a ``kill -9`` or a full disk never leaves a half-written file under the final name, and
 two processes writing the same file never share a temporary name.
@@ -6,6 +7,8 @@ two processes writing the same file never share a temporary name.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import os
@@ -18,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+
+from goc_utils.errors import InvalidArgumentError, shorten
 
 
 @contextmanager
@@ -172,3 +177,102 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def input_file(
+    path: str | Path, what: str, fix: str, error: type[Exception] = InvalidArgumentError, max_bytes: int | None = None
+) -> Path:
+    """``path`` if it is an existing regular file, else one line saying what it is instead.
+
+    The message names ``what`` (``"router file"``), the path (shortened when very long) and what is wrong: it
+    does not exist, is a dangling symbolic link or a link loop, is a folder, is not a regular file (a device,
+    FIFO or socket), has a name longer than the system allows, or is larger than ``max_bytes``; ``fix`` says
+    what to pass instead. ``error`` is the exception class raised (the caller's domain error).
+
+    Example:
+        >>> input_file("/nonexistent.pt", "router file", "pass --router PATH")
+        Traceback (most recent call last):
+        ...
+        goc_utils.errors.InvalidArgumentError: router file '/nonexistent.pt' does not exist; pass --router PATH
+    """
+    path = Path(path)
+    name = repr(shorten(path))
+    try:
+        info = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            reason = f"has a name of {len(str(path)):,} characters, longer than the system allows"
+        elif exc.errno == errno.ELOOP:
+            reason = "is a symbolic link loop"
+        elif exc.errno == errno.ENOENT and path.is_symlink():
+            reason = "is a symbolic link to nothing"
+        elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            reason = "does not exist"
+        else:
+            reason = f"cannot be read ({exc.strerror})"
+        raise error(f"{what} {name} {reason}; {fix}") from None
+    if path.is_dir():
+        raise error(f"{what} {name} is a folder, not a file; {fix}")
+    if not path.is_file():
+        raise error(f"{what} {name} is not a regular file (a device, FIFO or socket); {fix}")
+    if max_bytes is not None and info.st_size > max_bytes:
+        size, limit = format_bytes(info.st_size), format_bytes(max_bytes)
+        raise error(f"{what} {name} is {size}, more than a {what} can be ({limit}); {fix}")
+    return path
+
+
+def format_bytes(n: int | float) -> str:
+    """``1536`` -> ``"1.5 KiB"`` (binary units, three significant digits)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:.3g} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{value:.3g} EiB"
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (a fixed number, so checks against it are reproducible)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(nbytes: int | float, what: str, fix: str) -> None:
+    """One line (:class:`InvalidArgumentError`) when ``what`` would need more memory than this machine has, before
+    anything is allocated: ``check_memory(n * 3 * 256 * 256, "--per-class 100000000", "sample fewer images")``."""
+    if nbytes > memory_bytes():
+        raise InvalidArgumentError(
+            f"{what} would need {format_bytes(nbytes)} of memory, more than this machine's "
+            f"{format_bytes(memory_bytes())}; {fix}"
+        )
+
+
+def check_disk(folder: str | Path, nbytes: int | float, what: str, fix: str) -> None:
+    """One line when ``what`` would write more than the free space of the disk holding ``folder`` (its nearest
+    existing parent), before anything is written."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if nbytes > free:
+        raise InvalidArgumentError(
+            f"{what} would write {format_bytes(nbytes)} to {shorten(existing)!r}, more than its "
+            f"{format_bytes(free)} free; {fix}"
+        )
+
+
+@contextmanager
+def exclusive_lock(lock_path: str | Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if needed) for the block; when another process holds it,
+    raise :class:`InvalidArgumentError` with the one-line message ``busy`` at once. The kernel drops the lock
+    when its process ends, also on ``kill -9``, so a stopped job never leaves a stale lock."""
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InvalidArgumentError(busy) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from goc_utils.cli import main
-from goc_utils.errors import VAEError
+from goc_utils.errors import InvalidArgumentError, VAEError
+from goc_utils.files import check_disk, check_memory, input_file, memory_bytes
 from goc_utils.model import vae as vae_module
 from tests.conftest import router_file, run_bad_input
 
@@ -112,3 +113,33 @@ def test_bench_uses_the_committed_router_like_eval(capsys):
     assert main(["bench", "--steps", "20", "--repeats", "1", "--warmup", "0", "--methods", "none,l2c"]) == 0
     out = capsys.readouterr().out
     assert "skipping" not in out and "| l2c | 24.8% |" in out
+
+
+def test_input_file_says_what_the_path_is(tmp_path):
+    """One check for every input file: what the path is instead of a file, in one line."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    big = tmp_path / "big.csv"
+    big.write_bytes(b"1" * 100)
+    cases = {
+        str(tmp_path / "missing.pt"): "does not exist",
+        str(tmp_path): "is a folder, not a file",
+        "/dev/zero": "is not a regular file",
+        str(tmp_path / "loop"): "is a symbolic link loop",
+        str(tmp_path / "dangling"): "is a symbolic link to nothing",
+        "/" + "x" * 5000: "has a name of 5,001 characters",
+        str(big): "is 100 B, more than a matrix file can be (10 B)",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(InvalidArgumentError, match="pass --x PATH$") as info:
+            input_file(path, "matrix file", "pass --x PATH", max_bytes=10)
+        assert reason in str(info.value) and "\n" not in str(info.value) and len(str(info.value)) < 200
+    assert input_file(big, "matrix file", "pass --x PATH") == big
+
+
+def test_memory_and_disk_are_checked_before_the_work(tmp_path):
+    with pytest.raises(InvalidArgumentError, match=r"would need .* of memory, more than this machine's"):
+        check_memory(10 * memory_bytes(), "--per-class 100000000", "sample fewer images")
+    check_memory(1024, "a small job", "")
+    with pytest.raises(InvalidArgumentError, match=r"would write .* free; sample fewer"):
+        check_disk(tmp_path / "not" / "yet", 2**70, "--num-samples 10**12", "sample fewer")

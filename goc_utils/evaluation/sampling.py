@@ -7,7 +7,6 @@ run resumes to the same bytes.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.files import atomic_write_text, file_sha256, write_npz, write_npz_stream
+from goc_utils.files import atomic_write_text, exclusive_lock, file_sha256, write_npz, write_npz_stream
 from goc_utils.model.dit import DiT
 from goc_utils.model.sampler import SampleResult, generate, per_sample_inputs
 
@@ -99,18 +98,9 @@ def run_lock(out_dir: Path, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / LOCK_NAME, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InvalidArgumentError(
-                f"another process is sampling into {out_dir}; wait for it to finish or choose another --out"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    busy = f"another process is sampling into {out_dir}; wait for it to finish or choose another --out"
+    with exclusive_lock(out_dir / LOCK_NAME, busy):
+        yield
 
 
 LOCK_NAME = ".lock"
