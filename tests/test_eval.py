@@ -141,7 +141,7 @@ def test_method_strings():
     for bad, message in [
         ("fora-51", "unknown method"),
         ("fora-50+goc:x=1", "unknown option"),
-        ("", "no methods"),
+        ("", "empty method list"),
         ("fora-50+goc:coupling=blocks", "coupling must be one of block, unit"),
         ("fora:intervall=3", "unknown option 'intervall=3' for schedule 'fora'"),
     ]:

@@ -18,7 +18,7 @@ PACKAGE = paths.PROJECT_ROOT / "goc_utils"
 ROOMS = ("base", "model", "cache", "priors", "integrations", "evaluation", "training", "study", "cli")
 """Lowest first: a module may import its own room and the rooms before it, never one after it."""
 
-BASE = {"errors", "files", "paths", "datasets"}
+BASE = {"errors", "files", "lists", "paths", "datasets"}
 
 
 def module_name(path: Path, package: Path = PACKAGE) -> str:

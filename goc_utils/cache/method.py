@@ -16,6 +16,7 @@ flag), mapped onto the schedule builder's keyword arguments and the compensator 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 
 from goc_utils.cache.compensator import COMPENSATORS, build_compensator
@@ -23,6 +24,7 @@ from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.options import parse_options
 from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.lists import refuse_repeats, split_items
 from goc_utils.model.dit import DiT
 
 AUTO = "auto"
@@ -160,15 +162,20 @@ def _number(value: str, text: str) -> float:
 
 
 def split_methods(text: str) -> list[str]:
-    """A comma-separated list of method strings; a part that is only digits continues the previous
-    method's step list (``"none,fora-50+goc:steps=3,5,7,l2c"`` -> 3 methods)."""
+    """A comma-separated list of method strings; a part that is only digits (or empty) continues the previous
+    method's step list (``"none,fora-50+goc:steps=3,5,7,l2c"`` -> 3 methods; the step list itself is checked
+    when its method is parsed). One line for an empty list, an empty item or a method given twice
+    (:mod:`goc_utils.lists`)."""
     methods: list[str] = []
-    for part in (p.strip() for p in text.split(",")):
-        if part.isdigit() and methods and methods[-1][-1:].isdigit() and "steps=" in methods[-1]:
+    for part in (p.strip() for p in str(text).split(",")):
+        if (part.isdigit() or not part) and methods and re.search(r"steps=[\d,]*$", methods[-1]):
             methods[-1] += f",{part}"
-        elif part:
+        else:
             methods.append(part)
-    return methods
+    example = "none,fora-50,fora-50+goc"
+    if "" in methods:  # the list, or an item outside a step list, is empty
+        split_items(text, "method list", example)
+    return refuse_repeats(methods, "method list", text, example)
 
 
 def without_router(methods: list[str], router: str | None) -> tuple[list[str], list[str]]:

@@ -22,16 +22,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.lists import number_list
 
 Converter = Callable[[str], object]
 
 
 def parse_int_list(text: str) -> list[int]:
-    """``"3,5,7"`` (or ``3/5/7``) -> ``[3, 5, 7]``."""
-    try:
-        return [int(part) for part in text.replace("/", ",").split(",") if part.strip()]
-    except ValueError:
-        raise InvalidArgumentError(f"malformed step list {text!r}; use e.g. 3,5,7,9") from None
+    """``"3,5,7"`` (or ``3/5/7``) -> ``[3, 5, 7]``: a number list (:mod:`goc_utils.lists`: no empty item, no
+    step twice)."""
+    return number_list(text.replace("/", ","), int, "step list", "3,5,7,9")
 
 
 def _converter(hint) -> Converter | None:

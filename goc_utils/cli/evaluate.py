@@ -41,6 +41,7 @@ from goc_utils.evaluation.metrics.features import (
     default_reference,
 )
 from goc_utils.integrations.diffusers.peers import diffusers_backend
+from goc_utils.lists import number_list
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.presets import preset_info
 from goc_utils.model.vae import load_vae, vae_spec
@@ -200,11 +201,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _cfg_list(text: str) -> list[float]:
     try:
-        values = [number(part) for part in text.split(",") if part.strip()]
-    except argparse.ArgumentTypeError:
-        values = []
-    if not values or any(not v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"malformed cfg list {text!r}; use e.g. 1.5 or 1.5,4.0")
+        values = number_list(text, float, "cfg list", "1.5 or 1.5,4.0")
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"malformed cfg list {text!r} (a negative scale); use e.g. 1.5 or 1.5,4.0")
     return values
 
 

@@ -109,9 +109,7 @@ def parse_methods(text: str, single: bool = False) -> list[str]:
     A part made of digits continues the previous method's step list (``fora-50+goc:steps=3,5,7``).
     ``single``: exactly one method (``goc eval-sample --method``).
     """
-    methods = split_methods(text)
-    if not methods:
-        raise InvalidArgumentError("no methods given; e.g. --methods none,fora-50,fora-50+goc")
+    methods = split_methods(text)  # no empty list, empty item or repeated method
     if single and len(methods) > 1:
         try:
             CacheMethod.parse(text, router="router.pt")  # its own error names what is wrong in it
@@ -124,8 +122,6 @@ def parse_methods(text: str, single: bool = False) -> list[str]:
             parse_peer(m)
         else:
             CacheMethod.parse(m, router="router.pt")
-    if len(set(methods)) != len(methods):
-        raise InvalidArgumentError(f"--methods lists a method twice: {text}")
     return methods
 
 

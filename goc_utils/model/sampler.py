@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from goc_utils.datasets import to_uint8
-from goc_utils.errors import InvalidArgumentError
+from goc_utils.errors import InvalidArgumentError, shorten
+from goc_utils.lists import split_items
 from goc_utils.model.diffusion import NUM_TRAIN_TIMESTEPS, cfg_denoiser, create_diffusion
 from goc_utils.model.dit import DiT
 from goc_utils.model.vae import decode_latents
@@ -123,21 +124,27 @@ def generate(
 
 
 def parse_classes(text: str) -> list[int]:
-    """``"207,360"`` or ``"0-9"`` -> class ids (one-line error when malformed)."""
+    """``"207,360"`` or ``"0-9"`` -> class ids (one-line error when malformed, an item or a range is empty).
+
+    A class may repeat (``207,207``: two samples of class 207 with their own noise), see :mod:`goc_utils.lists`.
+    """
     classes: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
+    for part in split_items(text, "class list", CLASS_LIST_EXAMPLE):
         try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                classes.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                classes.append(int(part))
+            lo, hi = (int(n) for n in part.split("-", 1)) if "-" in part[1:] else (int(part), int(part))
         except ValueError:
-            raise InvalidArgumentError(f"malformed class list {text!r}; use e.g. 3,5,7 or 0-9") from None
-    if not classes:
-        raise InvalidArgumentError(f"empty class list {text!r}; use e.g. 3,5,7 or 0-9")
+            raise InvalidArgumentError(
+                f"malformed class list {shorten(text)!r}; use e.g. {CLASS_LIST_EXAMPLE}"
+            ) from None
+        if hi < lo:
+            raise InvalidArgumentError(
+                f"class range {part!r} in {shorten(text)!r} is empty; write it low-high, e.g. 0-9"
+            )
+        classes.extend(range(lo, hi + 1))
     return classes
+
+
+CLASS_LIST_EXAMPLE = "3,5,7 or 0-9"
 
 
 def class_labels(classes: Sequence[int], per_class: int = 1) -> list[int]:

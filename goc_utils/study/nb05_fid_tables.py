@@ -13,6 +13,7 @@ from goc_utils.evaluation.eval import EvalSettings, parse_methods, rounded, run_
 from goc_utils.evaluation.metrics.batches import batch_info
 from goc_utils.evaluation.metrics.features import build_extractor, default_features, default_reference
 from goc_utils.evaluation.tables import show_table, write_table
+from goc_utils.lists import number_list
 from goc_utils.study.params import StudyParams
 
 __all__ = [  # what notebook 05 uses
@@ -56,7 +57,7 @@ def fid_table(
     batch_info(ref)
     router_path = router or default_router(p.model, p.steps)
     wanted = without_router(parse_methods(methods), router_path)[0]
-    scales = [float(c) for c in cfg_scales.split(",") if c.strip()]
+    scales = number_list(cfg_scales, float, "cfg list", "1.5 or 1.5,4.0")
     model, vae = p.load_model(), p.load_vae()
     extractor = build_extractor(features, p.torch_device, inception_weights or None)
     out = Path(samples_dir) if samples_dir else paths.RUNS_DIR / "eval" / p.model.replace("/", "-")

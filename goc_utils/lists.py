@@ -1,0 +1,53 @@
+"""Comma-separated lists (flags and notebook parameters): one rule per kind of list.
+
+Every kind refuses an empty list and an empty item (``1,,2``, a trailing comma) in one line. A repeated item is
+refused where it makes no sense: method lists (``none,none`` would time or score the same method twice) and number
+lists (cfg scales, GOC correction steps, sample counts, notebook numbers). Class lists may repeat a class:
+``--classes 207,207,360`` samples two images of class 207 with different noise, a legitimate grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from goc_utils.errors import InvalidArgumentError, shorten
+
+T = TypeVar("T")
+
+
+def split_items(text: str, what: str, example: str) -> list[str]:
+    """The stripped items of the comma-separated ``text``; one line (naming ``what``, e.g. ``"class list"``, and
+    ``example``) when the list or one of its items is empty."""
+    items = [part.strip() for part in str(text).split(",")]
+    if items == [""]:
+        raise InvalidArgumentError(f"empty {what} {shorten(text)!r}; use e.g. {example}")
+    if "" in items:
+        raise InvalidArgumentError(f"malformed {what} {shorten(text)!r} (an empty item); use e.g. {example}")
+    return items
+
+
+def refuse_repeats(items: Sequence[T], what: str, text: str, example: str) -> list[T]:
+    """``items`` as a list; one line naming the first item that appears twice."""
+    seen: list[T] = []
+    for item in items:
+        if item in seen:
+            raise InvalidArgumentError(
+                f"{what} {shorten(text)!r} lists {shorten(item)} twice; give each once, e.g. {example}"
+            )
+        seen.append(item)
+    return seen
+
+
+def number_list(text: str, convert: Callable[[str], T], what: str, example: str) -> list[T]:
+    """``"1.5,4.0"`` -> ``[1.5, 4.0]`` with ``convert`` (``int`` or ``float``): no empty item, no item that is not a
+    finite number, no value twice (``1.5,1.50`` included)."""
+    items = split_items(text, what, example)
+    try:
+        values = [convert(item) for item in items]
+    except ValueError:
+        raise InvalidArgumentError(f"malformed {what} {shorten(text)!r}; use e.g. {example}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidArgumentError(f"malformed {what} {shorten(text)!r} (not finite); use e.g. {example}")
+    return refuse_repeats(values, what, text, example)
