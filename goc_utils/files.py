@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from goc_utils.errors import InvalidArgumentError, shorten
+from goc_utils.paths import link_problem
 
 
 @contextmanager
@@ -202,10 +203,8 @@ def input_file(
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
             reason = f"has a name of {len(str(path)):,} characters, longer than the system allows"
-        elif exc.errno == errno.ELOOP:
-            reason = "is a symbolic link loop"
-        elif exc.errno == errno.ENOENT and path.is_symlink():
-            reason = "is a symbolic link to nothing"
+        elif (link := link_problem(path)) is not None:
+            reason = link
         elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
             reason = "does not exist"
         else:

@@ -1,4 +1,4 @@
-"""The one place project paths come from.
+"""The one place project paths come from (and :func:`link_problem`: what a path that leads nowhere is).
 
 Every module asks this file where things live instead of guessing from ``~`` or the
 current working directory, so the study behaves the same from a notebook, the CLI or
@@ -7,6 +7,7 @@ the tests.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -60,3 +61,16 @@ def figure_path(name: str, suffix: str = ".png") -> Path:
     """Path of a study figure, ``figures/<name><suffix>`` (folder created on demand)."""
     FIGURES_DIR.mkdir(parents=True, exist_ok=True)
     return FIGURES_DIR / f"{name}{suffix}"
+
+
+def link_problem(path: str | Path) -> str | None:
+    """``"is a symbolic link loop"`` or ``"is a symbolic link to nothing"`` when ``path`` leads nowhere through
+    symbolic links, else None (also for a path that simply does not exist)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if exc.errno == errno.ENOENT and Path(path).is_symlink():
+            return "is a symbolic link to nothing"
+    return None

@@ -226,7 +226,7 @@ def test_inception_weights_errors(tmp_path, monkeypatch, inception_file):
     monkeypatch.delenv("GOC_INCEPTION_WEIGHTS", raising=False)
     with pytest.raises(CheckpointError, match="weights-inception-2015-12-05-6726825d.pth.*github.com"):
         load_inception()
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_inception(tmp_path / "nope.pth")
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="is not the FID Inception"):

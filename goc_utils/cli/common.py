@@ -10,7 +10,9 @@ import math
 import os
 from pathlib import Path
 
-from goc_utils.errors import InvalidArgumentError
+from goc_utils.errors import InvalidArgumentError, shorten
+from goc_utils.lists import number_list
+from goc_utils.paths import link_problem
 
 MAX_SEED = 2**63 - 1
 
@@ -63,14 +65,31 @@ def step_list(text: str) -> list[int] | str:
     if text.strip() == "auto":
         return "auto"
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"malformed step list {text!r}; use e.g. 3,5,7,9 or auto") from None
+        return number_list(text, int, "step list", "3,5,7,9 or auto")
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _blocked(path: Path) -> tuple[Path, str] | None:
+    """The first of ``path``'s folders (outermost first) and ``path`` itself that is a symbolic link loop, a link to
+    nothing or, for a folder, a file, with what it is; None when none is."""
+    for part in [*reversed(path.parents), path]:
+        problem = link_problem(part)
+        if problem is None and part != path and part.exists() and not part.is_dir():
+            problem = "is a file, not a folder"
+        if problem is not None:
+            return part, problem
+    return None
 
 
 def check_writable(path: Path, flag: str) -> Path:
     """Create the parent folder if needed and make sure a file can be written there."""
     path = path.expanduser()
+    blocked = _blocked(path)
+    if blocked is not None:
+        part, problem = blocked
+        where = "" if part == path else f": {shorten(part)!r}"
+        raise InvalidArgumentError(f"{flag} {shorten(path)!r}{where} {problem}; choose another path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -90,8 +109,12 @@ def check_writable(path: Path, flag: str) -> Path:
 
 def check_output_dir(path: Path, flag: str) -> Path:
     """A folder that exists or can be created, and where files can be written."""
+    path = path.expanduser()
     if path.exists() and not path.is_dir():
         raise InvalidArgumentError(f"{flag} {str(path)!r} is a file; give a folder")
+    blocked = _blocked(path)
+    if blocked is not None and blocked[0] == path:
+        raise InvalidArgumentError(f"{flag} {shorten(path)!r} {blocked[1]}; give a folder")
     check_writable(path / "run.json", flag)
     return path
 

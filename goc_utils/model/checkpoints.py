@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from goc_utils.errors import CheckpointError, InvalidArgumentError, first_line
+from goc_utils.files import input_file
 from goc_utils.model import diffusers_format
 from goc_utils.model.dit import DiT
 from goc_utils.model.presets import DiT_models, create_model, preset_info
@@ -36,11 +37,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             )
         config = diffusers_format.read_config(path)
         return diffusers_format.from_diffusers(diffusers_format.read_diffusers_state_dict(path), config)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not exist; pass --ckpt PATH to a DiT .pt or .safetensors file "
-            "or a diffusers DiT folder"
-        )
+    input_file(  # not a FIFO or a device, which torch.load would wait on or read forever
+        path,
+        "checkpoint",
+        "pass --ckpt PATH to a DiT .pt or .safetensors file or a diffusers DiT folder",
+        error=CheckpointError,
+    )
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))

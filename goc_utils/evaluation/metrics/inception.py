@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from goc_utils.errors import CheckpointError
+from goc_utils.files import input_file
 
 INCEPTION_WEIGHTS_ENV = "GOC_INCEPTION_WEIGHTS"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -252,12 +253,8 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
             f"Inception weights needed: pass --inception-weights PATH (or set {INCEPTION_WEIGHTS_ENV}) to "
             f"{INCEPTION_WEIGHTS_FILE}, downloaded once from {INCEPTION_WEIGHTS_URL}"
         )
-    file = Path(given).expanduser()
-    if not file.is_file():
-        raise CheckpointError(
-            f"Inception weights {str(file)!r} not found; download {INCEPTION_WEIGHTS_FILE} from {INCEPTION_WEIGHTS_URL}"
-        )
-    return file
+    fix = f"download {INCEPTION_WEIGHTS_FILE} from {INCEPTION_WEIGHTS_URL}"
+    return input_file(Path(given).expanduser(), "Inception weights", fix, error=CheckpointError)
 
 
 def load_inception(path: str | Path | None = None, device: str | torch.device = "cpu") -> FIDInception:
