@@ -7,6 +7,7 @@ import json
 import pytest
 
 from goc_utils import paths
+from goc_utils.errors import InvalidArgumentError
 from goc_utils.study.notebooks import NotebookError, run_notebooks, study_notebooks
 
 NOTEBOOKS = study_notebooks()
@@ -98,12 +99,13 @@ def test_smoke_runs_never_write_the_committed_figures(tmp_path, monkeypatch, cap
     assert "runs/smoke/figures" in out and "without encryption" not in out + err
 
 
-def test_wrong_parameter_type_names_notebook_and_cell(tmp_path, monkeypatch):
+def test_wrong_parameter_type_is_refused_before_running_and_a_failing_cell_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("GOC_FIGURES_DIR", str(tmp_path / "figures"))
     with pytest.raises(
-        NotebookError, match=r"01_load_dit.ipynb failed in cell \d+: InvalidArgumentError: parameter steps"
+        InvalidArgumentError, match=r"parameter 'steps' is 'many' \(str\), but notebook.s. 01 expect int"
     ):
         run_notebooks("tiny", smoke=True, params={"steps": "many"}, only=["01"], output_dir=tmp_path, progress=False)
+    assert not (tmp_path / "01_load_dit.ipynb").exists()  # nothing ran
     with pytest.raises(NotebookError, match="unknown model preset 'DiT-XXL/2'"):
         run_notebooks(
             "tiny", smoke=True, params={"model": "DiT-XXL/2"}, only=["01"], output_dir=tmp_path, progress=False

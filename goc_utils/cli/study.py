@@ -18,10 +18,12 @@ from goc_utils.cli.common import (
     add_router_arguments,
     add_sampling_arguments,
     add_threads_argument,
+    check_output_dir,
 )
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.bench import DEFAULT_METHODS, format_table, rows_as_dicts, run_bench
 from goc_utils.integrations.diffusers.peers import diffusers_backend
+from goc_utils.lists import number_list, refuse_repeats, split_items
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.presets import create_model
 from goc_utils.priors.stats import priors_for_run
@@ -34,8 +36,8 @@ def cmd_tiny_report(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--steps must be >= 1")
     if args.per_class is not None and args.per_class < 1:
         raise InvalidArgumentError("--per-class must be >= 1")
-    parts = [n.strip() for n in args.fid_samples.split(",") if n.strip()]
-    if not all(n.isdigit() and int(n) >= 2 for n in parts):
+    counts = number_list(args.fid_samples, int, "--fid-samples list", "2000,5000")
+    if not all(n >= 2 for n in counts):
         raise InvalidArgumentError(f"--fid-samples must be comma-separated counts >= 2 (got {args.fid_samples!r})")
     rows = tiny_report(
         args.model,
@@ -52,7 +54,7 @@ def cmd_tiny_report(args: argparse.Namespace) -> int:
         )
     if args.model == "tiny-fashion":
         out_dir = Path(args.out_dir) if args.out_dir else None
-        report = fashion_tier_report([int(n) for n in parts], ckpt=args.ckpt, out_dir=out_dir)
+        report = fashion_tier_report(counts, ckpt=args.ckpt, out_dir=out_dir)
         for quantity, value in report.items():
             print(f"{quantity}: {value}")
     return 0
@@ -79,10 +81,14 @@ def add_tiny_report(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
-    only = [o.strip() for o in args.only.split(",")] if args.only else None
+    only = None
+    if args.only is not None:
+        numbers = [number.zfill(2) for number in split_items(args.only, "--only list", "01,03")]
+        only = refuse_repeats(numbers, "--only list", args.only, "01,03")
+    params = load_params_file(args.params)
+    figures = check_output_dir(figures_dir_for(args.smoke, args.figures_dir), "--figures-dir")
     started = time.perf_counter()
-    figures = figures_dir_for(args.smoke, args.figures_dir)
-    done = run_notebooks(args.preset, args.smoke, load_params_file(args.params), only, figures_dir=figures)
+    done = run_notebooks(args.preset, args.smoke, params, only, figures_dir=figures)
     for path, seconds in done:
         print(f"{path.name}: {seconds:.1f} s -> {path}")
     print(f"{len(done)} notebooks in {time.perf_counter() - started:.1f} s; figures in {figures}")

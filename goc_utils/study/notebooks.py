@@ -10,6 +10,8 @@ A failing notebook is reported as one line naming the notebook and the cell.
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import time
 from pathlib import Path
@@ -17,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from goc_utils import paths
-from goc_utils.errors import GocError, InvalidArgumentError, first_line
+from goc_utils.errors import GocError, InvalidArgumentError, first_line, shorten
+from goc_utils.files import input_file
 
 PRESETS: dict[str, dict] = {
     "tiny": {"model": "tiny-digits"},
@@ -36,37 +39,99 @@ images (30 minutes on a 2-core CPU). Smoke runs include them."""
 
 
 def study_notebooks(only: list[str] | None = None, include_long: bool = True) -> list[Path]:
-    """The ordered study notebooks, optionally filtered by number prefix (``["01", "03"]``); without ``only`` and
-    with ``include_long`` False, :data:`LONG_NOTEBOOKS` are left out."""
+    """The ordered study notebooks, optionally filtered by number prefix (``["01", "03"]``; an empty selection is
+    refused); without ``only`` and with ``include_long`` False, :data:`LONG_NOTEBOOKS` are left out."""
     notebooks = sorted(p for p in paths.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
-    if not only and not include_long:
-        notebooks = [p for p in notebooks if p.name[:2] not in LONG_NOTEBOOKS]
-    if only:
-        wanted = {o.zfill(2) for o in only}
-        unknown = wanted - {p.name[:2] for p in notebooks}
-        if unknown:
+    have = ", ".join(p.name[:2] for p in notebooks)
+    if only is None:
+        return notebooks if include_long else [p for p in notebooks if p.name[:2] not in LONG_NOTEBOOKS]
+    wanted = {str(o).strip().zfill(2) for o in only}
+    unknown = wanted - {p.name[:2] for p in notebooks}
+    if not wanted or unknown:
+        numbers = ", ".join(repr(shorten(u, 20)) for u in sorted(unknown)) or "nothing"
+        raise InvalidArgumentError(f"no notebook numbered {shorten(numbers)}; choose from {have}")
+    return [p for p in notebooks if p.name[:2] in wanted]
+
+
+PARAMETER_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+"""The types a ``parameters`` cell declares, and the YAML values each accepts (an int is a fine float)."""
+
+
+def notebook_parameters(notebook: Path) -> dict[str, str]:
+    """Name -> declared type (``"int"``, ``"str"``...) of the ``name: type = value  # comment`` lines of the
+    notebook's cell tagged ``parameters``."""
+    cells = json.loads(notebook.read_text())["cells"]
+    source = "".join(next(c["source"] for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])))
+    return {
+        node.target.id: ast.unparse(node.annotation)
+        for node in ast.parse(source).body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+
+
+def check_parameters(params: dict, notebooks: list[Path]) -> None:
+    """One line for a parameter that none of ``notebooks`` declares (naming the known ones) or whose value has
+    another type than a notebook's ``parameters`` cell declares (naming the notebooks and the type); papermill
+    would only warn, or the notebook would fail later."""
+    declared = {notebook.name[:2]: notebook_parameters(notebook) for notebook in notebooks}
+    numbers = ", ".join(declared)
+    for name, value in params.items():
+        expecting: dict[str, list[str]] = {}
+        for number, types in declared.items():
+            if name in types:
+                expecting.setdefault(types[name], []).append(number)
+        if not expecting:
+            known = sorted({n for types in declared.values() for n in types})
             raise InvalidArgumentError(
-                f"no notebook numbered {', '.join(sorted(unknown))}; have {', '.join(p.name[:2] for p in notebooks)}"
+                f"unknown parameter {shorten(name, 40)!r} for notebook(s) {numbers}; known: {', '.join(known)}"
             )
-        notebooks = [p for p in notebooks if p.name[:2] in wanted]
-    return notebooks
+        for type_name, owners in expecting.items():
+            accepted = PARAMETER_TYPES.get(type_name, (object,))
+            if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+                raise InvalidArgumentError(
+                    f"parameter {name!r} is {shorten(value, 40)!r} ({type(value).__name__}), but notebook(s) "
+                    f"{', '.join(owners)} expect {type_name}; give a {type_name} value (quote text)"
+                )
+
+
+MAX_PARAMS_BYTES = 1 << 20
+"""The largest ``--params`` file read (a few dozen ``name: value`` lines are a few KiB)."""
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only: no tag ever builds a Python object or runs code) that refuses
+    anchors and aliases: a parameter file needs none, and they are how a recursive value (``a: &a [*a]``) or an
+    alias bomb (billions of laughs) is written."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            kind = f"alias *{event.anchor}" if isinstance(event, yaml.AliasEvent) else f"anchor &{event.anchor}"
+            raise yaml.MarkedYAMLError(
+                problem=f"uses the YAML {shorten(kind, 40)}; params files refuse anchors and aliases, write each "
+                "value out",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 def load_params_file(path: str | Path | None) -> dict:
-    """Parameters from a YAML file (a mapping of parameter name -> value)."""
+    """Parameters from a YAML file (a mapping of parameter name -> value), read with :class:`ParamsLoader`."""
     if path is None:
         return {}
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidArgumentError(f"params file {str(path)!r} does not exist")
+    path = input_file(path, "params file", "pass --params FILE.yaml", max_bytes=MAX_PARAMS_BYTES)
+    name = repr(shorten(path))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_bytes(), Loader=ParamsLoader) or {}
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        raise InvalidArgumentError(f"params file {str(path)!r} is not valid YAML{line}; fix it") from None
+        problem = f" ({shorten(getattr(exc, 'problem', None) or first_line(exc), 160)})"
+        raise InvalidArgumentError(f"params file {name} is not valid YAML{line}{problem}; fix it") from None
+    except RecursionError:
+        raise InvalidArgumentError(f"params file {name} nests values too deeply; write name: value lines") from None
     if not isinstance(data, dict):
-        raise InvalidArgumentError(f"params file {str(path)!r} must hold a mapping of parameter: value")
+        raise InvalidArgumentError(f"params file {name} must hold a mapping of parameter: value")
     return data
 
 
@@ -86,6 +151,8 @@ def run_notebooks(
     """
     if preset not in PRESETS:
         raise InvalidArgumentError(f"unknown study preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    notebooks = study_notebooks(only, include_long=smoke)
+    check_parameters(params or {}, notebooks)
     parameters = dict(PRESETS[preset]) | {"smoke": smoke, "interactive": False} | (params or {})
     output_dir = Path(output_dir or paths.EXECUTED_NOTEBOOKS_DIR)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +160,7 @@ def run_notebooks(
     previous = os.environ.get(FIGURES_VARIABLE)
     os.environ[FIGURES_VARIABLE] = str(figures)  # the kernels inherit it (goc_utils.paths.FIGURES_DIR)
     try:
-        return _execute(study_notebooks(only, include_long=smoke), parameters, output_dir, progress)
+        return _execute(notebooks, parameters, output_dir, progress)
     finally:
         if previous is None:
             os.environ.pop(FIGURES_VARIABLE, None)
@@ -113,10 +180,10 @@ def figures_dir_for(smoke: bool, figures_dir: str | Path | None = None) -> Path:
     A smoke run (few samples, CI quality) defaults to ``runs/smoke/figures/`` instead, so that it never
     overwrites the committed figures.
     """
-    if figures_dir is not None:
-        return Path(figures_dir).resolve()
+    if figures_dir is not None:  # absolute (the kernels run in notebooks/), links kept for check_output_dir to judge
+        return Path(figures_dir).absolute()
     if os.environ.get(FIGURES_VARIABLE):
-        return Path(os.environ[FIGURES_VARIABLE]).resolve()
+        return Path(os.environ[FIGURES_VARIABLE]).absolute()
     return paths.RUNS_DIR / "smoke" / "figures" if smoke else paths.PROJECT_ROOT / "figures"
 
 
