@@ -84,7 +84,7 @@ CASES = [
     (["notebooks", "--only", "01,,03"], "malformed --only list '01,,03' (an empty item)"),
     (["notebooks", "--only", "1,01"], "--only list '1,01' lists 01 twice"),
     (["notebooks", "--only", "42"], "no notebook numbered '42'; choose from 01, 02"),
-    ([*NB, "--figures-dir", "/proc/x"], "--figures-dir '/proc/x"),
+    ([*NB, "--figures-dir", "/proc/x"], "--figures-dir '/proc/x': cannot create the folder"),
     ([*NB, "--figures-dir", "A_FILE"], "is a file; give a folder"),
     ([*NB, "--figures-dir", "LOOP"], "is a symbolic link loop; give a folder"),
     # 3. lists: class lists refuse empty items, method and number lists also repeats

@@ -82,14 +82,18 @@ def _blocked(path: Path) -> tuple[Path, str] | None:
     return None
 
 
-def check_writable(path: Path, flag: str) -> Path:
-    """Create the parent folder if needed and make sure a file can be written there."""
-    path = path.expanduser()
+def _refuse_blocked(path: Path, flag: str, fix: str) -> None:
     blocked = _blocked(path)
     if blocked is not None:
         part, problem = blocked
         where = "" if part == path else f": {shorten(part)!r}"
-        raise InvalidArgumentError(f"{flag} {shorten(path)!r}{where} {problem}; choose another path")
+        raise InvalidArgumentError(f"{flag} {shorten(path)!r}{where} {problem}; {fix}")
+
+
+def check_writable(path: Path, flag: str) -> Path:
+    """Create the parent folder if needed and make sure a file can be written there."""
+    path = path.expanduser()
+    _refuse_blocked(path, flag, "choose another path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -112,9 +116,11 @@ def check_output_dir(path: Path, flag: str) -> Path:
     path = path.expanduser()
     if path.exists() and not path.is_dir():
         raise InvalidArgumentError(f"{flag} {str(path)!r} is a file; give a folder")
-    blocked = _blocked(path)
-    if blocked is not None and blocked[0] == path:
-        raise InvalidArgumentError(f"{flag} {shorten(path)!r} {blocked[1]}; give a folder")
+    _refuse_blocked(path, flag, "give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgumentError(f"{flag} {str(path)!r}: cannot create the folder ({exc.strerror})") from None
     check_writable(path / "run.json", flag)
     return path
 
