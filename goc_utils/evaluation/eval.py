@@ -23,7 +23,7 @@ import torch.distributed as torch_dist
 
 from goc_utils import paths
 from goc_utils.cache.method import CacheMethod, split_methods
-from goc_utils.errors import InvalidArgumentError
+from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.evaluation.bench import engine_cost, make_engine, time_engines
 from goc_utils.evaluation.metrics.adm import fid_bootstrap_std
 from goc_utils.evaluation.metrics.batches import batch_info, check_same_size, read_labels
@@ -103,11 +103,14 @@ def method_folder(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@+=-]", "_", text.replace(":", "-").replace("/", "_"))
 
 
-def parse_methods(text: str, single: bool = False) -> list[str]:
+def parse_methods(
+    text: str, single: bool = False, steps: int | None = None, cfg_scales: Sequence[float] = ()
+) -> list[str]:
     """Comma-separated method strings, checked one by one (unknown names fail here, before any sampling).
 
     A part made of digits continues the previous method's step list (``fora-50+goc:steps=3,5,7``).
-    ``single``: exactly one method (``goc eval-sample --method``).
+    ``single``: exactly one method (``goc eval-sample --method``). ``steps`` / ``cfg_scales``: the runs'
+    settings, which diffusers' caches are checked against (:func:`~goc_utils.integrations.diffusers.peers.parse_peer`).
     """
     methods = split_methods(text)
     if not methods:
@@ -121,11 +124,12 @@ def parse_methods(text: str, single: bool = False) -> list[str]:
         raise InvalidArgumentError("--method takes one method; use `goc eval --methods a,b,...` for several")
     for m in methods:
         if is_peer(m):
-            parse_peer(m)
+            for cfg in cfg_scales or [None]:
+                parse_peer(m, steps, cfg)
         else:
             CacheMethod.parse(m, router="router.pt")
     if len(set(methods)) != len(methods):
-        raise InvalidArgumentError(f"--methods lists a method twice: {text}")
+        raise InvalidArgumentError(f"--methods lists a method twice: {shorten(text)}")
     return methods
 
 
