@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from goc_utils.errors import CheckpointError, InvalidArgumentError, first_line
+from goc_utils.errors import CheckpointError, InvalidArgumentError, first_line, shorten
 from goc_utils.model import diffusers_format
 from goc_utils.model.dit import DiT
 from goc_utils.model.presets import DiT_models, create_model, preset_info
@@ -35,7 +35,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 "pass a DiT .pt / .safetensors file or a diffusers DiT folder"
             )
         config = diffusers_format.read_config(path)
-        return diffusers_format.from_diffusers(diffusers_format.read_diffusers_state_dict(path), config)
+        state = diffusers_format.read_diffusers_state_dict(path)
+        return diffusers_format.from_diffusers(state, config, f"the weights in {shorten(path)!r}")
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not exist; pass --ckpt PATH to a DiT .pt or .safetensors file "
