@@ -26,7 +26,7 @@ How each diffusers cache is made to run on DiT (diffusers 0.42):
   ~1.47x); needs the current timestep (given by the runner).
 * ``fastercache``: expects the batch as ``[uncond; cond]`` (ours is ``[cond; uncond]``: the runner swaps the
   halves around the call), ``class_labels`` among the split inputs, ``tensor_format="BCHW"``; needs
-  classifier-free guidance (cfg != 1).
+  classifier-free guidance (cfg != 1), or ``is_guidance_distilled=true`` at cfg 1 (attention caching only).
 """
 
 from __future__ import annotations
