@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import hashlib
 import io
 import os
@@ -44,34 +45,46 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
+def _locked(folder: Path) -> bool:
+    """Whether a live process holds the lock of ``folder`` (an :func:`atomic_write_dir` folder being written)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
         return False
-    except PermissionError:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(handle)  # also releases the lock just taken
+    return False
 
 
 @contextmanager
 def atomic_write_dir(path: str | Path) -> Iterator[Path]:
     """Yield a hidden temporary folder next to ``path`` to fill; on success it replaces ``path``.
 
-    On error the temporary folder is removed; a kill leaves it hidden (never under the final name) and the
-    next write of ``path`` removes it. An existing ``path`` is swapped out only once the new folder is complete.
+    On error the temporary folder is removed. Its writer holds a lock on it (the kernel drops it when the
+    process ends, also on ``kill -9``), so a kill leaves it hidden, never under the final name, and the next
+    :func:`atomic_write_dir` of ``path`` removes every temporary folder of ``path`` that no live process holds
+    (a recycled process id does not keep one alive). An existing ``path`` is swapped out only once the new
+    folder is complete.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in [*path.parent.glob(f".{path.name}.*.partial"), *path.parent.glob(f".{path.name}.*.old")]:
-        pid = stale.name[len(path.name) + 2 :].split(".")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+    pattern = glob.escape(f".{path.name}.")
+    for stale in [*path.parent.glob(f"{pattern}*.partial"), *path.parent.glob(f"{pattern}*.old")]:
+        if not _locked(stale):
             shutil.rmtree(stale, ignore_errors=True)
+    new = path.with_name(f".{path.name}.{os.getpid()}.new")  # locked before it is visible as a .partial
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     old = path.with_name(f".{path.name}.{os.getpid()}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir()
+    lock = os.open(new, os.O_RDONLY)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        new.rename(tmp)
         yield tmp
         if path.exists():
             path.rename(old)
@@ -79,6 +92,7 @@ def atomic_write_dir(path: str | Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+        os.close(lock)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

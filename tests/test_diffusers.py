@@ -99,7 +99,9 @@ def test_a_dit_xl2_state_dict_round_trips_key_for_key():
     theirs = fmt.to_diffusers(ours)
     assert set(theirs) == set(reference)
     assert all(theirs[k].shape == reference[k].shape for k in reference)
-    back = fmt.from_diffusers(theirs, {"num_layers": 28, "sample_size": 32, "patch_size": 2})
+    config = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+                  sample_size=32, patch_size=2, num_embeds_ada_norm=1000)  # fmt: skip
+    back = fmt.from_diffusers(theirs, config)
     assert set(back) == set(ours)
     assert all(torch.equal(back[k], ours[k]) for k in ours)
 

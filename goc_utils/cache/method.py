@@ -23,7 +23,7 @@ from goc_utils.cache.compensator import COMPENSATORS, build_compensator
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.options import parse_options
 from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule
-from goc_utils.errors import InvalidArgumentError
+from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.lists import refuse_repeats, split_items
 from goc_utils.model.dit import DiT
 
@@ -95,15 +95,16 @@ class CacheMethod:
         A schedule with a ``router`` option takes ``router`` / ``thres`` from the arguments unless the string
         names them. Every error is one line naming the known options.
         """
+        shown = repr(shorten(text))
         parts = text.strip().split("+")
         if len(parts) > 2 or not parts[0]:
-            raise InvalidArgumentError(f"malformed method {text!r}; use schedule[+compensator], e.g. fora-50+goc")
+            raise InvalidArgumentError(f"malformed method {shown}; use schedule[+compensator], e.g. fora-50+goc")
         schedule, *schedule_parts = parts[0].split(":")
         schedule, _, at_thres = schedule.partition("@")
         compensator, *compensator_parts = (parts[1] if len(parts) == 2 else "none").split(":")
         if schedule not in SCHEDULES or compensator not in COMPENSATORS:
             raise InvalidArgumentError(
-                f"unknown method {text!r}; schedules: {', '.join(SCHEDULES)}; compensators: {', '.join(COMPENSATORS)}"
+                f"unknown method {shown}; schedules: {', '.join(SCHEDULES)}; compensators: {', '.join(COMPENSATORS)}"
             )
         spec = SCHEDULES[schedule]
         if "router" in spec.options:  # short forms: l2c:PATH[@THRES], l2c@THRES
@@ -114,24 +115,24 @@ class CacheMethod:
                 at_thres = at or at_thres
             defaults = {"router": router, "thres": thres} | ({"thres": _number(at_thres, text)} if at_thres else {})
         elif at_thres:
-            raise InvalidArgumentError(f"schedule {schedule!r} in method {text!r} takes no @threshold")
+            raise InvalidArgumentError(f"schedule {schedule!r} in method {shown} takes no @threshold")
         else:
             defaults = {}
         options = defaults | parse_options(schedule_parts, spec.options, {}, f"schedule {schedule!r}", text)
         if "router" in spec.options and options.get("router") is None:
             raise InvalidArgumentError(
-                f"method {text!r} needs a Learning-to-Cache router: pass --router PATH or write "
+                f"method {shown} needs a Learning-to-Cache router: pass --router PATH or write "
                 f"{schedule}:router=PATH (short: {schedule}:PATH@THRES)"
             )
         if "thres" in options and not 0.0 <= options["thres"] <= 1.0:
-            raise InvalidArgumentError(f"router threshold {options['thres']} in method {text!r} must be in [0, 1]")
+            raise InvalidArgumentError(f"router threshold {options['thres']} in method {shown} must be in [0, 1]")
         comp_spec = COMPENSATORS[compensator]
         what = f"compensator {compensator!r}"
         comp = parse_options(compensator_parts, comp_spec.options, comp_spec.flags, what, text)
         try:  # validate the values now (before any sampling), "auto" aside
             comp_spec.config_cls(**{k: v for k, v in comp.items() if v != AUTO})
         except TypeError as exc:
-            raise InvalidArgumentError(f"bad options in method {text!r}: {exc}") from None
+            raise InvalidArgumentError(f"bad options in method {shown}: {exc}") from None
         return cls(schedule, options, compensator, comp)
 
     def label(self) -> str:
@@ -158,7 +159,9 @@ def _number(value: str, text: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise InvalidArgumentError(f"option value {value!r} in method {text!r} is not a number") from None
+        raise InvalidArgumentError(
+            f"option value {shorten(value)!r} in method {shorten(text)!r} is not a number"
+        ) from None
 
 
 def split_methods(text: str) -> list[str]:

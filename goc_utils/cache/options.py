@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from goc_utils.errors import InvalidArgumentError
+from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.lists import number_list
 
 Converter = Callable[[str], object]
@@ -51,12 +51,13 @@ def _converter(hint) -> Converter | None:
 
 
 def _convert(convert: Converter, key: str, value: str, text: str):
+    shown = f"option {key}={shorten(value)!r} in method {shorten(text)!r}"
     try:
         return convert(value)
     except InvalidArgumentError as exc:
-        raise InvalidArgumentError(f"option {key}={value!r} in method {text!r}: {exc}") from None
+        raise InvalidArgumentError(f"{shown}: {exc}") from None
     except (TypeError, ValueError):
-        raise InvalidArgumentError(f"option {key}={value!r} in method {text!r} is not a valid value") from None
+        raise InvalidArgumentError(f"{shown} is not a valid value") from None
 
 
 def builder_options(builder: Callable, extra: dict[str, Converter] | None = None) -> dict[str, Converter]:
@@ -84,18 +85,31 @@ def config_options(config_cls: type) -> dict[str, Converter]:
 def parse_options(
     parts: Sequence[str], options: dict[str, Converter], flags: dict[str, dict], what: str, text: str
 ) -> dict:
-    """``["interval=3", "auto"]`` -> keyword arguments, with one-line errors naming the known options."""
+    """``["interval=3", "auto"]`` -> keyword arguments, with one-line errors naming the known options.
+
+    Each keyword argument is set once: an option given twice (``interval=2:interval=3``), or two options setting
+    the same argument (``auto:w=0.8``: ``auto`` sets w already), is refused rather than the last one winning.
+    """
     out: dict = {}
+    set_by: dict[str, str] = {}
     for part in parts:
         key, sep, value = part.partition("=")
         if not sep and key in flags:
-            out.update(flags[key])
+            found = dict(flags[key])
         elif sep and key in options:
-            out.update(_convert(options[key], key, value, text))
+            found = _convert(options[key], key, value, text)
         else:
             known = [f"{k}=..." for k in options] + list(flags)
             raise InvalidArgumentError(
-                f"unknown option {part!r} for {what} in method {text!r}; "
+                f"unknown option {shorten(part)!r} for {what} in method {shorten(text)!r}; "
                 + (f"it takes {', '.join(known)}" if known else "it takes no options")
             )
+        for name in found:
+            if name in set_by:
+                again = "is given twice" if set_by[name] == key else f"sets {name}, which {set_by[name]!r} set already"
+                raise InvalidArgumentError(
+                    f"option {key!r} {again} in method {shorten(text)!r}; give each option once"
+                )
+            set_by[name] = key
+        out.update(found)
     return out

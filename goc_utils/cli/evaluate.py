@@ -99,7 +99,7 @@ def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval_sample(args: argparse.Namespace) -> int:
-    (method,) = parse_methods(args.method, single=True)
+    (method,) = parse_methods(args.method, single=True, steps=args.steps, cfg_scales=[args.cfg_scale])
     check_output_dir(Path(args.out), "--out")
     settings = _eval_settings(args, args.cfg_scale)
     model, vae, dist = _load_for_eval(args)
@@ -168,7 +168,7 @@ def add_fid(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    methods = parse_methods(args.methods)
+    methods = parse_methods(args.methods, steps=args.steps, cfg_scales=args.cfg_scale)
     features = args.features or default_features(args.model)
     ref = args.ref_batch or (str(default_reference(features) or "") or None)
     if ref is None:

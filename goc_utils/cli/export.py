@@ -8,7 +8,7 @@ from pathlib import Path
 
 from goc_utils.cli.common import add_model_arguments, check_output_dir
 from goc_utils.datasets import FASHION_CLASSES
-from goc_utils.integrations.diffusers.transformer import export_diffusers
+from goc_utils.integrations.diffusers.transformer import check_export_target, export_diffusers
 from goc_utils.model.checkpoints import load_model
 from goc_utils.model.presets import preset_info
 from goc_utils.model.vae import load_vae, vae_spec
@@ -25,10 +25,12 @@ def add_export_diffusers(p: argparse.ArgumentParser) -> None:
 
 
 def run_export_diffusers(args: argparse.Namespace) -> int:
-    out = check_output_dir(Path(args.out).expanduser(), "--out")
-    model = load_model(args.model, args.ckpt, args.image_size, "cpu")
+    out = Path(args.out).expanduser()
     info = preset_info(args.model)
     pipeline = info.latent and (args.vae or info.vae not in (None, "ema"))
+    check_export_target(out, "pipeline" if pipeline else "transformer")
+    check_output_dir(out, "--out")
+    model = load_model(args.model, args.ckpt, args.image_size, "cpu")
     vae = load_vae(vae_spec(args.vae, args.ckpt, args.model)) if pipeline else None
     names = FASHION_CLASSES if args.model == "tiny-fashion" else None
     export_diffusers(model, out, vae, names)

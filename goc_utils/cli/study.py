@@ -22,7 +22,7 @@ from goc_utils.cli.common import (
 )
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.bench import DEFAULT_METHODS, format_table, rows_as_dicts, run_bench
-from goc_utils.integrations.diffusers.peers import diffusers_backend
+from goc_utils.integrations.diffusers.peers import diffusers_backend, is_peer, parse_peer
 from goc_utils.lists import number_list, refuse_repeats, split_items
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.presets import create_model
@@ -116,6 +116,9 @@ def add_notebooks(p: argparse.ArgumentParser) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
+    for text in split_methods(args.methods):  # diffusers' caches against this run's settings, before any loading
+        if is_peer(text):
+            parse_peer(text, args.steps, args.cfg_scale)
     torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -62,7 +62,7 @@ def make_engine(
             labels, noise = per_sample_inputs(model, range(16), seed)
             generate(model, labels, steps=steps, sampler=sampler, cfg_scale=cfg_scale, forward=forward, noise=noise)
 
-        return HookRunner(model, text, steps, router, thres, priors, calibration)
+        return HookRunner(model, text, steps, router, thres, priors, calibration, cfg_scale)
     if is_peer(text):
         raise InvalidArgumentError(f"{text!r} is one of diffusers' caches: it runs with --backend diffusers")
     return CacheMethod.parse(text, router=router, thres=thres).engine(model, steps, priors)

@@ -103,11 +103,14 @@ def method_folder(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@+=-]", "_", text.replace(":", "-").replace("/", "_"))
 
 
-def parse_methods(text: str, single: bool = False) -> list[str]:
+def parse_methods(
+    text: str, single: bool = False, steps: int | None = None, cfg_scales: Sequence[float] = ()
+) -> list[str]:
     """Comma-separated method strings, checked one by one (unknown names fail here, before any sampling).
 
     A part made of digits continues the previous method's step list (``fora-50+goc:steps=3,5,7``).
-    ``single``: exactly one method (``goc eval-sample --method``).
+    ``single``: exactly one method (``goc eval-sample --method``). ``steps`` / ``cfg_scales``: the runs'
+    settings, which diffusers' caches are checked against (:func:`~goc_utils.integrations.diffusers.peers.parse_peer`).
     """
     methods = split_methods(text)  # no empty list, empty item or repeated method
     if single and len(methods) > 1:
@@ -119,7 +122,8 @@ def parse_methods(text: str, single: bool = False) -> list[str]:
         raise InvalidArgumentError("--method takes one method; use `goc eval --methods a,b,...` for several")
     for m in methods:
         if is_peer(m):
-            parse_peer(m)
+            for cfg in cfg_scales or [None]:
+                parse_peer(m, steps, cfg)
         else:
             CacheMethod.parse(m, router="router.pt")
     return methods

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from goc_utils.errors import CheckpointError, InvalidArgumentError, first_line
+from goc_utils.errors import CheckpointError, InvalidArgumentError, first_line, shorten
 from goc_utils.files import input_file
 from goc_utils.model import diffusers_format
 from goc_utils.model.dit import DiT
@@ -36,7 +36,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 "pass a DiT .pt / .safetensors file or a diffusers DiT folder"
             )
         config = diffusers_format.read_config(path)
-        return diffusers_format.from_diffusers(diffusers_format.read_diffusers_state_dict(path), config)
+        state = diffusers_format.read_diffusers_state_dict(path)
+        return diffusers_format.from_diffusers(state, config, f"the weights in {shorten(path)!r}")
     input_file(  # not a FIFO or a device, which torch.load would wait on or read forever
         path,
         "checkpoint",

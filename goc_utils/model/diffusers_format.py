@@ -27,12 +27,14 @@ disagree.
 from __future__ import annotations
 
 import json
+from itertools import chain, islice
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from goc_utils.errors import CheckpointError, first_line
+from goc_utils.errors import CheckpointError, first_line, shorten
+from goc_utils.files import check_memory
 from goc_utils.model.dit import get_2d_sincos_pos_embed
 
 EMBEDDER_KEYS = {
@@ -92,22 +94,126 @@ def pipeline_vae_folder(path: str | Path | None) -> Path | None:
     return vae if (vae / "config.json").is_file() else None
 
 
+ARCHITECTURE_FIELDS = (
+    "num_attention_heads", "attention_head_dim", "in_channels", "num_layers", "sample_size", "patch_size",
+    "num_embeds_ada_norm",
+)  # fmt: skip
+"""The fields of a DiT transformer's ``config.json`` that fix its weights' shapes (each a whole number >= 1)."""
+
+
 def read_config(folder: str | Path) -> dict:
-    """The transformer's ``config.json`` (one-line error if it is not a DiT transformer)."""
+    """The transformer's ``config.json``, checked (one-line error if it is not a DiT transformer's)."""
     folder = transformer_folder(folder)
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {str(folder / 'config.json')!r} ({first_line(exc)})") from None
+    return check_config(config, str(folder / "config.json"))
+
+
+def check_config(config: object, source: str = "config") -> dict:
+    """``config`` if it describes a class-conditional DiT transformer, else a one-line :class:`CheckpointError`
+    naming the bad field: a JSON object whose :data:`ARCHITECTURE_FIELDS` are whole numbers >= 1, with
+    ``sample_size`` a multiple of ``patch_size``, ``out_channels`` (optional) ``in_channels`` or twice it,
+    ``norm_type`` ``ada_norm_zero``."""
+    fix = "pass a diffusers DiT folder as goc export-diffusers or DiTPipeline.save_pretrained writes it"
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source!r} holds a JSON {_json_type(config)}, not an object of DiT settings; {fix}")
     name = config.get("_class_name", "")
     if name and name not in ("DiTTransformer2DModel", "Transformer2DModel"):
         raise CheckpointError(
-            f"{str(folder)!r} holds a {name}, not a DiT transformer; pass a DiT pipeline folder "
+            f"{source!r} holds a {shorten(name)}, not a DiT transformer; pass a DiT pipeline folder "
             "(e.g. a local copy of facebook/DiT-XL-2-256) or its transformer/ folder"
         )
-    if config.get("norm_type", "ada_norm_zero") != "ada_norm_zero" or not config.get("patch_size"):
-        raise CheckpointError(f"{str(folder)!r} is not a class-conditional DiT (norm_type ada_norm_zero, patch_size)")
+    if config.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
+        raise CheckpointError(f"{source!r} is not a class-conditional DiT (norm_type ada_norm_zero); {fix}")
+    for key in ARCHITECTURE_FIELDS:
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            found = "is missing" if key not in config else f"is {shorten(json.dumps(value))}"
+            raise CheckpointError(f"{source!r}: {key} {found}, not a whole number >= 1; {fix}")
+    if config["sample_size"] % config["patch_size"]:
+        raise CheckpointError(
+            f"{source!r}: sample_size {config['sample_size']} is not a multiple of patch_size {config['patch_size']}"
+        )
+    out = config.get("out_channels")
+    if out is not None and out not in (config["in_channels"], 2 * config["in_channels"]):
+        raise CheckpointError(
+            f"{source!r}: out_channels is {shorten(json.dumps(out))}, not in_channels ({config['in_channels']}) or "
+            f"twice it; {fix}"
+        )
     return config
+
+
+def _json_type(value: object) -> str:
+    names = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def expected_shapes(config: dict) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """``(top-level key -> shape, per-block key suffix -> shape)`` of the weights a diffusers DiT with the
+    (checked) ``config`` holds: hidden size D = heads x head dim, MLP 4D, frequency embedding 256, class
+    table ``num_embeds_ada_norm + 1`` rows (the null class), output ``patch**2 x out_channels``."""
+    hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    patch, channels = config["patch_size"], config["in_channels"]
+    out = config.get("out_channels") or channels
+    top = {
+        "pos_embed.proj.weight": (hidden, channels, patch, patch),
+        "proj_out_1.weight": (2 * hidden, hidden),
+        "proj_out_2.weight": (patch * patch * out, hidden),
+    }
+    block = {
+        EMBEDDER_KEYS["t_embedder.mlp.0.weight"]: (hidden, 256),
+        EMBEDDER_KEYS["t_embedder.mlp.2.weight"]: (hidden, hidden),
+        EMBEDDER_KEYS["y_embedder.embedding_table.weight"]: (config["num_embeds_ada_norm"] + 1, hidden),
+        "norm1.linear.weight": (6 * hidden, hidden),
+        "attn1.to_out.0.weight": (hidden, hidden),
+        "ff.net.0.proj.weight": (4 * hidden, hidden),
+        "ff.net.2.weight": (hidden, 4 * hidden),
+    } | {f"attn1.{name}.weight": (hidden, hidden) for name in QKV}
+    for shapes in (top, block):  # every linear layer's bias: one value per output
+        shapes.update({k[: -len("weight")] + "bias": v[:1] for k, v in list(shapes.items()) if "embedding" not in k})
+    return top, block
+
+
+def check_weights(state: dict[str, torch.Tensor], config: dict, source: str = "diffusers DiT weights") -> None:
+    """One line naming the keys of ``state`` that the (checked) ``config`` does not imply, those it lacks and
+    the shapes that differ from :func:`expected_shapes` (``num_layers`` blocks ``transformer_blocks.0..``)."""
+    top, block = expected_shapes(config)
+    depth = config["num_layers"]
+    unknown, wrong, found = [], [], 0
+    for key, tensor in state.items():
+        head, _, rest = key.partition(".")
+        index, _, suffix = rest.partition(".")
+        if key in top:
+            want = top[key]
+        elif head == "transformer_blocks" and index.isdigit() and int(index) < depth and suffix in block:
+            want = block[suffix]
+        else:
+            unknown.append(key)
+            continue
+        found += 1
+        shape = tuple(getattr(tensor, "shape", ()))
+        if shape != want:
+            wrong.append(f"{key} {'x'.join(map(str, shape)) or 'a 0-d value'} (config: {'x'.join(map(str, want))})")
+    missing = []
+    if found < len(top) + depth * len(block):
+        wanted = chain(top, (f"transformer_blocks.{i}.{s}" for i in range(depth) for s in block))
+        missing = list(islice((k for k in wanted if k not in state), 2))
+    parts = []
+    for what, items, count in (
+        ("unknown keys", unknown, len(unknown)),
+        ("missing keys", missing, len(top) + depth * len(block) - found),
+        ("shapes that differ", wrong, len(wrong)),
+    ):
+        if count:
+            parts.append(f"{count} {what} ({', '.join(shorten(k) for k in items[:2])}{', ...' if count > 2 else ''})")
+    if parts:
+        hidden = config["num_attention_heads"] * config["attention_head_dim"]
+        raise CheckpointError(
+            f"{source} do not fit its config.json ({depth} layers of width {hidden}, patch {config['patch_size']}): "
+            f"{'; '.join(parts)}; pass an unmodified diffusers DiT folder (e.g. a new goc export-diffusers)"
+        )
 
 
 def read_diffusers_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -135,24 +241,18 @@ def read_diffusers_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def from_diffusers(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
-    """A diffusers DiT state dict -> ours (the ``pos_embed`` is recomputed as DiT stores it)."""
-    blocks = {int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks.")}
-    depth = int(config.get("num_layers") or 1 + max(blocks, default=-1))
+def from_diffusers(
+    state: dict[str, torch.Tensor], config: dict, source: str = "diffusers DiT weights"
+) -> dict[str, torch.Tensor]:
+    """A diffusers DiT state dict -> ours (the ``pos_embed`` is recomputed as DiT stores it); ``config`` and the
+    weights are checked first (:func:`check_config`, :func:`check_weights`)."""
+    check_weights(state, check_config(config), source)
+    depth = config["num_layers"]
     out: dict[str, torch.Tensor] = {}
-    missing = []
-
-    def take(key: str) -> torch.Tensor:
-        if key not in state:
-            missing.append(key)
-            return torch.empty(0)
-        return state[key]
-
     for ours, suffix in EMBEDDER_KEYS.items():
-        first = take(f"transformer_blocks.0.{suffix}")
+        first = state[f"transformer_blocks.0.{suffix}"]
         for i in range(1, depth):
-            other = take(f"transformer_blocks.{i}.{suffix}")
-            if not missing and not torch.equal(first, other):
+            if not torch.equal(first, state[f"transformer_blocks.{i}.{suffix}"]):
                 raise CheckpointError(
                     f"the per-block copies of {suffix.rsplit('.', 2)[0]} differ (block 0 vs block {i}); DiT has one "
                     "timestep / class embedder, so this transformer cannot be mapped onto it"
@@ -160,39 +260,19 @@ def from_diffusers(state: dict[str, torch.Tensor], config: dict) -> dict[str, to
         out[ours] = first
     for ours, theirs in TOP_KEYS.items():
         for kind in ("weight", "bias"):
-            out[f"{ours}.{kind}"] = take(f"{theirs}.{kind}")
+            out[f"{ours}.{kind}"] = state[f"{theirs}.{kind}"]
     for i in range(depth):
         prefix = f"transformer_blocks.{i}."
         for ours, theirs in BLOCK_KEYS.items():
             for kind in ("weight", "bias"):
-                out[f"blocks.{i}.{ours}.{kind}"] = take(f"{prefix}{theirs}.{kind}")
+                out[f"blocks.{i}.{ours}.{kind}"] = state[f"{prefix}{theirs}.{kind}"]
         for kind in ("weight", "bias"):
-            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([take(f"{prefix}attn1.{n}.{kind}") for n in QKV])
-    if missing:
-        raise CheckpointError(
-            f"diffusers DiT weights lack {len(missing)} keys ({', '.join(missing[:3])}); "
-            "pass a complete DiTTransformer2DModel folder"
-        )
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([state[f"{prefix}attn1.{n}.{kind}"] for n in QKV])
     hidden = out["x_embedder.proj.weight"].shape[0]
-    grid = int(config["sample_size"]) // int(config["patch_size"])
+    grid = config["sample_size"] // config["patch_size"]
+    check_memory(12 * hidden * grid**2, f"sample_size {config['sample_size']} of {source}", "pass a DiT's config.json")
     out["pos_embed"] = torch.from_numpy(get_2d_sincos_pos_embed(hidden, grid)).float().unsqueeze(0)
-    known = set(_diffusers_keys(depth))
-    extra = [k for k in state if k not in known]
-    if extra:
-        raise CheckpointError(
-            f"diffusers DiT weights have {len(extra)} keys DiT does not ({', '.join(extra[:3])}); "
-            "this is not a class-conditional DiT transformer"
-        )
     return out
-
-
-def _diffusers_keys(depth: int) -> list[str]:
-    keys = [f"{t}.{k}" for t in TOP_KEYS.values() for k in ("weight", "bias")]
-    for i in range(depth):
-        keys += [f"transformer_blocks.{i}.{s}" for s in EMBEDDER_KEYS.values()]
-        keys += [f"transformer_blocks.{i}.{t}.{k}" for t in BLOCK_KEYS.values() for k in ("weight", "bias")]
-        keys += [f"transformer_blocks.{i}.attn1.{n}.{k}" for n in QKV for k in ("weight", "bias")]
-    return keys
 
 
 def to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

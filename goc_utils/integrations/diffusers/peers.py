@@ -26,13 +26,14 @@ How each diffusers cache is made to run on DiT (diffusers 0.42):
   ~1.47x); needs the current timestep (given by the runner).
 * ``fastercache``: expects the batch as ``[uncond; cond]`` (ours is ``[cond; uncond]``: the runner swaps the
   halves around the call), ``class_labels`` among the split inputs, ``tensor_format="BCHW"``; needs
-  classifier-free guidance (cfg != 1).
+  classifier-free guidance (cfg != 1), or ``is_guidance_distilled=true`` at cfg 1 (attention caching only).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from types import SimpleNamespace
@@ -55,7 +56,7 @@ from diffusers.models.cache_utils import CacheMixin
 
 from goc_utils.cache.method import CacheMethod
 from goc_utils.cache.schedule import theoretical_speedup
-from goc_utils.errors import InvalidArgumentError
+from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.integrations.diffusers.hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_router
 from goc_utils.integrations.diffusers.transformer import to_transformer
 
@@ -111,20 +112,50 @@ def is_peer(text: str) -> bool:
     return text.strip().startswith(PREFIX)
 
 
+def _range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("..")
+    if not sep:
+        raise ValueError(text)
+    return int(low), int(high)
+
+
 CONVERTERS: dict[str, Callable[[str], object]] = {
     "int": int,
     "float": float,
     "int | None": lambda v: None if v == "none" else int(v),
     "float | None": lambda v: None if v == "none" else float(v),
     "bool": lambda v: {"true": True, "false": False}[v],
-    "tuple[int, int]": lambda v: tuple(int(x) for x in v.split("..", 1)),
+    "tuple[int, int]": _range,
 }
 """Config field types settable from a method string (ranges as ``lo..hi``; ``none`` for optional numbers)."""
 
 
-def _kind(annotation) -> str:
-    text = str(annotation)
-    return text[len("<class '") : -2] if text.startswith("<class '") else text
+OPTION_KINDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "interval": (lambda v: v >= 1, "an interval N (compute once every N calls) must be >= 1"),
+    "range": (lambda v: v[0] < v[1], "a timestep range lo..hi needs lo < hi (the hooks act where lo < t < hi)"),
+    "threshold": (lambda v: math.isfinite(v) and v >= 0, "a threshold must be a finite number >= 0"),
+    "ratio": (lambda v: 0 <= v <= 1, "a ratio must be in [0, 1]"),
+    "order": (lambda v: v >= 0, "a Taylor order must be >= 0"),
+    "step": (lambda v: v >= 0, "a step index or number of steps must be >= 0"),
+    "number": (lambda v: isinstance(v, int) or math.isfinite(v), "it must be a finite number"),
+    "flag": (lambda v: True, ""),
+}
+"""What each kind of option of diffusers' caches may be: its check on the converted value and the rule it states."""
+
+
+def option_kind(key: str, kind: str) -> str:
+    """The kind (:data:`OPTION_KINDS`) of option ``key`` of type ``kind``, from what its name says it is:
+    ``cache_interval`` and ``*_block_skip_range`` (every N calls) are intervals, ``*_timestep_skip_range`` ranges,
+    ``threshold`` thresholds, ``retention_ratio`` ratios, ``max_order`` orders, ``*_step(s)`` steps."""
+    if kind.startswith("tuple"):
+        return "range"
+    if kind == "bool":
+        return "flag"
+    for suffix, found in (("interval", "interval"), ("skip_range", "interval"), ("threshold", "threshold"),
+                          ("ratio", "ratio"), ("order", "order"), ("step", "step"), ("steps", "step")):  # fmt: skip
+        if key.endswith(suffix):
+            return found
+    return "number"
 
 
 def peer_options(name: str) -> dict[str, str]:
@@ -133,26 +164,59 @@ def peer_options(name: str) -> dict[str, str]:
     return {k: v for k, v in found.items() if v in CONVERTERS and not k.startswith("_")}
 
 
-def parse_peer(text: str) -> tuple[str, dict]:
-    """``"diffusers:fbc:threshold=0.05"`` -> ``("fbc", {"threshold": 0.05})`` (one-line errors)."""
+def _kind(annotation) -> str:
+    text = str(annotation)
+    return text[len("<class '") : -2] if text.startswith("<class '") else text
+
+
+def parse_peer(text: str, steps: int | None = None, cfg_scale: float | None = None) -> tuple[str, dict]:
+    """``"diffusers:fbc:threshold=0.05"`` -> ``("fbc", {"threshold": 0.05})``; one-line errors for an unknown cache
+    or option, an option given twice and a value outside what its kind allows (:data:`OPTION_KINDS`).
+
+    With the run's ``steps`` / ``cfg_scale``, also what must agree with them: MagCache's ``num_inference_steps``
+    is the run's steps; FasterCache skips the unconditional branch of a guided run (cfg != 1), so
+    ``is_guidance_distilled=true`` (no such branch) needs cfg 1 and the default needs guidance.
+    """
     name, *parts = text.strip()[len(PREFIX) :].split(":")
+    shown = repr(shorten(text))
     if name not in PEERS:
-        raise InvalidArgumentError(f"unknown diffusers cache in {text!r}; choose one of: {', '.join(PEERS)}")
+        raise InvalidArgumentError(f"unknown diffusers cache in {shown}; choose one of: {', '.join(PEERS)}")
     declared = peer_options(name)
     options = {}
     for part in parts:
         key, sep, value = part.partition("=")
         if not sep or key not in declared:
             raise InvalidArgumentError(
-                f"unknown option {part!r} in {text!r}; diffusers:{name} takes key=value with keys: "
+                f"unknown option {shorten(part)!r} in {shown}; diffusers:{name} takes key=value with keys: "
                 + ", ".join(declared)
             )
+        if key in options:
+            raise InvalidArgumentError(f"option {key} is given twice in {shown}; give each option once")
         try:
             options[key] = CONVERTERS[declared[key]](value)
         except (ValueError, KeyError, TypeError):
             raise InvalidArgumentError(
-                f"bad value {key}={value} in {text!r} (expected {declared[key]}; ranges as lo..hi)"
+                f"bad value {key}={shorten(value)} in {shown} (expected {declared[key]}; ranges as lo..hi)"
             ) from None
+        check, rule = OPTION_KINDS[option_kind(key, declared[key])]
+        if options[key] is not None and not check(options[key]):
+            raise InvalidArgumentError(f"bad value {key}={shorten(value)} in {shown}: {rule}")
+    runs = options.get("num_inference_steps")
+    if steps is not None and runs is not None and runs != steps:
+        raise InvalidArgumentError(
+            f"num_inference_steps={runs} in {shown} differs from the run's {steps} steps; leave it out (it is --steps)"
+        )
+    if cfg_scale is not None and PEERS[name].swap_cfg:
+        distilled = options.get("is_guidance_distilled", PEERS[name].defaults.get("is_guidance_distilled"))
+        if distilled and cfg_scale != 1:
+            raise InvalidArgumentError(
+                f"is_guidance_distilled=true in {shown} says there is no unconditional branch, but cfg {cfg_scale:g} "
+                "guides with one; leave it out or use --cfg-scale 1"
+            )
+        if not distilled and cfg_scale == 1:
+            raise InvalidArgumentError(
+                f"{shown} skips the unconditional branch of classifier-free guidance: use a cfg scale other than 1"
+            )
     return name, options
 
 
@@ -175,12 +239,13 @@ class HookRunner:
         thres: float = 0.1,
         priors=None,
         calibration: Callable[[Callable], None] | None = None,
+        cfg_scale: float | None = None,
     ) -> None:
         self.model, self.transformer, self.text, self.steps = model, model.transformer, text, steps
         self.counter: UnitCounter | None = None
         self._t = 0
         if is_peer(text):
-            self.name, self.options = parse_peer(text)
+            self.name, self.options = parse_peer(text, steps, cfg_scale)
             self.spec = PEERS[self.name]
             self.engine = self.schedule = self.compensator = None
             self._calibration = calibration
@@ -280,7 +345,7 @@ class HookRunner:
         if self.counter is not None:
             self.counter.call(step, x.shape[0])
         self._t = int(t.reshape(-1)[0])
-        if self.spec is not None and self.spec.swap_cfg:
+        if self.spec is not None and self.spec.swap_cfg and not self.options.get("is_guidance_distilled"):
             if x.shape[0] % 2:
                 raise InvalidArgumentError(f"{self.text!r} needs classifier-free guidance (a cfg scale other than 1)")
             half = x.shape[0] // 2

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from goc_utils.errors import CheckpointError, first_line
+from goc_utils.errors import CheckpointError, first_line, shorten
 from goc_utils.files import atomic_write_dir
 from goc_utils.model.diffusers_format import read_config, to_diffusers, transformer_folder
 
@@ -69,18 +69,37 @@ EXPORT_FILES = {
 }
 
 
+EXPORT_MARK = "_written_by"
+"""The ``config.json`` key (private: diffusers drops it on load, so a re-saved folder loses it) that marks a
+transformer written by :func:`export_diffusers`, the only folders an export may replace."""
+
+
 def _written_by_export(folder: Path, kind: str) -> bool:
-    """Whether ``folder`` holds exactly what :func:`export_diffusers` writes for ``kind`` (so it may be replaced)."""
-    if {p.name for p in folder.iterdir()} != EXPORT_FILES[kind]:
+    """Whether ``folder`` is what :func:`export_diffusers` writes for ``kind``, unchanged in its file names and
+    carrying its mark (so it may be replaced): nothing else, however DiT-like, is ever deleted."""
+    if folder.is_symlink() or {p.name for p in folder.iterdir()} != EXPORT_FILES[kind]:
         return False
     config = folder / ("config.json" if kind == "transformer" else "model_index.json")
     try:
-        name = json.loads(config.read_text()).get("_class_name")
+        found = json.loads(config.read_text())
+        name, mark = found.get("_class_name"), found.get(EXPORT_MARK)
     except (OSError, ValueError, AttributeError):
         return False
-    return name == ("DiTTransformer2DModel" if kind == "transformer" else "DiTPipeline") and (
-        kind == "transformer" or _written_by_export(folder / "transformer", "transformer")
-    )
+    if kind == "pipeline":
+        return name == "DiTPipeline" and _written_by_export(folder / "transformer", "transformer")
+    return name == "DiTTransformer2DModel" and mark == "goc export-diffusers"
+
+
+def check_export_target(out: Path, kind: str) -> None:
+    """One line unless ``out`` may receive an export of ``kind`` (``"transformer"`` / ``"pipeline"``): it does
+    not exist, is an empty folder or holds an earlier export of the same kind (:func:`_written_by_export`)."""
+    if out.is_symlink() or (
+        out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _written_by_export(out, kind)))
+    ):
+        raise CheckpointError(
+            f"--out {shorten(out)!r} exists and is not a DiT {kind} folder written by goc export-diffusers (it would "
+            "be replaced with everything in it); choose a new or empty folder"
+        )
 
 
 def export_diffusers(model, out: str | Path, vae=None, class_names: Sequence[str] | None = None) -> Path:
@@ -91,7 +110,7 @@ def export_diffusers(model, out: str | Path, vae=None, class_names: Sequence[str
     ``model_index.json``; ``class_names`` become its ``id2label``) that ``DiTPipeline.from_pretrained`` loads.
     The folder is written next to ``out`` and moved into place when complete, so an interrupted export
     leaves no half-written model. An existing ``out`` is replaced only if it is a diffusers folder of the
-    same kind (or empty).
+    same kind written by this function (or an empty folder).
     """
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel  # lazy: heavy
     from diffusers.utils import logging as diffusers_logging
@@ -99,14 +118,11 @@ def export_diffusers(model, out: str | Path, vae=None, class_names: Sequence[str
     diffusers_logging.set_verbosity_error()
     out = Path(out)
     kind = "transformer" if vae is None else "pipeline"
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _written_by_export(out, kind))):
-        raise CheckpointError(
-            f"--out {str(out)!r} exists and is not a DiT {kind} folder written by goc export-diffusers (it would be "
-            "replaced with everything in it); choose a new or empty folder"
-        )
+    check_export_target(out, kind)
     transformer = DiTTransformer2DModel(**diffusers_config(model))
     transformer.load_state_dict(to_diffusers(model.state_dict()), strict=True)
     with atomic_write_dir(out) as tmp:
+        folder = tmp if vae is None else tmp / "transformer"
         if vae is None:
             transformer.save_pretrained(str(tmp), safe_serialization=True)
         else:
@@ -119,6 +135,8 @@ def export_diffusers(model, out: str | Path, vae=None, class_names: Sequence[str
                 index = json.loads((tmp / "model_index.json").read_text())
                 index["id2label"] = {str(i): name for i, name in enumerate(class_names)}
                 (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | {EXPORT_MARK: "goc export-diffusers"}, indent=2) + "\n")
     return out
 
 
