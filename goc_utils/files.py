@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from goc_utils.errors import InvalidArgumentError, shorten
+from goc_utils.errors import GocError, InvalidArgumentError, shorten
 
 
 @contextmanager
@@ -34,13 +34,35 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         ...     _ = tmp.write_text("{}")
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with disk_full_is_one_line(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class DiskFullError(GocError):
+    """The disk (or the user's quota) filled up while a result was written; nothing is left under its name."""
+
+
+@contextmanager
+def disk_full_is_one_line(path: str | Path) -> Iterator[None]:
+    """Turn a full disk or exceeded quota (``ENOSPC``, ``EDQUOT``) while writing ``path`` into one line naming the
+    folder, so that ``goc`` prints it instead of a traceback; every other error passes unchanged."""
     try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        yield
+    except OSError as exc:
+        if isinstance(exc, DiskFullError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        folder = Path(path).absolute().parent
+        what = "the disk quota is exceeded" if exc.errno == errno.EDQUOT else "the disk is full"
+        raise DiskFullError(
+            f"{what} at {shorten(folder)!r} while writing {shorten(Path(path).name, 60)!r}; free space there and "
+            "rerun the same command: what was finished is kept and sampling runs resume where they stopped"
+        ) from None
 
 
 def _process_alive(pid: int) -> bool:
@@ -69,15 +91,16 @@ def atomic_write_dir(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     old = path.with_name(f".{path.name}.{os.getpid()}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    with disk_full_is_one_line(path):
+        tmp.mkdir()
+        try:
+            yield tmp
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
