@@ -191,9 +191,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for suffix in (".csv", ".md"):  # before any sampling: a table that cannot be written fails now
         check_writable(table.with_name(table.name + suffix), "--table")
     model, vae, dist, settings = _load_for_eval(args, _eval_settings(args, args.cfg_scale[0]))
-    runs = len(methods) * len(args.cfg_scale)
-    check_space(Path(args.out), args.num_samples, args.per_device_batch, image_shape(model, vae), runs,
-                f"--num-samples {args.num_samples} for {runs} method and cfg runs")  # fmt: skip
+    runs = f"--num-samples {args.num_samples} x {len(methods)} method(s) x {len(args.cfg_scale)} cfg scale(s)"
+    check_space(Path(args.out), args.num_samples, args.per_device_batch, image_shape(model, vae),
+                len(methods) * len(args.cfg_scale), runs)  # fmt: skip
     extractor = build_extractor(features, dist.device, args.inception_weights) if dist.rank == 0 else None
     rows = []
     for cfg in args.cfg_scale:
