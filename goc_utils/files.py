@@ -1,8 +1,8 @@
 """Files: writing results atomically (a temporary sibling, then a rename), npz files byte-reproducibly; file hashes;
 the checks made before reading an input file or starting a job that needs memory or disk.
 
-A crash, a ``kill -9`` or a full disk never leaves a half-written file under the final name, and
-two processes writing the same file never share a temporary name.
+A crash, a ``kill -9`` or a full disk never leaves a half-written file under the final name (a full disk is one
+line naming the folder, not a traceback), and two processes writing the same file never share a temporary name.
 """
 
 from __future__ import annotations
@@ -25,9 +25,31 @@ from safetensors.torch import save_file
 from goc_utils.errors import GocError, InvalidArgumentError, shorten
 
 
+class DiskFullError(GocError):
+    """The disk (or the user's quota) filled up while a result was written; nothing is left under its name."""
+
+
+@contextmanager
+def disk_full_is_one_line(path: str | Path) -> Iterator[None]:
+    """Turn a full disk or exceeded quota (``ENOSPC``, ``EDQUOT``) while writing ``path`` into one line naming the
+    folder, so that ``goc`` prints it instead of a traceback; every other error passes unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        folder = Path(path).absolute().parent
+        what = "the disk quota is exceeded" if exc.errno == errno.EDQUOT else "the disk is full"
+        raise DiskFullError(
+            f"{what} at {shorten(folder)!r} while writing {shorten(Path(path).name, 60)!r}; free space there and "
+            "rerun the same command: what was finished is kept and sampling runs resume where they stopped"
+        ) from None
+
+
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` to write; on success it replaces ``path``, on error it is removed.
+    """Yield a temporary path next to ``path`` to write; on success it replaces ``path``, on error it is removed
+    (a full disk or quota is then one :class:`DiskFullError` line).
 
     Example:
         >>> with atomic_write("runs/x.json") as tmp:
@@ -42,27 +64,6 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-class DiskFullError(GocError):
-    """The disk (or the user's quota) filled up while a result was written; nothing is left under its name."""
-
-
-@contextmanager
-def disk_full_is_one_line(path: str | Path) -> Iterator[None]:
-    """Turn a full disk or exceeded quota (``ENOSPC``, ``EDQUOT``) while writing ``path`` into one line naming the
-    folder, so that ``goc`` prints it instead of a traceback; every other error passes unchanged."""
-    try:
-        yield
-    except OSError as exc:
-        if isinstance(exc, DiskFullError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        folder = Path(path).absolute().parent
-        what = "the disk quota is exceeded" if exc.errno == errno.EDQUOT else "the disk is full"
-        raise DiskFullError(
-            f"{what} at {shorten(folder)!r} while writing {shorten(Path(path).name, 60)!r}; free space there and "
-            "rerun the same command: what was finished is kept and sampling runs resume where they stopped"
-        ) from None
 
 
 def _process_alive(pid: int) -> bool:

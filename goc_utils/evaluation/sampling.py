@@ -59,11 +59,12 @@ def check_space(
     there), or when the merge of one run would need more memory than the machine has (its labels, read whole,
     and its index of shards of ``batch`` images)."""
     what = what or f"--num-samples {num_samples}"
-    per_sample = int(np.prod(shape)) + np.dtype(np.int64).itemsize  # image + label
+    label = np.dtype(np.int64).itemsize
+    per_sample = int(np.prod(shape)) + label  # image + label
     done = sum(f.stat().st_size for f in out_dir.rglob("*.npz") if f.is_file()) if out_dir.is_dir() else 0
     check_disk(out_dir, 2 * runs * num_samples * per_sample - done, what, "sample fewer images or free space")
     shards = -(-num_samples // max(batch, 1))
-    check_memory(num_samples * 8 + shards * 200, what, "sample fewer images per run")
+    check_memory(num_samples * label + shards * 200, what, "sample fewer images per run")  # ~200 B per shard entry
 
 
 def _shard_path(out_dir: Path, start: int) -> Path:
