@@ -1,8 +1,8 @@
 """Files: writing results atomically (a temporary sibling, then a rename), npz files byte-reproducibly; file hashes;
 the checks made before reading an input file or starting a job that needs memory or disk.
 
-A crash, a ``kill -9`` or a full disk never leaves a half-written file under the final name, and
-two processes writing the same file never share a temporary name.
+A crash, a ``kill -9`` or a full disk never leaves a half-written file under the final name (a full disk is one
+line naming the folder, not a traceback), and two processes writing the same file never share a temporary name.
 """
 
 from __future__ import annotations
@@ -23,26 +23,49 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from goc_utils.errors import InvalidArgumentError, shorten
+from goc_utils.errors import GocError, InvalidArgumentError, shorten
 from goc_utils.paths import link_problem
+
+
+class DiskFullError(GocError):
+    """The disk (or the user's quota) filled up while a result was written; nothing is left under its name."""
+
+
+@contextmanager
+def disk_full_is_one_line(path: str | Path) -> Iterator[None]:
+    """Turn a full disk or exceeded quota (``ENOSPC``, ``EDQUOT``) while writing ``path`` into one line naming the
+    folder, so that ``goc`` prints it instead of a traceback; every other error passes unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        folder = Path(path).absolute().parent
+        what = "the disk quota is exceeded" if exc.errno == errno.EDQUOT else "the disk is full"
+        raise DiskFullError(
+            f"{what} at {shorten(folder)!r} while writing {shorten(Path(path).name, 60)!r}; free space there and "
+            "rerun the same command: what was finished is kept and sampling runs resume where they stopped"
+        ) from None
 
 
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` to write; on success it replaces ``path``, on error it is removed.
+    """Yield a temporary path next to ``path`` to write; on success it replaces ``path``, on error it is removed
+    (a full disk or quota is then one :class:`DiskFullError` line).
 
     Example:
         >>> with atomic_write("runs/x.json") as tmp:
         ...     _ = tmp.write_text("{}")
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with disk_full_is_one_line(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _locked(folder: Path) -> bool:
@@ -73,26 +96,27 @@ def atomic_write_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pattern = glob.escape(f".{path.name}.")
-    for stale in [*path.parent.glob(f"{pattern}*.partial"), *path.parent.glob(f"{pattern}*.old")]:
+    for stale in [p for kind in ("new", "partial", "old") for p in path.parent.glob(f"{pattern}*.{kind}")]:
         if not _locked(stale):
             shutil.rmtree(stale, ignore_errors=True)
     new = path.with_name(f".{path.name}.{os.getpid()}.new")  # locked before it is visible as a .partial
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     old = path.with_name(f".{path.name}.{os.getpid()}.old")
     shutil.rmtree(new, ignore_errors=True)
-    new.mkdir()
-    lock = os.open(new, os.O_RDONLY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        new.rename(tmp)
-        yield tmp
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-        os.close(lock)
+    with disk_full_is_one_line(path):
+        new.mkdir()
+        lock = os.open(new, os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            new.rename(tmp)
+            yield tmp
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+            os.close(lock)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -197,7 +197,36 @@ def add_out_argument(p: argparse.ArgumentParser, help_text: str, default: str | 
     p.add_argument("--out", default=default, required=required, help=help_text)
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (``type=at_least(1)``), else one line naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{shorten(text)!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum} (got {shorten(value)})")
+        return value
+
+    return parse
+
+
 def add_threads_argument(p: argparse.ArgumentParser, default: int | None = None) -> None:
     p.add_argument(
-        "--threads", type=int, default=default, help="torch CPU threads" + (f" (default {default})" if default else "")
+        "--threads",
+        type=at_least(1),
+        default=default,
+        help="torch CPU threads, >= 1 (default " + (f"{default})" if default else "torch's: one per core)"),
+    )
+
+
+def add_tf32_argument(p: argparse.ArgumentParser) -> None:
+    """``--tf32`` / ``--no-tf32``: TF32 matmuls and convolutions on CUDA (see ``goc_utils.model.sampler.set_tf32``)."""
+    p.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: TF32 matmuls and cuDNN convolutions, as DiT's sample.py / sample_ddp.py sampled the published "
+        "FIDs (default on); --no-tf32 for strict fp32. No effect on CPU",
     )

@@ -17,6 +17,9 @@ from goc_utils.cli.common import (
     add_priors_argument,
     add_router_arguments,
     add_sampling_arguments,
+    add_tf32_argument,
+    add_threads_argument,
+    at_least,
     check_output_dir,
     check_writable,
     number,
@@ -40,10 +43,12 @@ from goc_utils.evaluation.metrics.features import (
     default_features,
     default_reference,
 )
+from goc_utils.evaluation.sampling import check_space
 from goc_utils.integrations.diffusers.peers import diffusers_backend
 from goc_utils.lists import number_list
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.presets import preset_info
+from goc_utils.model.sampler import image_shape, set_tf32
 from goc_utils.model.vae import load_vae, vae_spec
 
 METHOD_HELP = (
@@ -74,17 +79,21 @@ def _eval_settings(args: argparse.Namespace, cfg_scale: float) -> EvalSettings:
     )
 
 
-def _load_for_eval(args: argparse.Namespace):
-    """Model, VAE and process group for the sampling commands."""
+def _load_for_eval(args: argparse.Namespace, settings: EvalSettings):
+    """Model, VAE, process group and the settings with the effective TF32 for the sampling commands (CPU threads
+    and TF32 applied before anything runs)."""
     if args.num_samples < 1:
         raise InvalidArgumentError(f"--num-samples must be >= 1 (got {args.num_samples})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dist = init_distributed(resolve_device(args.device))
+    settings = replace(settings, tf32=set_tf32(dist.device, args.tf32))
     torch.set_grad_enabled(False)
     model = load_model(args.model, args.ckpt, args.image_size, dist.device)
     if args.backend == "diffusers":
         model = diffusers_backend(model)
     vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), dist.device) if preset_info(args.model).latent else None
-    return model, vae, dist
+    return model, vae, dist, settings
 
 
 def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,13 +105,14 @@ def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
     add_router_arguments(p, help_extra=" (default: the tiny tier's committed router)")
     add_priors_argument(p)
     add_backend_argument(p)
+    add_threads_argument(p)
+    add_tf32_argument(p)
 
 
 def cmd_eval_sample(args: argparse.Namespace) -> int:
     (method,) = parse_methods(args.method, single=True, steps=args.steps, cfg_scales=[args.cfg_scale])
     check_output_dir(Path(args.out), "--out")
-    settings = _eval_settings(args, args.cfg_scale)
-    model, vae, dist = _load_for_eval(args)
+    model, vae, dist, settings = _load_for_eval(args, _eval_settings(args, args.cfg_scale))
     started = time.perf_counter()
     path = eval_sample(
         model, settings, method, Path(args.out), args.num_samples, vae, dist.rank, dist.world, dist.barrier
@@ -181,8 +191,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     table = Path(args.table) if args.table else Path(args.out) / "results"
     for suffix in (".csv", ".md"):  # before any sampling: a table that cannot be written fails now
         check_writable(table.with_name(table.name + suffix), "--table")
-    settings = _eval_settings(args, args.cfg_scale[0])
-    model, vae, dist = _load_for_eval(args)
+    model, vae, dist, settings = _load_for_eval(args, _eval_settings(args, args.cfg_scale[0]))
+    runs = f"--num-samples {args.num_samples} x {len(methods)} method(s) x {len(args.cfg_scale)} cfg scale(s)"
+    check_space(Path(args.out), args.num_samples, args.per_device_batch, image_shape(model, vae),
+                len(methods) * len(args.cfg_scale), runs)  # fmt: skip
     extractor = build_extractor(features, dist.device, args.inception_weights) if dist.rank == 0 else None
     rows = []
     for cfg in args.cfg_scale:
@@ -229,7 +241,10 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-batch", type=int, default=8, help="images per timed batch (default 8)")
     p.add_argument("--latency-repeats", type=int, default=3, help="timed runs per method (default 3)")
     p.add_argument(
-        "--fid-bootstrap", type=int, default=0, help="also report FID's bootstrap std over N resamples (default 0: off)"
+        "--fid-bootstrap",
+        type=at_least(0),
+        default=0,
+        help="also report FID's bootstrap std over N resamples (default 0: off)",
     )
     p.add_argument("--out", required=True, help="folder for the samples (OUT/cfg<c>/<method>/) and results.*")
     p.add_argument("--table", default=None, help="path prefix of the table (default OUT/results -> .csv, .md)")

@@ -16,6 +16,8 @@ from goc_utils.cli.common import (
     add_priors_argument,
     add_router_arguments,
     add_sampling_arguments,
+    add_tf32_argument,
+    at_least,
     check_writable,
     step_list,
     step_range,
@@ -23,10 +25,18 @@ from goc_utils.cli.common import (
 )
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.sampling import save_samples_npz
+from goc_utils.files import check_disk, check_memory
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.macs import model_macs
 from goc_utils.model.presets import model_info, preset_info
-from goc_utils.model.sampler import check_sampling_args, class_labels, generate, parse_classes
+from goc_utils.model.sampler import (
+    check_sampling_args,
+    class_labels,
+    generate,
+    image_shape,
+    parse_classes,
+    set_tf32,
+)
 from goc_utils.model.vae import load_vae, vae_spec
 from goc_utils.priors.stats import priors_for_run
 from goc_utils.study.viz import save_image_grid
@@ -78,15 +88,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     npz = check_writable(Path(args.save_npz), "--save-npz") if args.save_npz else None
     method = cache_method_from_args(args)
     device = resolve_device(args.device)
+    set_tf32(device, args.tf32)
     torch.set_grad_enabled(False)
     model = load_model(args.model, args.ckpt, args.image_size, device)
+    vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), device) if info.latent else None
+    upscale = _check_sizes(args, model, vae, npz)
     labels = class_labels(args.classes, args.per_class)
     check_sampling_args(model, labels, args.steps, args.cfg_scale, args.model)
     if args.priors is not None and not method.needs_priors:
         raise InvalidArgumentError("--priors needs --goc-steps auto or --goc-weight auto")
     priors = priors_for_run(args.model, model, args.steps, args.cfg_scale, args.priors) if method.needs_priors else None
     engine = method.engine(model, args.steps, priors)
-    vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), device) if info.latent else None
     started = time.perf_counter()
     result = generate(
         model,
@@ -101,7 +113,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - started
     nrow = args.per_class if args.per_class > 1 else min(len(labels), 16)
-    upscale = args.upscale or (4 if result.images.shape[1] < 64 else 1)
     save_image_grid(result.images, out, nrow=nrow, upscale=upscale)
     if npz is not None:
         save_samples_npz(npz, result)
@@ -123,6 +134,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_sizes(args: argparse.Namespace, model, vae, npz: Path | None) -> int:
+    """Before sampling: memory for the images of ``--classes`` x ``--per-class`` and for the upscaled grid, disk for
+    ``--save-npz`` (one line naming the limit); returns the grid's upscale factor."""
+    height, width, channels = image_shape(model, vae)
+    n = len(args.classes) * args.per_class
+    model_values = model.in_channels * model.input_size**2  # noise, CFG batch, chain state, final: float32
+    check_memory(
+        n * (height * width * channels + 4 * 6 * model_values),
+        f"--per-class {args.per_class} ({n:,} images)",
+        "sample fewer images (--per-class, --classes)",
+    )
+    upscale = args.upscale or (4 if height < 64 else 1)
+    grid = n * (height * upscale + 2) * (width * upscale + 2) * channels
+    check_memory(2 * grid, f"--upscale {upscale} ({n:,} image{'s' if n != 1 else ''})", "choose a smaller --upscale")
+    if npz is not None:
+        check_disk(npz.parent, n * (height * width * channels + 4 * model_values + 8), "--save-npz", "sample fewer")
+    return upscale
+
+
 def _classes(text: str) -> list[int]:
     try:
         return parse_classes(text)
@@ -138,7 +168,10 @@ def add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-class", type=int, default=1, help="samples per class (default 1)")
     p.add_argument("--out", default="samples.png", help="grid PNG to write (default samples.png)")
     p.add_argument("--save-npz", default=None, help="also write arr_0 (uint8 NHWC), labels, final (float32)")
-    p.add_argument("--upscale", type=int, default=None, help="grid pixel upscaling (default 4 for images under 64 px)")
+    p.add_argument(
+        "--upscale", type=at_least(1), default=None, help="grid pixel upscaling (default 4 for images under 64 px)"
+    )
+    add_tf32_argument(p)
     g = p.add_argument_group("feature caching (schedule x compensator)")
     g.add_argument(
         "--method",

@@ -17,6 +17,7 @@ from goc_utils.cli.common import (
     add_priors_argument,
     add_router_arguments,
     add_sampling_arguments,
+    add_tf32_argument,
     add_threads_argument,
     check_output_dir,
 )
@@ -26,6 +27,7 @@ from goc_utils.integrations.diffusers.peers import diffusers_backend, is_peer, p
 from goc_utils.lists import number_list, refuse_repeats, split_items
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.presets import create_model
+from goc_utils.model.sampler import set_tf32
 from goc_utils.priors.stats import priors_for_run
 from goc_utils.study.notebooks import figures_dir_for, load_params_file, run_notebooks
 from goc_utils.study.tier_report import fashion_tier_report, tiny_report
@@ -119,6 +121,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for text in split_methods(args.methods):  # diffusers' caches against this run's settings, before any loading
         if is_peer(text):
             parse_peer(text, args.steps, args.cfg_scale)
+    tf32 = set_tf32(device, args.tf32)
     torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -151,6 +154,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     header = (
         f"goc bench: {args.model}{' (random weights)' if args.random_weights else ''}, {device}, "
         f"DDIM-{args.steps}, batch {args.batch}, cfg {args.cfg_scale}, {args.repeats} repeats"
+        + ("" if tf32 is None else f", TF32 {'on' if tf32 else 'off'}")
     )
     if args.json:
         print(json.dumps({"setup": header, "rows": rows_as_dicts(rows)}, indent=2))
@@ -177,5 +181,6 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     add_threads_argument(p)
+    add_tf32_argument(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)

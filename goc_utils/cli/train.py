@@ -200,8 +200,6 @@ def cmd_train_fashion(args: argparse.Namespace) -> int:
     unknown = [s for s in stages if s not in FASHION_STAGES]
     if unknown:
         raise InvalidArgumentError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(FASHION_STAGES)}")
-    if args.threads is not None and args.threads < 1:
-        raise InvalidArgumentError(f"--threads must be >= 1 (got {args.threads})")
     outputs = _fashion_outputs()
     todo = [s for s in FASHION_STAGES if s in stages and not all(path.exists() for path in outputs[s])]
     if any(stage != "priors" for stage in todo):

@@ -57,6 +57,8 @@ class EvalSettings:
         priors: priors file for ``goc:auto`` (None = the default path for model / steps / cfg).
         backend: ``native`` (our ``DiT``) or ``diffusers`` (the same weights as a ``DiTTransformer2DModel``,
             methods through :mod:`goc_utils.integrations.diffusers.hooks`; also runs ``diffusers:*`` caches).
+        tf32: TF32 matmuls on CUDA as :func:`~goc_utils.model.sampler.set_tf32` applied them (True as published,
+            False for strict fp32); None on the CPU, where there is no TF32 (then ``run.json`` has no entry).
     """
 
     model: str = "tiny-digits"
@@ -72,12 +74,15 @@ class EvalSettings:
     thres: float = 0.1
     priors: str | None = None
     backend: str = "native"
+    tf32: bool | None = None
 
     def manifest(self, method: CacheMethod | None, text: str) -> dict:
         """``run.json``: what must match for a rerun to resume (the sample count may grow)."""
-        record = {k: v for k, v in asdict(self).items() if k not in ("router", "thres", "priors", "backend")}
+        record = {k: v for k, v in asdict(self).items() if k not in ("router", "thres", "priors", "backend", "tf32")}
         if self.backend != "native":  # native runs keep the manifests they had before backends existed
             record["backend"] = self.backend
+        if self.tf32 is not None:  # CUDA only: CPU runs keep their manifests (and bytes)
+            record["tf32"] = self.tf32
         record["method"] = text
         if method is None:  # one of diffusers' caches
             name, options = parse_peer(text)

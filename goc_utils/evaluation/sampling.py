@@ -17,10 +17,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from goc_utils.errors import InvalidArgumentError
-from goc_utils.files import atomic_write_text, exclusive_lock, file_sha256, write_npz, write_npz_stream
+from goc_utils.errors import InvalidArgumentError, first_line, shorten
+from goc_utils.files import (
+    atomic_write_text,
+    check_disk,
+    check_memory,
+    exclusive_lock,
+    file_sha256,
+    input_file,
+    write_npz,
+    write_npz_stream,
+)
 from goc_utils.model.dit import DiT
-from goc_utils.model.sampler import SampleResult, generate, per_sample_inputs
+from goc_utils.model.sampler import SampleResult, generate, image_shape, per_sample_inputs
 
 
 def save_samples_npz(path: str | Path, result: SampleResult) -> Path:
@@ -42,6 +51,22 @@ def shard_ranges(num_samples: int, batch: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch, num_samples)) for start in range(0, num_samples, batch)]
 
 
+def check_space(
+    out_dir: Path, num_samples: int, batch: int, shape: tuple[int, int, int], runs: int = 1, what: str | None = None
+) -> None:
+    """Before any sampling: one line when ``runs`` runs of ``num_samples`` images of ``shape`` ``(H, W, C)`` would
+    write more than the free disk under ``out_dir`` (shards plus ``samples.npz``, less the npz files already
+    there), or when the merge of one run would need more memory than the machine has (its labels, read whole,
+    and its index of shards of ``batch`` images)."""
+    what = what or f"--num-samples {num_samples}"
+    label = np.dtype(np.int64).itemsize
+    per_sample = int(np.prod(shape)) + label  # image + label
+    done = sum(f.stat().st_size for f in out_dir.rglob("*.npz") if f.is_file()) if out_dir.is_dir() else 0
+    check_disk(out_dir, 2 * runs * num_samples * per_sample - done, what, "sample fewer images or free space")
+    shards = -(-num_samples // max(batch, 1))
+    check_memory(num_samples * label + shards * 200, what, "sample fewer images per run")  # ~200 B per shard entry
+
+
 def _shard_path(out_dir: Path, start: int) -> Path:
     return out_dir / SHARDS_DIR / f"{start:08d}.npz"
 
@@ -55,15 +80,53 @@ def _shard_complete(path: Path, count: int) -> bool:
         return False
 
 
+MAX_MANIFEST_BYTES = 1 << 20
+"""A ``run.json`` is a few hundred bytes; anything beyond a MiB is not one."""
+
+
+def read_manifest(out_dir: Path) -> dict:
+    """The stored ``run.json`` of ``out_dir`` as a dict, else one line saying what it is instead (a folder, a
+    device, not JSON, not an object, a damaged ``samples`` entry) and how to start over."""
+    path = out_dir / MANIFEST_NAME
+    fix = f"its shards cannot be checked without it: delete {out_dir} to sample again, or choose a new --out"
+    input_file(path, "run manifest", fix, max_bytes=MAX_MANIFEST_BYTES)
+    name = repr(shorten(path))
+    try:
+        text = path.read_text()
+        stored = json.loads(text) if text.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgumentError(f"run manifest {name} is not valid JSON ({first_line(exc)}); {fix}") from None
+    except OSError as exc:
+        raise InvalidArgumentError(f"run manifest {name} cannot be read ({exc.strerror}); {fix}") from None
+    if not text.strip():
+        raise InvalidArgumentError(f"run manifest {name} is empty; {fix}")
+    if not isinstance(stored, dict):
+        kind = {list: "a list", str: "a string", type(None): "null"}.get(type(stored), "a number")
+        raise InvalidArgumentError(f"run manifest {name} holds {kind}, not a JSON object of settings; {fix}")
+    finished = stored.get(RESULT_KEY)
+    if finished is not None and not (
+        isinstance(finished, dict)
+        and isinstance(finished.get("count"), int)
+        and finished["count"] >= 0
+        and isinstance(finished.get("sha256"), str)
+    ):
+        raise InvalidArgumentError(
+            f"run manifest {name}: its {RESULT_KEY!r} entry {shorten(finished)} is not "
+            '{"count": N, "sha256": "..."}; ' + fix
+        )
+    return stored
+
+
 def check_manifest(out_dir: Path, manifest: dict, num_samples: int | None = None) -> None:
     """Write ``run.json`` on first use; on a rerun, refuse settings that differ from the stored ones.
 
     A finished run also records ``samples`` (count and sha256 of ``samples.npz``); asking it for fewer
-    samples than it holds is refused (a finished file is never shrunk).
+    samples than it holds is refused (a finished file is never shrunk). A damaged ``run.json`` is refused
+    with one line (:func:`read_manifest`).
     """
     path = out_dir / MANIFEST_NAME
-    if path.exists():
-        stored = json.loads(path.read_text())
+    if path.exists() or path.is_symlink():
+        stored = read_manifest(out_dir)
         diff = [k for k in sorted(set(stored) | set(manifest)) if k != RESULT_KEY and stored.get(k) != manifest.get(k)]
         if diff:
             k = diff[0]
@@ -86,10 +149,9 @@ RESULT_KEY = "samples"
 
 
 def _record_samples(out_dir: Path, count: int) -> None:
-    path = out_dir / MANIFEST_NAME
-    stored = json.loads(path.read_text())
+    stored = read_manifest(out_dir)
     stored[RESULT_KEY] = {"count": count, "sha256": file_sha256(out_dir / SAMPLES_NAME)}
-    atomic_write_text(path, json.dumps(stored, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(stored, indent=2, sort_keys=True) + "\n")
 
 
 @contextmanager
@@ -152,6 +214,7 @@ def sample_to_npz(
     settings is refused.
     """
     out_dir = Path(out_dir)
+    check_space(out_dir, num_samples, batch, image_shape(model, vae))
     ranges = shard_ranges(num_samples, batch)
     barrier = barrier or (lambda: None)
     with run_lock(out_dir, enabled=rank == 0):
@@ -216,7 +279,7 @@ def _merged_is_current(out_dir: Path, ranges: list[tuple[int, int]]) -> bool:
     newest = max(_shard_path(out_dir, start).stat().st_mtime_ns for start, _ in ranges)
     if merged.stat().st_mtime_ns < newest:
         return False
-    recorded = json.loads((out_dir / MANIFEST_NAME).read_text()).get(RESULT_KEY) or {}
+    recorded = read_manifest(out_dir).get(RESULT_KEY) or {}
     if recorded.get("count") == ranges[-1][1] and recorded.get("sha256") == file_sha256(merged):
         return True
     if recorded.get("sha256"):

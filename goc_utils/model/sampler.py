@@ -64,6 +64,35 @@ def check_sampling_args(
         raise InvalidArgumentError(f"cfg scale must be a number >= 0 (got {cfg_scale}); 1.0 disables guidance")
 
 
+def set_tf32(device: str | torch.device, enabled: bool = True) -> bool | None:
+    """Turn TF32 matmuls and cuDNN convolutions on or off for sampling on ``device``; returns the effective setting.
+
+    DiT's, GOC's and Learning-to-Cache's ``sample.py`` set ``torch.backends.cuda.matmul.allow_tf32`` and
+    ``torch.backends.cudnn.allow_tf32`` to True, and DiT's ``sample_ddp.py --tf32`` defaults to on: the published
+    FIDs were sampled that way, so ``enabled=True`` is the default of every sampling command. On a CUDA device both
+    flags are set to ``enabled`` and ``enabled`` is returned; on the CPU there is no TF32: nothing is touched and
+    None is returned (so CPU runs, and their run.json, do not depend on the flag).
+
+    Example:
+        >>> set_tf32("cpu", True) is None
+        True
+    """
+    if torch.device(device).type != "cuda":
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    return enabled
+
+
+def image_shape(model: DiT, vae=None) -> tuple[int, int, int]:
+    """``(H, W, C)`` of the uint8 images :func:`generate` makes with ``model`` (and ``vae`` for latent presets),
+    known before sampling, for the memory and disk checks of a job."""
+    if vae is None:
+        return model.input_size, model.input_size, model.in_channels
+    side = model.input_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    return side, side, int(vae.config.out_channels)
+
+
 def draw_noise(model: DiT, n: int, seed: int, device: str | torch.device = "cpu") -> torch.Tensor:
     """DiT's ``sample.py`` noise: ``torch.manual_seed(seed)`` then one ``randn(n, C, H, W)``."""
     torch.manual_seed(seed)

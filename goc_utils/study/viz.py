@@ -11,6 +11,7 @@ import seaborn as sns
 from PIL import Image
 
 from goc_utils import paths
+from goc_utils.files import atomic_write
 from goc_utils.priors.stats import KINDS, gradient_consistency, step_similarity
 
 
@@ -35,9 +36,9 @@ def save_image_grid(images: np.ndarray, path: str | Path, nrow: int, upscale: in
         images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
     grid = image_grid(images, nrow, padding=padding)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     mode_image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    mode_image.save(path)
+    with atomic_write(path) as tmp:  # the format from the final name, not the temporary one
+        mode_image.save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
     return path
 
 

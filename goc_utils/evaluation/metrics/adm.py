@@ -55,10 +55,10 @@ class FIDStatistics:
         """``|mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr(sqrtm(s1 s2))`` with the evaluator's fallbacks."""
         mu1, mu2 = np.atleast_1d(self.mu), np.atleast_1d(other.mu)
         s1, s2 = np.atleast_2d(self.sigma), np.atleast_2d(other.sigma)
-        if mu1.shape != mu2.shape or s1.shape != s2.shape:
+        if mu1.ndim != 1 or mu1.shape != mu2.shape or not s1.shape == s2.shape == mu1.shape * 2:
             raise MetricError(
-                f"feature statistics of different sizes ({mu1.shape[0]} vs {mu2.shape[0]} dims): "
-                "both batches must use the same feature extractor"
+                f"feature statistics of different sizes: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs "
+                f"{s2.shape}; both must be mu (D,) and sigma (D, D) from the same feature extractor"
             )
         diff = mu1 - mu2
         covmean = linalg.sqrtm(s1.dot(s2))

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from goc_utils.errors import GocError
+from goc_utils.errors import GocError, shorten
+from goc_utils.files import input_file
 
 
 class BatchFileError(GocError, ValueError):
@@ -40,23 +41,34 @@ class BatchInfo:
         return self.height, self.width, self.channels
 
 
+STATISTICS = ("mu", "sigma", "mu_s", "sigma_s")
+"""A reference's precomputed Gaussians: pool ``mu`` ``(D,)``, ``sigma`` ``(D, D)``; spatial ``mu_s``, ``sigma_s``."""
+
+LABEL_KEYS = ("arr_1", "labels")
+"""Where a batch keeps its class labels (guided-diffusion's ``arr_1``, ``goc sample --save-npz``'s ``labels``)."""
+
+_FIX = "make samples with `goc eval-sample` or pass a reference batch (.npz)"
+
+
 @contextmanager
-def _member(path: Path, name: str):
-    if not path.is_file():
-        raise BatchFileError(
-            f"batch file {str(path)!r} does not exist; make samples with `goc eval-sample` or pass a reference batch"
-        )
+def _archive(path: Path) -> Iterator[zipfile.ZipFile]:
+    input_file(path, "batch file", _FIX, error=BatchFileError)
     try:
         with zipfile.ZipFile(path) as archive:
-            if f"{name}.npy" not in archive.namelist():
-                found = ", ".join(n.removesuffix(".npy") for n in archive.namelist()) or "nothing"
-                raise BatchFileError(
-                    f"{str(path)!r} has no {name} (it holds {found}); ADM batches keep images in arr_0 (uint8 NHWC)"
-                )
-            with archive.open(f"{name}.npy") as member:
-                yield member
+            yield archive
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise BatchFileError(f"{str(path)!r} is not a readable .npz ({exc}); re-create or re-download it") from None
+        raise BatchFileError(f"{_name(path)} is not a readable .npz ({exc}); re-create or re-download it") from None
+
+
+def _name(path: Path) -> str:
+    return repr(shorten(path))
+
+
+@contextmanager
+def _member(path: Path, name: str):
+    """An open array member of a file :func:`batch_info` has checked."""
+    with _archive(path) as archive, archive.open(f"{name}.npy") as member:
+        yield member
 
 
 def _header(member) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -68,25 +80,94 @@ def _header(member) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise ValueError(f"unsupported .npy format version {version}")
 
 
-def batch_info(path: str | Path) -> BatchInfo:
-    """Validate ``arr_0`` (uint8, 4-D NHWC with 1 or 3 channels, at least one image) and describe it."""
-    path = Path(path)
-    with _member(path, "arr_0") as member:
-        try:
-            shape, _, dtype = _header(member)
-        except ValueError as exc:
-            raise BatchFileError(f"{str(path)!r}: arr_0 is not a valid .npy array ({exc})") from None
+def _headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in the file, read from the headers (no data)."""
+    headers = {}
+    with _archive(path) as archive:
+        for member_name in archive.namelist():
+            name = member_name.removesuffix(".npy")
+            with archive.open(member_name) as member:
+                try:
+                    shape, _, dtype = _header(member)
+                except ValueError as exc:
+                    raise BatchFileError(f"{_name(path)}: {shorten(name)} is not a valid .npy array ({exc})") from None
+            headers[name] = (tuple(shape), dtype)
+    return headers
+
+
+def _check_arrays(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Every array a batch file may hold, by its header: no object arrays; ``arr_0`` uint8 NHWC with 1 or 3
+    channels and at least one image; labels one integer per image; the four statistics all present, float,
+    ``mu`` ``(D,)`` with ``sigma`` ``(D, D)``; ``features`` one string."""
+    where = _name(path)
+    for name, (_, dtype) in headers.items():
+        if dtype.hasobject:
+            raise BatchFileError(
+                f"{where}: {shorten(name)} is an array of Python objects (pickles are never loaded); "
+                "store numbers (images uint8, labels integers, statistics floats)"
+            )
+    if "arr_0" not in headers:
+        found = ", ".join(headers) or "nothing"
+        raise BatchFileError(
+            f"{where} has no arr_0 (it holds {shorten(found)}); ADM batches keep images in arr_0 (uint8 NHWC)"
+        )
+    shape, dtype = headers["arr_0"]
     if dtype != np.uint8:
-        raise BatchFileError(f"{str(path)!r}: arr_0 has dtype {dtype}; ADM batches are uint8 images in 0..255")
+        raise BatchFileError(f"{where}: arr_0 has dtype {dtype}; ADM batches are uint8 images in 0..255")
     if len(shape) != 4 or shape[3] not in (1, 3):
         raise BatchFileError(
-            f"{str(path)!r}: arr_0 has shape {tuple(shape)}; expected (N, H, W, C) with C = 1 or 3 (NHWC, not NCHW)"
+            f"{where}: arr_0 has shape {shape}; expected (N, H, W, C) with C = 1 or 3 (NHWC, not NCHW)"
         )
     if shape[0] == 0:
-        raise BatchFileError(f"{str(path)!r}: arr_0 holds no images")
-    with zipfile.ZipFile(path) as archive:
-        names = {n.removesuffix(".npy") for n in archive.namelist()}
-    return BatchInfo(path, int(shape[0]), int(shape[1]), int(shape[2]), int(shape[3]), {"mu", "sigma"} <= names)
+        raise BatchFileError(f"{where}: arr_0 holds no images")
+    count = shape[0]
+    for key in LABEL_KEYS:
+        if key in headers:
+            label_shape, label_dtype = headers[key]
+            if label_dtype.kind not in "iu":
+                raise BatchFileError(
+                    f"{where}: {key} holds {label_dtype} values; class labels are integers 0..K-1 (e.g. int64)"
+                )
+            if label_shape != (count,):
+                raise BatchFileError(
+                    f"{where}: {key} has shape {label_shape}; expected ({count},), one class label per image of arr_0"
+                )
+    present = [k for k in STATISTICS if k in headers]
+    if present:
+        missing = [k for k in STATISTICS if k not in headers]
+        if missing:
+            raise BatchFileError(
+                f"{where} holds {', '.join(present)} but not {', '.join(missing)}; a reference's statistics are "
+                "mu, sigma, mu_s and sigma_s together (re-create it with make_reference_batch, or drop them all)"
+            )
+        for mu, sigma in (("mu", "sigma"), ("mu_s", "sigma_s")):
+            (mu_shape, mu_dtype), (sigma_shape, sigma_dtype) = headers[mu], headers[sigma]
+            for key, kind in ((mu, mu_dtype), (sigma, sigma_dtype)):
+                if kind.kind != "f":
+                    raise BatchFileError(f"{where}: {key} holds {kind} values; statistics are floats")
+            if len(mu_shape) != 1 or mu_shape[0] < 1:
+                raise BatchFileError(f"{where}: {mu} has shape {mu_shape}; expected (D,), a mean feature vector")
+            if sigma_shape != (mu_shape[0], mu_shape[0]):
+                raise BatchFileError(
+                    f"{where}: {sigma} has shape {sigma_shape}; expected {(mu_shape[0], mu_shape[0])} to match "
+                    f"{mu} {mu_shape}"
+                )
+    if "features" in headers:
+        shape, dtype = headers["features"]
+        if dtype.kind != "U" or shape != ():
+            raise BatchFileError(
+                f"{where}: features holds {dtype} of shape {shape}; it names the extractor as one string, "
+                "e.g. np.array('inception')"
+            )
+
+
+def batch_info(path: str | Path) -> BatchInfo:
+    """Validate every array of a batch file by its header (:func:`_check_arrays`) and describe ``arr_0``."""
+    path = Path(path)
+    headers = _headers(path)
+    _check_arrays(path, headers)
+    count, height, width, channels = headers["arr_0"][0]
+    return BatchInfo(path, count, height, width, channels, all(k in headers for k in STATISTICS))
 
 
 def iter_images(path: str | Path, batch_size: int = 256) -> Iterator[np.ndarray]:
@@ -103,7 +184,7 @@ def iter_images(path: str | Path, batch_size: int = 256) -> Iterator[np.ndarray]
             n = min(batch_size, info.count - done)
             data = member.read(n * per_image)
             if len(data) != n * per_image:
-                raise BatchFileError(f"{str(info.path)!r}: arr_0 is truncated after {done} images; re-create the file")
+                raise BatchFileError(f"{_name(info.path)}: arr_0 is truncated after {done} images; re-create the file")
             yield np.frombuffer(bytearray(data), dtype=np.uint8).reshape(n, info.height, info.width, info.channels)
             done += n
 
@@ -114,15 +195,29 @@ def read_statistics(path: str | Path) -> dict[str, np.ndarray] | None:
     if not info.has_statistics:
         return None
     with np.load(info.path) as data:
-        return {k: np.asarray(data[k], dtype=np.float64) for k in ("mu", "sigma", "mu_s", "sigma_s") if k in data}
+        stats = {k: np.asarray(data[k], dtype=np.float64) for k in STATISTICS}
+    for key, value in stats.items():
+        if not np.isfinite(value).all():
+            bad = int((~np.isfinite(value)).sum())
+            raise BatchFileError(
+                f"{_name(info.path)}: {key} holds {bad} NaN or infinite value(s); re-create the reference statistics"
+            )
+    return stats
 
 
 def read_labels(path: str | Path) -> np.ndarray | None:
-    """Class labels of a sample batch (``arr_1`` as guided-diffusion writes them, or ``labels``), or None."""
-    with np.load(Path(path)) as data:
-        for key in ("arr_1", "labels"):
+    """Class labels of a batch (``arr_1`` as guided-diffusion writes them, or ``labels``): one integer >= 0 per
+    image (checked), or None when it has none."""
+    info = batch_info(path)
+    with np.load(info.path) as data:
+        for key in LABEL_KEYS:
             if key in data:
-                return np.asarray(data[key], dtype=np.int64)
+                labels = np.asarray(data[key], dtype=np.int64)
+                if labels.min() < 0:
+                    raise BatchFileError(
+                        f"{_name(info.path)}: {key} holds the label {labels.min()}; class labels are 0..K-1"
+                    )
+                return labels
     return None
 
 
@@ -130,7 +225,7 @@ def batch_features(path: str | Path) -> str | None:
     """The feature extractor a reference batch was made with (its ``features`` entry), or None."""
     info = batch_info(path)
     with np.load(info.path) as data:
-        if "features" in data and data["features"].dtype.kind == "U" and data["features"].ndim == 0:
+        if "features" in data:
             return str(data["features"])
     return None
 

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from goc_utils.evaluation.metrics.adm import FIDStatistics, compute_statistics, inception_score, precision_recall
+from goc_utils.evaluation.metrics.adm import (
+    FIDStatistics,
+    MetricError,
+    compute_statistics,
+    inception_score,
+    precision_recall,
+)
 from goc_utils.evaluation.metrics.batches import (
     BatchFileError,
     batch_info,
@@ -95,7 +101,15 @@ def score_features(
     ``pr_precision``: see :func:`~goc_utils.evaluation.metrics.adm.pairwise_sq_distances`)."""
     prec, rec = precision_recall(ref.pool, sample.pool, precision=pr_precision, device=device)
     agreement = None
-    if labels is not None and len(labels) == len(sample.logits) and labels.max(initial=0) < sample.logits.shape[1]:
+    if labels is not None:
+        if len(labels) != len(sample.logits) or not 0 <= labels.min(initial=0) <= labels.max(initial=0) < len(
+            sample.logits[0]
+        ):
+            raise MetricError(
+                f"{len(labels)} class labels in {labels.min(initial=0)}..{labels.max(initial=0)} for "
+                f"{len(sample.logits)} samples of a {sample.logits.shape[1]}-class judge; labels must be one per "
+                f"sample in 0..{sample.logits.shape[1] - 1}"
+            )
         agreement = float(np.mean(sample.logits.argmax(1) == labels))
     return EvalResult(
         inception_score=inception_score(sample.logits),
