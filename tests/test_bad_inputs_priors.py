@@ -156,6 +156,7 @@ CASES = [
     (["priors", "--merge", "P_GOOD", "P_GOOD", "--out", "OUT/m.safetensors"], "lists the file 'P_GOOD' twice"),
     (["priors", "--merge", "P_GOOD", "P_LINK", "--out", "OUT/m.safetensors"], "twice (also as 'P_LINK')"),
     (["priors", "--merge", "P_GOOD", "P_COPY", "--out", "OUT/m.safetensors"], "2 of the 2 samples to add are already"),
+    ([*PRIORS_RUN[:-4], "--classes", "3,5,3", "--out", "OUT/p.safetensors"], "class 3 is listed twice"),
     (["priors", "--merge", "P_GOOD", "A_FIFO", "--out", "OUT/m.safetensors"], "--merge file 'A_FIFO' is not a"),
     # item 7: --data is refused where it would be ignored, and checked before any model is loaded
     (["train-router", "--data", "/nonexistent", "--out", "OUT/r.pt"], "--data is not used for tiny-digits"),

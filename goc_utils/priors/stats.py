@@ -458,6 +458,13 @@ def extract_priors(
         raise InvalidArgumentError(
             f"class id {bad[0]} is out of range for {model_name}; use 0..{model.num_classes - 1}"
         )
+    seen: set[int] = set()
+    repeated = next((c for c in map(int, classes) if c in seen or seen.add(c)), None)
+    if repeated is not None:
+        raise InvalidArgumentError(
+            f"class {repeated} is listed twice; every class has the same noise (seed) here, so its samples would "
+            "be counted twice: list each class once (--per-class K for more samples per class)"
+        )
     if batch_size < 1:
         raise InvalidArgumentError(f"--batch-size must be >= 1 (got {batch_size})")
     pairs = [(int(c), int(s)) for s in seeds for c in classes]
