@@ -15,8 +15,8 @@ import io
 import os
 import shutil
 import zipfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +218,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Hex sha256 of weights: every tensor's name, dtype, shape and bytes, in name order. The same weights give the
+    same hash whatever file format or device they came from; any other weights give another."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def input_file(
     path: str | Path, what: str, fix: str, error: type[Exception] = InvalidArgumentError, max_bytes: int | None = None
 ) -> Path:
@@ -313,3 +324,11 @@ def exclusive_lock(lock_path: str | Path, busy: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def output_lock(path: str | Path, flag: str = "--out") -> AbstractContextManager[None]:
+    """:func:`exclusive_lock` on ``.NAME.lock`` beside ``path``: one process at a time writes ``path`` (and its
+    ``.partial`` checkpoint); a second one stops at once with one line naming ``flag``."""
+    path = Path(path)
+    busy = f"another process is writing {shorten(path)!r}; wait for it to finish or choose another {flag}"
+    return exclusive_lock(path.with_name(f".{path.name}.lock"), busy)

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from goc_utils.cache.schedule import CacheSchedule, ScheduleError, register_schedule
-from goc_utils.errors import first_line
+from goc_utils.errors import first_line, shorten
+from goc_utils.files import input_file
 from goc_utils.model.presets import DiT_models, preset_info
 
 L2C_CORRECTION_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
@@ -35,29 +37,35 @@ L2C_GOC_WEIGHT = 0.8
 
 def load_router_logits(path: str | Path) -> np.ndarray:
     """Router logits ``(num_routers, 2 * depth)`` float32 from an official-format checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise ScheduleError(f"router file {str(path)!r} does not exist; pass --router PATH (an L2C router .pt)")
+    fix = "pass --router PATH (an L2C router .pt)"
+    path = input_file(path, "router file", fix, error=ScheduleError)
+    name = shorten(path)
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch adds multi-line advice to refused pickles; our line says it
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
         raise ScheduleError(
-            f"cannot read router file {str(path)!r} ({first_line(exc, 120)}); "
+            f"cannot read router file {name!r} ({first_line(exc, 120)}); "
             "expected Learning-to-Cache's {'routers': state_dict} checkpoint"
         ) from None
-    name = str(path)
     routers = obj.get("routers") if isinstance(obj, dict) else None
     if not isinstance(routers, dict) or not routers:
         raise ScheduleError(f"router file {name!r} has no 'routers' entry with '<k>.prob' tensors")
     bad = [k for k in routers if not re.fullmatch(r"\d+\.prob", str(k))]
     if bad:
-        raise ScheduleError(f"router file {name!r}: key {bad[0]!r} is not '<k>.prob' (k = router index)")
+        raise ScheduleError(f"router file {name!r}: key {shorten(repr(bad[0]))} is not '<k>.prob' (k = router index)")
     keys = sorted(routers, key=lambda k: int(k.split(".")[0]))
     if [int(k.split(".")[0]) for k in keys] != list(range(len(keys))):
         raise ScheduleError(f"router file {name!r}: router indices are not 0..{len(keys) - 1}")
     if any(not isinstance(routers[k], torch.Tensor) for k in keys):
         raise ScheduleError(f"router file {name!r}: every '<k>.prob' must be a tensor of logits")
+    unreal = [k for k in keys if not routers[k].is_floating_point()]
+    if unreal:
+        raise ScheduleError(
+            f"router file {name!r}: router {unreal[0]!r} holds {routers[unreal[0]].dtype} values; logits are real "
+            "floating-point numbers: retrain or re-export the router"
+        )
     sizes = sorted({routers[k].numel() for k in keys})
     if len(sizes) > 1:
         raise ScheduleError(f"router file {name!r}: routers have different lengths {sizes}; all must be 2 x depth")
@@ -87,8 +95,9 @@ def l2c(steps: int, depth: int, router: str | Path | None = None, thres: float =
     logits = load_router_logits(router)
     if logits.shape != (steps, 2 * depth):
         raise ScheduleError(
-            f"router {Path(router).name!r} has {logits.shape[0]} routers of {logits.shape[1]} units, but the run "
-            f"needs {steps} routers of {2 * depth} units ({steps} steps, {depth} blocks): use a router trained for it"
+            f"router {shorten(Path(router).name)!r} has {logits.shape[0]} routers of {logits.shape[1]} units, but the "
+            f"run needs {steps} routers of {2 * depth} units ({steps} steps, {depth} blocks): use a router trained "
+            "for it"
         )
     # The published L2C + GOC path hard-codes its correction steps whatever the step count (DDIM-50 too).
     reference = tuple(s for s in L2C_CORRECTION_STEPS if s < steps)

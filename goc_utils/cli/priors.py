@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -20,11 +21,19 @@ from goc_utils.cli.common import (
     number,
     weight,
 )
-from goc_utils.errors import InvalidArgumentError
+from goc_utils.errors import InvalidArgumentError, shorten
+from goc_utils.files import input_file, output_lock
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.sampler import parse_classes
 from goc_utils.priors.auto import GRANULARITIES, auto_goc
-from goc_utils.priors.stats import GRAM_SOURCES, PriorStats, default_priors_path, extract_priors
+from goc_utils.priors.stats import (
+    GRAM_SOURCES,
+    MISSING,
+    PriorsError,
+    PriorStats,
+    default_priors_path,
+    extract_priors,
+)
 
 
 def cmd_priors(args: argparse.Namespace) -> int:
@@ -33,36 +42,47 @@ def cmd_priors(args: argparse.Namespace) -> int:
         if out is None:
             raise InvalidArgumentError("--merge needs --out PATH for the merged file")
         check_writable(out, "--out")
-        stats = PriorStats.load(args.merge[0])
-        for other in args.merge[1:]:
-            stats.merge(PriorStats.load(other))
-        stats.save(out)
+        shards = [input_file(p, "--merge file", MISSING, error=PriorsError) for p in args.merge]
+        for i, shard in enumerate(shards):
+            twin = next((other for other in shards[:i] if os.path.samefile(other, shard)), None)
+            if twin is not None:
+                raise InvalidArgumentError(
+                    f"--merge lists the file {shorten(twin)!r} twice"
+                    + ("" if str(twin) == str(shard) else f" (also as {shorten(shard)!r})")
+                    + "; each shard once, or its samples would be counted twice"
+                )
+        with output_lock(out):
+            stats = PriorStats.load(shards[0])
+            for other in shards[1:]:
+                stats.merge(PriorStats.load(other))
+            stats.save(out)
         print(f"merged {len(args.merge)} files ({stats.count} samples) -> {out}")
         return 0
     out = check_writable(out or default_priors_path(args.model, args.steps, args.cfg_scale), "--out")
     if args.per_class < 1:
         raise InvalidArgumentError(f"--per-class must be >= 1 (got {args.per_class})")
     device = resolve_device(args.device)
-    torch.set_grad_enabled(False)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_model(args.model, args.ckpt, args.image_size, device)
-    classes = list(range(model.num_classes)) if args.classes == "all" else parse_classes(args.classes)
-    started = time.perf_counter()
-    checkpoint = out.with_name(out.name + ".partial")
-    stats = extract_priors(
-        model,
-        args.model,
-        classes,
-        seeds=list(range(args.per_class)),
-        steps=args.steps,
-        cfg_scale=args.cfg_scale,
-        batch_size=args.batch_size,
-        checkpoint=checkpoint,
-        checkpoint_seconds=args.checkpoint_seconds,
-    )
-    stats.save(out)
-    checkpoint.unlink(missing_ok=True)
+    with output_lock(out):
+        torch.set_grad_enabled(False)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model = load_model(args.model, args.ckpt, args.image_size, device)
+        classes = list(range(model.num_classes)) if args.classes == "all" else parse_classes(args.classes)
+        started = time.perf_counter()
+        checkpoint = out.with_name(out.name + ".partial")
+        stats = extract_priors(
+            model,
+            args.model,
+            classes,
+            seeds=list(range(args.per_class)),
+            steps=args.steps,
+            cfg_scale=args.cfg_scale,
+            batch_size=args.batch_size,
+            checkpoint=checkpoint,
+            checkpoint_seconds=args.checkpoint_seconds,
+        )
+        stats.save(out)
+        checkpoint.unlink(missing_ok=True)
     print(
         f"priors of {stats.count} samples ({args.model}, DDIM-{args.steps}, cfg {args.cfg_scale:g}) in "
         f"{time.perf_counter() - started:.1f} s -> {out}"
@@ -113,14 +133,19 @@ def cmd_inflections(args: argparse.Namespace) -> int:
     plain = auto.error_plain
     print(
         f"predicted error (MACs-weighted relative L2, summed over reused units): plain reuse {plain:.3f} -> "
-        f"GOC {auto.error_auto:.3f} ({100 * (auto.error_auto / plain - 1):+.1f}%)"
+        f"GOC {auto.error_auto:.3f} ({_change(auto.error_auto, plain)})"
     )
     if schedule.reference_correction_steps is not None:
         print(
             f"paper's hand-set steps {','.join(map(str, schedule.reference_correction_steps))} with "
-            f"w={schedule.reference_weight}: GOC {auto.error_paper:.3f} ({100 * (auto.error_paper / plain - 1):+.1f}%)"
+            f"w={schedule.reference_weight}: GOC {auto.error_paper:.3f} ({_change(auto.error_paper, plain)})"
         )
     return 0
+
+
+def _change(error: float, plain: float) -> str:
+    """``error`` relative to plain reuse's, as a signed percentage (a schedule that reuses nothing has no error)."""
+    return f"{100 * (error / plain - 1):+.1f}%" if plain > 0 else "nothing is reused, so nothing to correct"
 
 
 def add_inflections(p: argparse.ArgumentParser) -> None:

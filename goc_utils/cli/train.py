@@ -14,6 +14,7 @@ from goc_utils.cli.common import add_model_arguments, add_threads_argument, chec
 from goc_utils.datasets import load_digits_tensors, load_fashion_mnist, load_fashion_tensors
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.metrics.judges import write_reference
+from goc_utils.files import output_lock
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.macs import model_macs
 from goc_utils.model.presets import preset_info
@@ -23,6 +24,7 @@ from goc_utils.training.dit import TRAINABLE_PRESETS, default_train_config, fash
 from goc_utils.training.judges import train_digits_classifier, train_fashion_classifier
 from goc_utils.training.routers import (
     RouterTrainConfig,
+    image_folder,
     image_folder_batches,
     posterior_batches,
     save_router,
@@ -74,27 +76,35 @@ def cmd_train_router(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_model(args.model, args.ckpt, args.image_size, device)
-    if args.model == "tiny-fashion":
-        mean, std, scale = fashion_latents(cache_dir=paths.RUNS_DIR / "train_tiny_fashion")  # the DiT run's cache
-        _, labels = load_fashion_tensors("train")
-        batches = posterior_batches(mean, std, scale, labels)
-    elif preset_info(args.model).latent:
-        if args.data is None:
-            raise InvalidArgumentError(f"{args.model} routers train on images: pass --data DIR (ImageNet-style folder)")
-        image_size = args.image_size or preset_info(args.model).default_image_size
-        vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), device)
-        batches = image_folder_batches(args.data, image_size, vae, device)
-    else:
-        batches = tensor_batches(*load_digits_tensors())
-    checkpoint = out.with_name(out.name + ".partial")
-    logits, opt_state = train_router(
-        model, batches, config, checkpoint=checkpoint, checkpoint_seconds=args.checkpoint_seconds
-    )
-    save_router(out, logits, opt_state, config, args.model)
-    checkpoint.unlink(missing_ok=True)
+    images = preset_info(args.model).latent and args.model != "tiny-fashion"  # trains on an image folder
+    if images and args.data is None:
+        raise InvalidArgumentError(f"{args.model} routers train on images: pass --data DIR (ImageNet-style folder)")
+    if not images and args.data is not None:
+        raise InvalidArgumentError(
+            f"--data is not used for {args.model} (its routers train on its built-in data set); drop --data, "
+            "or pass it with a DiT preset such as DiT-XL/2"
+        )
+    dataset = image_folder(args.data) if images else None
+    with output_lock(out):
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model = load_model(args.model, args.ckpt, args.image_size, device)
+        if args.model == "tiny-fashion":
+            mean, std, scale = fashion_latents(cache_dir=paths.RUNS_DIR / "train_tiny_fashion")  # the DiT run's cache
+            _, labels = load_fashion_tensors("train")
+            batches = posterior_batches(mean, std, scale, labels)
+        elif images:
+            image_size = args.image_size or preset_info(args.model).default_image_size
+            vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), device)
+            batches = image_folder_batches(dataset, image_size, vae, device)
+        else:
+            batches = tensor_batches(*load_digits_tensors())
+        checkpoint = out.with_name(out.name + ".partial")
+        logits, opt_state = train_router(
+            model, batches, config, checkpoint=checkpoint, checkpoint_seconds=args.checkpoint_seconds
+        )
+        save_router(out, logits, opt_state, config, args.model)
+        checkpoint.unlink(missing_ok=True)
     schedule = CacheSchedule(router_mask(logits.numpy(), 0.1), name="l2c@0.1")
     macs = model_macs(model)
     print(

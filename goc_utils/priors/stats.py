@@ -40,9 +40,9 @@ from tqdm.auto import tqdm
 
 from goc_utils import paths
 from goc_utils.cache.engine import CacheEngine
-from goc_utils.cache.schedule import CacheSchedule, none_schedule
-from goc_utils.errors import GocError, InvalidArgumentError, first_line
-from goc_utils.files import atomic_save_safetensors
+from goc_utils.cache.schedule import MAX_STEPS, CacheSchedule, none_schedule
+from goc_utils.errors import GocError, InvalidArgumentError, first_line, shorten
+from goc_utils.files import atomic_save_safetensors, check_memory, input_file, state_dict_sha256
 from goc_utils.model.dit import DiT
 from goc_utils.model.sampler import draw_noise, generate
 from goc_utils.priors.auto import AutoGOC, auto_goc
@@ -145,6 +145,13 @@ class PriorStats:
     def merge(self, other: PriorStats) -> PriorStats:
         """Add another shard's statistics (same model, steps, cfg) into this one."""
         check_compatible(self.header(), other.header(), "merge")
+        seen = set(zip(self.classes, self.seeds, strict=True))
+        repeated = [pair for pair in zip(other.classes, other.seeds, strict=True) if pair in seen]
+        if repeated:
+            raise PriorsError(
+                f"cannot merge: {len(repeated)} of the {other.count} samples to add are already counted (e.g. class "
+                f"{repeated[0][0]}, seed {repeated[0][1]}); merge shards of disjoint --classes or seeds"
+            )
         for name in STAT_NAMES:
             getattr(self, name).__iadd__(getattr(other, name))
         self.count += other.count
@@ -231,46 +238,123 @@ class PriorStats:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> PriorStats:
-        """Read a priors file (one-line :class:`PriorsError` when missing or corrupt)."""
-        path = Path(path)
-        if not path.is_file():
-            raise PriorsError(f"priors file {str(path)!r} does not exist; create it with `goc priors --out {path}`")
-        try:
-            with safe_open(str(path), "pt") as f:
-                header = json.loads((f.metadata() or {})["goc_priors"])
-                tensors = {k: f.get_tensor(k).numpy() for k in f.keys()}
-        except Exception as exc:  # noqa: BLE001 - truncated / foreign file
-            raise PriorsError(
-                f"priors file {str(path)!r} is corrupt or not a goc priors file ({first_line(exc, 100)}); "
-                "recreate it with `goc priors`"
-            ) from None
-        if header.get("format") != PRIORS_FORMAT:
-            raise PriorsError(
-                f"priors file {str(path)!r} has format {header.get('format')!r}, expected {PRIORS_FORMAT}"
+    def load(cls, path: str | Path, fix: str | None = None, what: str = "priors file") -> PriorStats:
+        """Read a priors file: one-line :class:`PriorsError` when it is not a regular file, not a goc priors file,
+        or its header and tensors disagree (see :func:`read_priors_file`). ``fix`` replaces the advice."""
+        return read_priors_file(path, what, fix)[0]
+
+
+RECREATE = "recreate it with `goc priors`"
+MISSING = "create it with `goc priors --out FILE` or pass another priors file"
+MAX_SEED = 2**63 - 1
+
+
+def read_priors_file(path: str | Path, what: str = "priors file", fix: str | None = None) -> tuple[PriorStats, dict]:
+    """``(statistics, the file's metadata)``, every part checked before anything big is allocated.
+
+    The one check of a priors file (what ``goc inflections``, ``goc priors --merge``, an ``OUT.partial`` resume and
+    ``goc:auto`` read): a regular file (:func:`input_file`), a safetensors file whose ``goc_priors`` header is a JSON
+    object with every field of its type and range (``count`` samples = ``len(classes)`` = ``len(seeds)``), exactly
+    the tensors :data:`STAT_NAMES` of the shapes the header implies, that fit in memory, with finite values.
+    """
+    path = input_file(path, what, fix or MISSING, error=PriorsError)
+    fix = fix or RECREATE
+
+    def bad(reason: str) -> PriorsError:
+        return PriorsError(f"{what} {shorten(path)!r} {reason}; {fix}")
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+            found = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - truncated / foreign file
+        raise bad(f"is corrupt or not a goc priors file ({first_line(exc, 100)})") from None
+    header = _check_header(metadata, bad)
+    expected = _tensor_shapes(header)
+    if header["gram_count"] == 0 and "sum_gram" not in found:
+        del expected["sum_gram"]  # files from before ``gram`` was recorded
+    for name, (shape, dtype) in found.items():
+        if name not in expected:
+            raise bad(f"holds a tensor {shorten(name)!r} that no priors file has")
+        if shape != expected[name]:
+            raise bad(
+                f"has tensor {name} of shape {shape}, but its header (steps {header['steps']}, depth "
+                f"{header['depth']}, tokens {header['tokens']}, hidden {header['hidden']}) needs {expected[name]}"
             )
-        missing = [k for k in HEADER_KEYS if k not in header]
-        if missing:
-            raise PriorsError(
-                f"priors file {str(path)!r}: its header lacks {', '.join(missing)}; recreate it with `goc priors`"
-            )
-        stats = cls(
-            header["model"],
-            header["steps"],
-            header["cfg_scale"],
-            header["depth"],
-            header["tokens"],
-            header["hidden"],
-            list(header["classes"]),
-            list(header["seeds"]),
-        )
-        stats.count = int(header["count"])
-        stats.gram_count = int(header.get("gram_count", 0))
-        for name, value in tensors.items():
-            if getattr(stats, name).shape != value.shape:
-                raise PriorsError(f"priors file {str(path)!r}: tensor {name} has shape {value.shape}, header disagrees")
-            setattr(stats, name, value.astype(np.float64))
-        return stats
+        if dtype not in ("F16", "F32", "F64"):
+            raise bad(f"has tensor {name} of dtype {dtype}; priors are float64 sums")
+    missing = [name for name in expected if name not in found]
+    if missing:
+        raise bad(f"lacks the tensor(s) {', '.join(missing)}")
+    nbytes = sum(8 * int(np.prod(shape)) for shape in expected.values())
+    check_memory(nbytes, f"{what} {shorten(path)!r}", "use a machine with more memory")
+    stats = PriorStats(*(header[k] for k in ("model", "steps", "cfg_scale", "depth", "tokens", "hidden")),
+                       header["classes"], header["seeds"])  # fmt: skip
+    stats.count, stats.gram_count = header["count"], header["gram_count"]
+    with safe_open(str(path), "pt") as f:
+        for name in expected:
+            value = f.get_tensor(name).numpy().astype(np.float64, copy=False)
+            if not np.isfinite(value).all():
+                raise bad(f"holds NaN or infinite values in {name}")
+            setattr(stats, name, value)
+    return stats, metadata
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_header(metadata: dict, bad) -> dict:
+    """The ``goc_priors`` header as a dict of checked fields (``gram_count`` defaults to 0), else ``bad(reason)``."""
+    if "goc_priors" not in metadata:
+        raise bad("has no goc priors header (not a goc priors file)")
+    try:
+        header = json.loads(metadata["goc_priors"])
+    except ValueError as exc:
+        raise bad(f"has a header that is not JSON ({first_line(exc, 80)})") from None
+    if not isinstance(header, dict):
+        raise bad(f"has a header that is a JSON {type(header).__name__}, not an object")
+    if header.get("format") != PRIORS_FORMAT:
+        raise bad(f"has format {shorten(header.get('format'))!r}, expected {PRIORS_FORMAT}")
+    missing = [k for k in HEADER_KEYS if k not in header]
+    if missing:
+        raise bad(f"is incomplete: its header lacks {', '.join(missing)}")
+    header.setdefault("gram_count", 0)
+    count = header["count"]
+    rules = {
+        "model": (lambda v: isinstance(v, str) and v != "", "a preset name"),
+        "steps": (lambda v: _integer(v) and 1 <= v <= MAX_STEPS, f"an integer in 1..{MAX_STEPS}"),
+        "cfg_scale": (
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v), "a finite number"
+        ),
+        "depth": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        "tokens": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        "hidden": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        "count": (lambda v: _integer(v) and v >= 1, "an integer >= 1 (the samples it holds)"),
+        "gram_count": (lambda v: _integer(v) and 0 <= v <= (count if _integer(count) else 0), "an integer in 0..count"),
+        "classes": (
+            lambda v: isinstance(v, list) and len(v) == count and all(_integer(c) and c >= 0 for c in v),
+            f"a list of {shorten(count)} class ids >= 0 (one per sample)",
+        ),
+        "seeds": (
+            lambda v: isinstance(v, list) and len(v) == count and all(_integer(c) and 0 <= c <= MAX_SEED for c in v),
+            f"a list of {shorten(count)} seeds in 0..2**63-1 (one per sample)",
+        ),
+    }
+    for key, (valid, rule) in rules.items():
+        if not valid(header[key]):
+            raise bad(f"has header field {key} = {shorten(json.dumps(header[key]))}, which must be {rule}")
+    return header
+
+
+def _tensor_shapes(header: dict) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a priors file with this (checked) header."""
+    steps, depth = header["steps"], header["depth"]
+    scalar = (steps, depth, len(KINDS))
+    shapes = {name: scalar for name in STAT_NAMES}
+    shapes["sum_feature"] = scalar + (header["tokens"], header["hidden"])
+    shapes["sum_gram"] = (steps, steps, depth, 2)
+    return shapes
 
 
 def check_compatible(expected: dict, found: dict, what: str) -> None:
@@ -296,7 +380,7 @@ def priors_for_run(model_name: str, model: DiT, steps: int, cfg_scale: float, pa
     stats = PriorStats.load(path)
     run = {"model": model_name, "steps": steps, "cfg_scale": cfg_scale, "depth": model.depth}
     run.update(tokens=model.num_tokens, hidden=model.hidden_size)
-    check_compatible(run, stats.header(), f"use priors {str(path)!r}")
+    check_compatible(run, stats.header(), f"use priors {shorten(path)!r}")
     return stats
 
 
@@ -374,13 +458,22 @@ def extract_priors(
         raise InvalidArgumentError(
             f"class id {bad[0]} is out of range for {model_name}; use 0..{model.num_classes - 1}"
         )
+    seen: set[int] = set()
+    repeated = next((c for c in map(int, classes) if c in seen or seen.add(c)), None)
+    if repeated is not None:
+        raise InvalidArgumentError(
+            f"class {repeated} is listed twice; every class has the same noise (seed) here, so its samples would "
+            "be counted twice: list each class once (--per-class K for more samples per class)"
+        )
     if batch_size < 1:
         raise InvalidArgumentError(f"--batch-size must be >= 1 (got {batch_size})")
     pairs = [(int(c), int(s)) for s in seeds for c in classes]
     stats = PriorStats(model_name, steps, cfg_scale, model.depth, model.num_tokens, model.hidden_size)
     resume = {"pairs": pairs, "batch_size": batch_size, "done": 0}
-    if checkpoint is not None and Path(checkpoint).is_file():
-        stats, resume["done"] = _resume_priors(Path(checkpoint), stats, resume)
+    if checkpoint is not None:
+        resume["weights"] = state_dict_sha256(model.state_dict())  # a resume must continue with the same weights
+        if Path(checkpoint).exists() or Path(checkpoint).is_symlink():
+            stats, resume["done"] = _resume_priors(Path(checkpoint), stats, resume)
     device = next(model.parameters()).device
     recorder = PriorRecorder(stats)
     engine = CacheEngine(model, none_schedule(steps, model.depth))
@@ -410,19 +503,34 @@ def extract_priors(
 
 def _resume_priors(path: Path, fresh: PriorStats, resume: dict) -> tuple[PriorStats, int]:
     """The statistics saved in a checkpoint and the number of batches they hold (one line if they do not fit)."""
-    stats = PriorStats.load(path)
-    with safe_open(str(path), "pt") as f:
-        stored = json.loads((f.metadata() or {}).get("resume", "null"))
-    if stored is None or {k: stored.get(k) for k in ("pairs", "batch_size")} != {
+    restart = "delete it to start over"
+    stats, metadata = read_priors_file(path, "checkpoint", restart)
+    try:
+        stored = json.loads(metadata.get("resume", "null"))
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict):
+        raise PriorsError(f"checkpoint {shorten(path)!r} holds no resume state; {restart}")
+    if {k: stored.get(k) for k in ("pairs", "batch_size")} != {
         "pairs": [list(p) for p in resume["pairs"]],
         "batch_size": resume["batch_size"],
     }:
         raise PriorsError(
-            f"checkpoint {str(path)!r} is from an extraction with other classes, seeds or batch size; "
-            "rerun with the same settings to resume, or delete it to start over"
+            f"checkpoint {shorten(path)!r} is from an extraction with other classes, seeds or batch size; "
+            f"rerun with the same settings to resume, or {restart}"
         )
-    check_compatible(fresh.header(), stats.header(), f"resume from {str(path)!r}")
-    return stats, int(stored["done"])
+    if stored.get("weights") != resume["weights"]:
+        raise PriorsError(
+            f"checkpoint {shorten(path)!r} is from an extraction with other model weights (--ckpt); rerun with "
+            f"the same weights to resume, or {restart}"
+        )
+    check_compatible(fresh.header(), stats.header(), f"resume from {shorten(path)!r}")
+    done, size = stored.get("done"), resume["batch_size"]
+    batches = -(-len(resume["pairs"]) // size)
+    pairs = [tuple(p) for p in resume["pairs"][: done * size]] if _integer(done) and 1 <= done < batches else None
+    if pairs is None or list(zip(stats.classes, stats.seeds, strict=True)) != pairs:
+        raise PriorsError(f"checkpoint {shorten(path)!r} is damaged (its samples do not match its progress); {restart}")
+    return stats, done
 
 
 # --------------------------------------------------------------------------------------

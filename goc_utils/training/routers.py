@@ -19,8 +19,12 @@ The result is saved in the official format ``{'routers': {'k.prob': ...}, 'opt',
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import stat
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,8 +35,8 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from tqdm.auto import tqdm
 
-from goc_utils.errors import InvalidArgumentError, first_line
-from goc_utils.files import atomic_torch_save
+from goc_utils.errors import InvalidArgumentError, first_line, shorten
+from goc_utils.files import atomic_torch_save, input_file, state_dict_sha256
 from goc_utils.model.diffusion import create_diffusion
 from goc_utils.model.dit import DiT
 from goc_utils.model.vae import latent_scale
@@ -96,15 +100,30 @@ def posterior_batches(mean: torch.Tensor, std: torch.Tensor, scale: float, label
     return sample
 
 
-def image_folder_batches(folder: str | Path, image_size: int, vae, device: str | torch.device) -> BatchFn:
-    """Random batches from an ImageNet-style folder (``class_x/*.JPEG``), VAE-encoded as DiT does.
+def image_folder(folder: str | Path) -> ImageFolder:
+    """An ImageNet-style folder (``class_x/*.JPEG``) as a dataset; one line when ``folder`` is not a folder of
+    class folders with images (checked before a model is loaded)."""
+    fix = "pass --data DIR, an ImageNet-style folder (class_x/*.JPEG)"
+    name = repr(shorten(folder))
+    try:
+        info = os.stat(folder)
+    except OSError as exc:
+        reason = "does not exist" if exc.errno in (errno.ENOENT, errno.ENOTDIR) else f"cannot be read ({exc.strerror})"
+        raise InvalidArgumentError(f"image folder {name} {reason}; {fix}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise InvalidArgumentError(f"image folder {name} is a file, not a folder; {fix}")
+    try:
+        return ImageFolder(str(folder))
+    except (OSError, ValueError) as exc:  # no class folders, no images in them, unreadable
+        raise InvalidArgumentError(f"image folder {name}: {first_line(exc, 100)}; {fix}") from None
+
+
+def image_folder_batches(dataset: ImageFolder, image_size: int, vae, device: str | torch.device) -> BatchFn:
+    """Random batches from an :func:`image_folder` dataset, VAE-encoded as DiT does.
 
     Images are center-cropped to ``image_size`` (ADM's crop), randomly flipped, scaled to
     [-1, 1] and encoded to ``0.18215 * vae.encode(x).latent_dist.sample()``.
     """
-    if not Path(folder).is_dir():
-        raise InvalidArgumentError(f"image folder {str(folder)!r} does not exist; pass --data DIR (class_x/*.JPEG)")
-    dataset = ImageFolder(str(folder))
 
     def center_crop(image: Image.Image) -> np.ndarray:
         while min(*image.size) >= 2 * image_size:
@@ -154,8 +173,9 @@ def train_router(
     logits = torch.randn(config.steps, 2 * model.depth, generator=generator).to(device).requires_grad_(True)
     opt = torch.optim.AdamW([logits], lr=config.lr, weight_decay=0.0)
     start = 0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        start = _resume_router(Path(checkpoint), config, logits, opt, generator)
+    weights = state_dict_sha256(model.state_dict()) if checkpoint is not None else None  # resume with the same ones
+    if checkpoint is not None and (Path(checkpoint).exists() or Path(checkpoint).is_symlink()):
+        start = _resume_router(Path(checkpoint), config, weights, logits, opt, generator)
     flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     model.eval()
@@ -165,7 +185,7 @@ def train_router(
     try:
         for step in bar:
             if checkpoint is not None and time.monotonic() - saved >= checkpoint_seconds and step > start:
-                state = {"config": asdict(config), "step": step, "logits": logits.detach().cpu(),
+                state = {"config": asdict(config), "weights": weights, "step": step, "logits": logits.detach().cpu(),
                          "opt": opt.state_dict(), "generator": generator.get_state(), "rng": torch.get_rng_state()}
                 atomic_torch_save(state, checkpoint)  # fmt: skip
                 saved = time.monotonic()
@@ -210,23 +230,50 @@ def train_router(
     return logits.detach().cpu(), opt.state_dict()
 
 
-def _resume_router(path: Path, config: RouterTrainConfig, logits, opt, generator) -> int:
-    """Restore a training checkpoint into ``logits`` / ``opt`` / ``generator``; returns the next step."""
+def _resume_router(path: Path, config: RouterTrainConfig, weights: str, logits, opt, generator) -> int:
+    """Restore a training checkpoint into ``logits`` / ``opt`` / ``generator``; returns the next step.
+
+    One line (how to restart) when it is not a regular file, not a checkpoint of router training (read with
+    ``weights_only=True``: a pickle never runs code), or from other settings or other model weights.
+    """
+    restart = "delete it to start over"
+    name = repr(shorten(path))
+    input_file(path, "router checkpoint", restart)
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch adds multi-line advice to refused pickles; our line says it
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a torn or foreign file
-        raise InvalidArgumentError(f"cannot read checkpoint {str(path)!r} ({first_line(exc)}); delete it") from None
-    if state.get("config") != asdict(config):
+        raise InvalidArgumentError(f"cannot read router checkpoint {name} ({first_line(exc, 90)}); {restart}") from None
+    kinds = {"config": dict, "weights": str, "step": int, "logits": torch.Tensor, "opt": dict,
+             "generator": torch.Tensor, "rng": torch.Tensor}  # fmt: skip
+    if not isinstance(state, dict) or any(not isinstance(state.get(k), kind) for k, kind in kinds.items()):
+        raise InvalidArgumentError(f"router checkpoint {name} is not a checkpoint of `goc train-router`; {restart}")
+    if state["config"] != asdict(config):
         raise InvalidArgumentError(
-            f"router checkpoint {str(path)!r} is from a run with other settings; rerun with the same ones to "
-            "resume, or delete it to start over"
+            f"router checkpoint {name} is from a run with other settings; rerun with the same ones to resume, "
+            f"or {restart}"
         )
+    if state["weights"] != weights:
+        raise InvalidArgumentError(
+            f"router checkpoint {name} is from a run with other model weights (--ckpt); rerun with the same "
+            f"weights to resume, or {restart}"
+        )
+    entries = state["opt"].get("state")
+    entries = [entry for entry in entries.values() if isinstance(entry, dict)] if isinstance(entries, dict) else []
+    moments = [value for entry in entries for value in entry.values() if isinstance(value, torch.Tensor) and value.ndim]
+    shapes = {tuple(t.shape) for t in [state["logits"], *moments]}
+    if shapes != {tuple(logits.shape)} or not 0 < state["step"] < config.train_steps:
+        raise InvalidArgumentError(f"router checkpoint {name} is damaged (its logits or step do not fit); {restart}")
+    try:
+        opt.load_state_dict(state["opt"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+    except Exception as exc:  # noqa: BLE001 - optimiser or random state of another shape
+        raise InvalidArgumentError(f"router checkpoint {name} is damaged ({first_line(exc, 100)}); {restart}") from None
     with torch.no_grad():
         logits.copy_(state["logits"].to(logits.device))
-    opt.load_state_dict(state["opt"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["rng"])
-    return int(state["step"])
+    return state["step"]
 
 
 def save_router(
