@@ -61,6 +61,13 @@ NB = ["notebooks", "--only", "01"]
 SAMPLE = ["sample", "--steps", "4", "--classes", "1"]
 EVAL = ["eval", "--num-samples", "2", "--out", "OUT"]
 CASES = [
+    # class ids beyond every preset's classes are refused before a range is expanded
+    (["sample", "--steps", "4", "--classes", "0-999999999999"], "class id 999999999999 in '0-999999999999' is outside"),
+    (["sample", "--steps", "4", "--classes=-3"], "class id -3 in '-3' is outside every model's classes"),
+    (["priors", "--steps", "4", "--classes", "5-1000", "--out", "OUT/p.safetensors"], "class id 1000 in '5-1000'"),
+    # the samples of one priors file are bounded by its header (safetensors' limit), checked before the run
+    (["priors", "--steps", "4", "--classes", "0", "--per-class", "100000000", "--out", "OUT/p.safetensors"],
+     "100,000,000 samples (classes x --per-class) do not fit one priors file"),
     # 1. YAML --params: no anchors or aliases (recursion, alias bombs), never code, what the path is
     ([*NB, "--params", "RECURSIVE_YAML"], "uses the YAML anchor &a; params files refuse anchors and aliases"),
     ([*NB, "--params", "ALIAS_BOMB_YAML"], "refuse anchors and aliases"),

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from goc_utils.errors import CheckpointError, UnknownPresetError
 from goc_utils.model.checkpoints import guess_preset, load_model, read_state_dict
 from goc_utils.model.dit import ATTENTION, MLP
-from goc_utils.model.presets import DiT_models, count_parameters, create_model
+from goc_utils.model.presets import MAX_CLASSES, DiT_models, count_parameters, create_model
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,13 @@ def test_presets_follow_dit_naming():
     assert {"DiT-XL/2", "DiT-XL/4", "DiT-XL/8", "DiT-L/2", "DiT-B/4", "DiT-S/8", "tiny-digits"} <= set(DiT_models)
     for name in DiT_models:
         assert re.fullmatch(r"DiT-(XL|L|B|S)/(2|4|8)|tiny-(digits|fashion)", name)
+
+
+def test_no_preset_has_more_classes_than_class_lists_accept():
+    for name in DiT_models:
+        with torch.device("meta"):
+            model = create_model(name)
+        assert model.num_classes <= MAX_CLASSES, name
 
 
 def test_unknown_preset_is_a_clear_error():

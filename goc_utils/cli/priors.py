@@ -74,7 +74,7 @@ def cmd_priors(args: argparse.Namespace) -> int:
             model,
             args.model,
             classes,
-            seeds=list(range(args.per_class)),
+            seeds=range(args.per_class),
             steps=args.steps,
             cfg_scale=args.cfg_scale,
             batch_size=args.batch_size,

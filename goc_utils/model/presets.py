@@ -63,6 +63,10 @@ DiT_models: dict[str, Callable[..., DiT]] = {
 }
 """Model factories by preset name, as in DiT (``DiT_models['DiT-XL/2'](input_size=32)``)."""
 
+MAX_CLASSES = 1000
+"""The most classes any preset has (ImageNet's 1,000 for DiT's sizes; 10 for the tiny tiers): a class id at or
+above it is wrong for every model, so a class list is checked against it before it is expanded."""
+
 
 @dataclass(frozen=True)
 class PresetInfo:

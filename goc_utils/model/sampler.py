@@ -19,6 +19,7 @@ from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.lists import split_items
 from goc_utils.model.diffusion import NUM_TRAIN_TIMESTEPS, cfg_denoiser, create_diffusion
 from goc_utils.model.dit import DiT
+from goc_utils.model.presets import MAX_CLASSES
 from goc_utils.model.vae import decode_latents
 
 
@@ -168,6 +169,11 @@ def parse_classes(text: str) -> list[int]:
         if hi < lo:
             raise InvalidArgumentError(
                 f"class range {part!r} in {shorten(text)!r} is empty; write it low-high, e.g. 0-9"
+            )
+        if lo < 0 or hi >= MAX_CLASSES:
+            raise InvalidArgumentError(
+                f"class id {shorten(lo if lo < 0 else hi)} in {shorten(text)!r} is outside every model's classes "
+                f"(0..{MAX_CLASSES - 1} for DiT-XL/2, 0..9 for the tiny tiers)"
             )
         classes.extend(range(lo, hi + 1))
     return classes

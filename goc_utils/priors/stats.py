@@ -42,7 +42,7 @@ from goc_utils import paths
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.schedule import MAX_STEPS, CacheSchedule, none_schedule
 from goc_utils.errors import GocError, InvalidArgumentError, first_line, shorten
-from goc_utils.files import atomic_save_safetensors, check_memory, input_file, state_dict_sha256
+from goc_utils.files import atomic_save_safetensors, check_memory, format_bytes, input_file, state_dict_sha256
 from goc_utils.model.dit import DiT
 from goc_utils.model.sampler import draw_noise, generate
 from goc_utils.priors.auto import AutoGOC, auto_goc
@@ -51,6 +51,10 @@ KINDS = ("attention", "mlp", "block")
 """Feature kinds recorded per block: the two cacheable units and the block output."""
 
 PRIORS_FORMAT = "goc-priors/1"
+
+SAFETENSORS_HEADER_LIMIT = 100_000_000
+"""Bytes a safetensors header may hold (the format's own limit); a priors file's header lists every sample's class
+and seed, which bounds the samples one file can hold."""
 
 GRAM_DIM = 4096
 """Largest per-sample feature size (tokens x hidden) kept exactly for ``gram``; larger ones are sketched."""
@@ -467,6 +471,14 @@ def extract_priors(
         )
     if batch_size < 1:
         raise InvalidArgumentError(f"--batch-size must be >= 1 (got {batch_size})")
+    count = len(classes) * len(seeds)  # checked before any list of them is built (seeds may be a range)
+    header = count * (len(str(max(classes, default=0))) + len(str(max(seeds, default=0))) + 4)
+    if header > SAFETENSORS_HEADER_LIMIT:
+        raise InvalidArgumentError(
+            f"{count:,} samples (classes x --per-class) do not fit one priors file: its header lists each sample's "
+            f"class and seed (about {format_bytes(header)}; safetensors allows "
+            f"{format_bytes(SAFETENSORS_HEADER_LIMIT)}); extract fewer samples per class"
+        )
     pairs = [(int(c), int(s)) for s in seeds for c in classes]
     stats = PriorStats(model_name, steps, cfg_scale, model.depth, model.num_tokens, model.hidden_size)
     resume = {"pairs": pairs, "batch_size": batch_size, "done": 0}
