@@ -147,7 +147,8 @@ CASES = [
     (["sample", "--steps", "4", "--per-class", "100000000"], "--per-class 100000000 (1,000,000,000 images) would"),
     ([*EVAL_SAMPLE, "--num-samples", "1000000000000", "--out", "OUT"], "--num-samples 1000000000000 would write"),
     ([*EVAL[:-4], "--num-samples", "1000000000000", "--out", "OUT"], "x 1 method(s) x 1 cfg scale(s) would write"),
-    ([*EVAL, "--fid-bootstrap=-3"], "argument --fid-bootstrap: must be an integer >= 0 (got -3)"),
+    ([*EVAL, "--fid-bootstrap=-3"], "argument --fid-bootstrap: must be 0 (off) or an integer >= 2 (got -3)"),
+    ([*EVAL, "--fid-bootstrap", "1"], "must be 0 (off) or an integer >= 2 (got 1)"),  # one resample has no spread
     # 6. --tf32 is a switch
     ([*EVAL_SAMPLE, "--tf32=yes", "--out", "OUT"], "--tf32"),
 ]

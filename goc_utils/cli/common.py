@@ -197,16 +197,18 @@ def add_out_argument(p: argparse.ArgumentParser, help_text: str, default: str | 
     p.add_argument("--out", default=default, required=required, help=help_text)
 
 
-def at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum`` (``type=at_least(1)``), else one line naming the value."""
+def at_least(minimum: int, off: bool = False):
+    """An argparse type: an integer >= ``minimum`` (``type=at_least(1)``), or 0 for "off" when ``off`` is True (a
+    bootstrap of one resample has no spread: ``at_least(2, off=True)``); else one line naming the value."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{shorten(text)!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum} (got {shorten(value)})")
+        if value < minimum and not (off and value == 0):
+            rule = f"0 (off) or an integer >= {minimum}" if off else f"an integer >= {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {rule} (got {shorten(value)})")
         return value
 
     return parse

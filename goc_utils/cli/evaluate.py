@@ -242,9 +242,9 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-repeats", type=int, default=3, help="timed runs per method (default 3)")
     p.add_argument(
         "--fid-bootstrap",
-        type=at_least(0),
+        type=at_least(2, off=True),
         default=0,
-        help="also report FID's bootstrap std over N resamples (default 0: off)",
+        help="also report FID's bootstrap std over N >= 2 resamples (default 0: off)",
     )
     p.add_argument("--out", required=True, help="folder for the samples (OUT/cfg<c>/<method>/) and results.*")
     p.add_argument("--table", default=None, help="path prefix of the table (default OUT/results -> .csv, .md)")

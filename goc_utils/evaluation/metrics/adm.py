@@ -123,6 +123,8 @@ def fid_bootstrap_std(features: np.ndarray, ref: FIDStatistics, resamples: int =
     Methods sampled from the same noise are positively correlated, so their differences are
     better resolved than this per-method spread suggests.
     """
+    if resamples < 2:
+        raise InvalidArgumentError(f"a bootstrap spread needs >= 2 resamples (got {resamples})")
     features = check_features(features, min_count=2)
     rng = np.random.default_rng(seed)
     values = [
