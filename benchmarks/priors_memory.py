@@ -27,7 +27,7 @@ def _child(args: argparse.Namespace) -> dict:
     from goc_utils.model.checkpoints import load_model
     from goc_utils.model.presets import create_model
     from goc_utils.model.sampler import generate
-    from goc_utils.priors.stats import extract_priors
+    from goc_utils.priors.extraction import extract_priors
 
     torch.set_grad_enabled(False)
     if args.random_weights:

@@ -289,7 +289,7 @@ def test_the_engine_through_the_hooks_equals_the_native_engine(exported, text):
 
 
 def test_priors_through_the_hooks_equal_native_priors(exported):
-    from goc_utils.priors.stats import extract_priors
+    from goc_utils.priors.extraction import extract_priors
 
     model = load_model("tiny-digits", ckpt=exported)
     wrapped = DiffusersDiT(dd.load_transformer(exported))

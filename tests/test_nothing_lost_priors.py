@@ -13,7 +13,8 @@ from goc_utils.cli import main
 from goc_utils.datasets import load_digits_tensors
 from goc_utils.files import output_lock, state_dict_sha256
 from goc_utils.model.checkpoints import load_model
-from goc_utils.priors.stats import PriorStats, extract_priors
+from goc_utils.priors.extraction import extract_priors
+from goc_utils.priors.stats import PriorStats
 from goc_utils.training.routers import RouterTrainConfig, tensor_batches, train_router
 from tests.conftest import run_bad_input
 from tests.test_nothing_lost import ENV, GOC

@@ -11,15 +11,9 @@ from goc_utils.cache.method import CacheMethod
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.model.sampler import draw_noise, generate
 from goc_utils.priors.auto import calibrate_weight, inflection_steps
+from goc_utils.priors.extraction import extract_priors
 from goc_utils.priors.replay import simulate_goc
-from goc_utils.priors.stats import (
-    PriorsError,
-    PriorStats,
-    check_compatible,
-    extract_priors,
-    gradient_consistency,
-    step_similarity,
-)
+from goc_utils.priors.stats import PriorsError, PriorStats, check_compatible, gradient_consistency, step_similarity
 from tests.conftest import small_dit
 
 

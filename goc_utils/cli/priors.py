@@ -26,14 +26,8 @@ from goc_utils.files import input_file, output_lock
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.sampler import parse_classes
 from goc_utils.priors.auto import GRANULARITIES, auto_goc
-from goc_utils.priors.stats import (
-    GRAM_SOURCES,
-    MISSING,
-    PriorsError,
-    PriorStats,
-    default_priors_path,
-    extract_priors,
-)
+from goc_utils.priors.extraction import extract_priors
+from goc_utils.priors.stats import GRAM_SOURCES, MISSING, PriorsError, PriorStats, default_priors_path
 
 
 def cmd_priors(args: argparse.Namespace) -> int:

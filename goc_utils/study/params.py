@@ -14,7 +14,8 @@ from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.presets import check_preset, preset_info
 from goc_utils.model.sampler import parse_classes
 from goc_utils.model.vae import load_vae, vae_spec
-from goc_utils.priors.stats import PriorsError, PriorStats, check_compatible, default_priors_path, extract_priors
+from goc_utils.priors.extraction import extract_priors
+from goc_utils.priors.stats import PriorsError, PriorStats, check_compatible, default_priors_path
 
 
 @dataclass
