@@ -78,9 +78,14 @@ class StudyParams:
         """The DiT in eval mode on the chosen device."""
         return load_model(self.model, self.ckpt, self.image_size, self.torch_device)
 
+    @property
+    def latent(self) -> bool:
+        """True for latent presets (``tiny-fashion``, ``DiT-XL/2``): samples are decoded by a VAE."""
+        return preset_info(self.model).latent
+
     def load_vae(self):
         """The VAE for latent presets, None for pixel presets."""
-        return load_vae(self.vae_spec, self.torch_device) if preset_info(self.model).latent else None
+        return load_vae(self.vae_spec, self.torch_device) if self.latent else None
 
     @property
     def vae_spec(self) -> str:

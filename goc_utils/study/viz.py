@@ -75,6 +75,48 @@ def sample_grid_figure(
     return fig
 
 
+def pipeline_figure(
+    noise: np.ndarray,
+    trajectory: Sequence[np.ndarray],
+    images: np.ndarray,
+    rows: Sequence[int],
+    shown_steps: Sequence[int],
+    title: str = "",
+    decoded: bool = True,
+):
+    """What each stage of sampling does, one row per sample index in ``rows``: the noise ``x_T``, the model-space
+    state after each step in ``shown_steps`` (1-based: after that many steps), and the decoded image.
+
+    ``noise`` ``(N, C, h, w)``; ``trajectory[s]`` the state after step ``s + 1`` ``(N, C, h, w)`` (latents for
+    VAE presets, pixels otherwise); ``images`` the uint8 ``(N, H, W, C)`` samples (``decoded``: by a VAE).
+    Model-space panels show channel 0, min-max scaled per panel."""
+    steps = len(trajectory)
+    bad = [s for s in shown_steps if not 1 <= s <= steps]
+    if bad:
+        raise ValueError(f"shown_steps {bad} are outside 1..{steps}")
+    columns = [("x_T (noise)", noise)] + [(f"after step {s}", trajectory[s - 1]) for s in shown_steps]
+    channels = noise.shape[1]
+    fig, axes = plt.subplots(len(rows), len(columns) + 1, figsize=(0.95 * (len(columns) + 1) + 0.3,
+                                                                    0.95 * len(rows) + 0.6))
+    axes = np.atleast_2d(axes)
+    for r, index in enumerate(rows):
+        for c, (name, states) in enumerate(columns):
+            axes[r, c].imshow(states[index, 0], cmap="gray", interpolation="nearest")
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=6)
+        image = images[index]
+        axes[r, -1].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255,
+                           interpolation="nearest")
+        if r == 0:
+            axes[r, -1].set_title("VAE decode" if decoded else "image", fontsize=6)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    space = f"channel 0 of {channels}, {noise.shape[2]}x{noise.shape[3]}"
+    fig.suptitle(f"{title} ({space})" if title else space, fontsize=8)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / fig.get_size_inches()[1]))
+    return fig
+
+
 def save_figure(fig, name_or_path: str | Path, dpi: int = 150) -> Path:
     """Save ``fig`` as PNG and PDF (byte-reproducible): a bare name goes to ``figures/<name>.png|.pdf``."""
     path = Path(name_or_path)
