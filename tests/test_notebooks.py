@@ -52,6 +52,7 @@ def test_notebooks_run_in_smoke_mode(tmp_path, monkeypatch):
     assert [p.name for p, _ in done] == [p.name for p in NOTEBOOKS]
     for figure in (
         "01_samples",
+        "01_pipeline",
         "02_adjacent_similarity",
         "02_step_similarity",
         "03_gradient_consistency",
@@ -71,6 +72,24 @@ def test_notebooks_run_in_smoke_mode(tmp_path, monkeypatch):
     assert "fora-50+goc" in (tmp_path / "figures" / "04_methods.md").read_text()
     fid_table = (tmp_path / "figures" / "05_fid_table.md").read_text()
     assert fid_table.startswith("| method | cfg | samples | IS | FID |") and "| fora-50+goc | 1.5 | 40 |" in fid_table
+
+
+def test_pipeline_figure_has_one_panel_per_stage_and_refuses_steps_outside_the_run():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from goc_utils.study import viz
+
+    noise = np.random.default_rng(0).standard_normal((6, 4, 8, 8))
+    trajectory = [noise * 0.9**s for s in range(1, 11)]
+    images = np.zeros((6, 32, 32, 1), dtype=np.uint8)
+    fig = viz.pipeline_figure(noise, trajectory, images, rows=[0, 3], shown_steps=[1, 5, 10])
+    assert len(fig.axes) == 2 * (1 + 3 + 1)  # noise, three steps, the decode
+    assert [ax.get_title() for ax in fig.axes[:5]] == ["x_T (noise)", "after step 1", "after step 5", "after step 10",
+                                                        "VAE decode"]  # fmt: skip
+    plt.close(fig)
+    with pytest.raises(ValueError, match=r"shown_steps \[11\] are outside 1..10"):
+        viz.pipeline_figure(noise, trajectory, images, rows=[0], shown_steps=[10, 11])
 
 
 def test_the_long_ablations_notebook_runs_only_when_named_or_in_smoke_mode():

@@ -96,8 +96,7 @@ def pipeline_figure(
         raise ValueError(f"shown_steps {bad} are outside 1..{steps}")
     columns = [("x_T (noise)", noise)] + [(f"after step {s}", trajectory[s - 1]) for s in shown_steps]
     channels = noise.shape[1]
-    fig, axes = plt.subplots(len(rows), len(columns) + 1, figsize=(0.95 * (len(columns) + 1) + 0.3,
-                                                                    0.95 * len(rows) + 0.6))
+    fig, axes = plt.subplots(len(rows), len(columns) + 1, figsize=(1.0 * (len(columns) + 1), 1.0 * len(rows) + 0.55))
     axes = np.atleast_2d(axes)
     for r, index in enumerate(rows):
         for c, (name, states) in enumerate(columns):
@@ -113,7 +112,8 @@ def pipeline_figure(
         ax.set_axis_off()
     space = f"channel 0 of {channels}, {noise.shape[2]}x{noise.shape[3]}"
     fig.suptitle(f"{title} ({space})" if title else space, fontsize=8)
-    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / fig.get_size_inches()[1]))
+    height = fig.get_size_inches()[1]
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.55 / height, wspace=0.08, hspace=0.12)
     return fig
 
 
