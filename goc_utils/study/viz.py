@@ -89,7 +89,7 @@ def pipeline_figure(
 
     ``noise`` ``(N, C, h, w)``; ``trajectory[s]`` the state after step ``s + 1`` ``(N, C, h, w)`` (latents for
     VAE presets, pixels otherwise); ``images`` the uint8 ``(N, H, W, C)`` samples (``decoded``: by a VAE).
-    Model-space panels show channel 0, min-max scaled per panel."""
+    Model-space panels show channel 0, scaled per panel to its 2nd-98th percentiles."""
     steps = len(trajectory)
     bad = [s for s in shown_steps if not 1 <= s <= steps]
     if bad:
@@ -100,7 +100,8 @@ def pipeline_figure(
     axes = np.atleast_2d(axes)
     for r, index in enumerate(rows):
         for c, (name, states) in enumerate(columns):
-            axes[r, c].imshow(states[index, 0], cmap="gray", interpolation="nearest")
+            low, high = np.percentile(states[index, 0], [2, 98])  # one stray value must not grey out the rest
+            axes[r, c].imshow(states[index, 0], cmap="gray", vmin=low, vmax=high, interpolation="nearest")
             if r == 0:
                 axes[r, c].set_title(name, fontsize=6)
         image = images[index]
