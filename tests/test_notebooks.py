@@ -22,6 +22,7 @@ def test_committed_notebook_is_clean_and_thin(path):
     nb = json.loads(path.read_text())
     cells = nb["cells"]
     assert cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith("# ")
+    assert all(c.get("id") for c in cells), "every cell needs an id (nbformat 4.5)"
     code = [c for c in cells if c["cell_type"] == "code"]
     for cell in code:
         assert cell.get("outputs", []) == [] and cell.get("execution_count") is None, "strip outputs before commit"
@@ -90,6 +91,16 @@ def test_pipeline_figure_has_one_panel_per_stage_and_refuses_steps_outside_the_r
     plt.close(fig)
     with pytest.raises(ValueError, match=r"shown_steps \[11\] are outside 1..10"):
         viz.pipeline_figure(noise, trajectory, images, rows=[0], shown_steps=[10, 11])
+
+
+@pytest.mark.slow
+def test_the_latent_tier_runs_the_notebooks_that_load_a_vae(tmp_path, monkeypatch):
+    # 07 once looked for sd-vae-ft-ema instead of the preset's own VAE; 01 decodes and shows the stages
+    monkeypatch.setenv("GOC_FIGURES_DIR", str(tmp_path / "figures"))
+    done = run_notebooks("fashion", smoke=True, only=["01", "07"], output_dir=tmp_path / "executed", progress=False)
+    assert [p.name[:2] for p, _ in done] == ["01", "07"]
+    for figure in ("01_samples", "01_pipeline", "07_diffusers_same_noise"):
+        assert (tmp_path / "figures" / f"{figure}.png").is_file()
 
 
 def test_the_long_ablations_notebook_runs_only_when_named_or_in_smoke_mode():

@@ -29,7 +29,7 @@ from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.presets import create_model
 from goc_utils.model.sampler import set_tf32
 from goc_utils.priors.stats import priors_for_run
-from goc_utils.study.notebooks import figures_dir_for, load_params_file, run_notebooks
+from goc_utils.study.notebooks import PRESETS, figures_dir_for, load_params_file, run_notebooks
 from goc_utils.study.tier_report import fashion_tier_report, tiny_report
 
 
@@ -99,7 +99,12 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
 
 def add_notebooks(p: argparse.ArgumentParser) -> None:
     """Execute notebooks/NN_*.ipynb in order; executed copies go to runs/notebooks/."""
-    p.add_argument("--preset", choices=["tiny", "xl"], default="tiny", help="tiny (embedded model) or xl (DiT-XL/2)")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="tiny",
+        help="tiny (embedded tiny-digits), fashion (embedded latent tiny-fashion + its VAE) or xl (DiT-XL/2)",
+    )
     p.add_argument("--smoke", action="store_true", help="fast mode (few samples), as in the tests")
     p.add_argument("--params", default=None, help="YAML file of parameter overrides (e.g. ckpt and vae for xl)")
     p.add_argument(

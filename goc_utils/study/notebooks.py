@@ -2,9 +2,10 @@
 
 Notebooks ``notebooks/NN_name.ipynb`` run in order; executed copies go to
 ``runs/notebooks/`` (git-ignored) and figures to ``figures/`` (a smoke run: to
-``runs/smoke/figures/``, so that it never overwrites the committed figures). Parameters come from a
-preset (``tiny`` = the embedded model, the default; ``xl`` = DiT-XL/2, which needs
-checkpoint paths from ``--params``), ``--smoke`` (fast CI runs) and an optional YAML file.
+``runs/smoke/figures/``, so that it never overwrites the committed figures). Parameters come from a preset
+(``tiny`` = the embedded tiny-digits model, the default; ``fashion`` = the embedded latent tiny-fashion model and
+its VAE; ``xl`` = DiT-XL/2, which needs checkpoint paths from ``--params``), ``--smoke`` (fast CI runs) and an
+optional YAML file.
 A failing notebook is reported as one line naming the notebook and the cell.
 """
 
@@ -24,6 +25,7 @@ from goc_utils.files import input_file
 
 PRESETS: dict[str, dict] = {
     "tiny": {"model": "tiny-digits"},
+    "fashion": {"model": "tiny-fashion"},
     "xl": {"model": "DiT-XL/2", "image_size": 256, "device": "cuda"},
 }
 """Parameter overrides per study preset."""
