@@ -26,7 +26,7 @@ from goc_utils.evaluation.metrics.batches import (
 )
 from goc_utils.evaluation.metrics.evaluate import evaluate_batches
 from goc_utils.evaluation.metrics.features import build_extractor, extract
-from goc_utils.evaluation.metrics.fidelity import file_fidelity, psnr, ssim
+from goc_utils.evaluation.metrics.fidelity import file_fidelity, paired_psnr_difference, psnr, ssim
 from goc_utils.evaluation.metrics.inception import FIDInception, load_inception, random_inception, resize_bilinear_tf1
 from goc_utils.evaluation.sampling import write_npz
 
@@ -311,6 +311,38 @@ def test_file_fidelity_streams_the_same_numbers(tmp_path):
     write_npz(tmp_path / "c.npz", arr_0=a[:5])
     with pytest.raises(InvalidArgumentError, match="same --num-samples"):
         file_fidelity(tmp_path / "a.npz", tmp_path / "c.npz")
+
+
+def _noisy(reference: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+    noise = np.random.default_rng(seed).normal(0, sigma, size=reference.shape)
+    return np.clip(reference.astype(float) + noise, 0, 255).round().astype(np.uint8)
+
+
+def test_paired_psnr_difference_finds_a_planted_gap_and_its_spread_shrinks_with_the_count(tmp_path, capsys):
+    from goc_utils.cli import main
+
+    reference = np.random.default_rng(0).integers(60, 196, size=(800, 8, 8, 1), dtype=np.uint8)
+    files = {"none": reference, "a": _noisy(reference, 4.0, 1), "b": _noisy(reference, 8.0, 2)}
+    for name, images in files.items():
+        write_npz(tmp_path / f"{name}.npz", arr_0=images)
+    result = paired_psnr_difference(tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "none.npz", resamples=100)
+    assert result.psnr_a == pytest.approx(psnr(files["a"], reference), abs=1e-9)
+    assert result.psnr_b == pytest.approx(psnr(files["b"], reference), abs=1e-9)
+    assert result.difference == pytest.approx(20 * np.log10(2), abs=0.1)  # half the noise: +6.02 dB
+    assert 0 < result.std < 0.2
+    for name, images in files.items():
+        write_npz(tmp_path / f"{name}_few.npz", arr_0=images[:50])
+    few = paired_psnr_difference(tmp_path / "a_few.npz", tmp_path / "b_few.npz", tmp_path / "none_few.npz", 100)
+    assert few.std > 2 * result.std  # 16x fewer images: about 4x the spread
+    same = paired_psnr_difference(tmp_path / "a.npz", tmp_path / "a.npz", tmp_path / "none.npz", resamples=20)
+    assert same.difference == 0 and same.std == 0
+    assert main(["compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--reference",
+                 str(tmp_path / "none.npz"), "--resamples", "100"]) == 0  # fmt: skip
+    assert f"= {result.difference:+.2f} +- {result.std:.2f} dB" in capsys.readouterr().out
+    with pytest.raises(InvalidArgumentError, match="reproduces the reference exactly"):
+        paired_psnr_difference(tmp_path / "none.npz", tmp_path / "b.npz", tmp_path / "none.npz")
+    with pytest.raises(InvalidArgumentError, match="same --num-samples"):
+        paired_psnr_difference(tmp_path / "a_few.npz", tmp_path / "b.npz", tmp_path / "none.npz")
 
 
 def test_inception_score_is_nan_when_probabilities_underflow_as_in_the_evaluator(capfd):

@@ -11,7 +11,7 @@ module                    commands
 :mod:`.train`             ``train-tiny``, ``train-router``, ``train-classifier``, ``train-fashion``
 :mod:`.study`             ``tiny-report``, ``notebooks``, ``bench``
 :mod:`.priors`            ``priors``, ``inflections``
-:mod:`.evaluate`          ``eval-sample``, ``fid``, ``eval``
+:mod:`.evaluate`          ``eval-sample``, ``fid``, ``eval``, ``compare``
 :mod:`.export`            ``export-diffusers``
 ========================  =========================================
 """
@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-sample": ("evaluate", "sample N images of one method to an ADM npz (resumable, torchrun)"),
     "fid": ("evaluate", "IS, FID, sFID, precision, recall of a sample npz vs a reference npz"),
     "eval": ("evaluate", "sample every method and score it -> results table"),
+    "compare": ("evaluate", "paired PSNR difference of two methods vs the un-cached samples, with its spread"),
     "export-diffusers": ("export", "write a preset's weights as a diffusers DiTTransformer2DModel folder"),
 }
 """Command -> (module in ``goc_utils.cli``, one-line help). Each module has ``add_<command>(parser)``."""

@@ -1,4 +1,4 @@
-"""``goc eval-sample``, ``goc fid`` and ``goc eval``: the ADM evaluation harness."""
+"""``goc eval-sample``, ``goc fid``, ``goc eval`` and ``goc compare``: the ADM evaluation harness."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ from goc_utils.evaluation.metrics.features import (
     default_features,
     default_reference,
 )
+from goc_utils.evaluation.metrics.fidelity import paired_psnr_difference
 from goc_utils.evaluation.sampling import check_space
 from goc_utils.integrations.diffusers.peers import diffusers_backend
 from goc_utils.lists import number_list
@@ -249,3 +250,30 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for the samples (OUT/cfg<c>/<method>/) and results.*")
     p.add_argument("--table", default=None, help="path prefix of the table (default OUT/results -> .csv, .md)")
     p.set_defaults(func=cmd_eval)
+
+
+def _samples_file(text: str) -> Path:
+    """A batch file, or an eval folder (``OUT/cfg1.5/fora-50``) holding ``samples.npz``."""
+    path = Path(text)
+    return path / "samples.npz" if path.is_dir() else path
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    a, b, reference = _samples_file(args.a), _samples_file(args.b), _samples_file(args.reference)
+    result = paired_psnr_difference(a, b, reference, resamples=args.resamples, seed=args.seed)
+    name = {a: args.a, b: args.b}
+    print(result.report(name[a], name[b]) if a != b else result.report("A", "B"))
+    return 0
+
+
+def add_compare(p: argparse.ArgumentParser) -> None:
+    """Which of two cached methods stays closer to the un-cached samples of the same noise, and whether the
+    sample count resolves it: each method's PSNR against the reference batch and the paired bootstrap standard
+    deviation of the difference (the same images resampled for both). A and B: samples.npz files or goc eval's
+    method folders (OUT/cfg1.5/fora-50+goc)."""
+    p.add_argument("a", help="samples of method A (npz, or an eval folder holding samples.npz)")
+    p.add_argument("b", help="samples of method B, same noise and count")
+    p.add_argument("--reference", required=True, help="the un-cached samples of the same noise (e.g. OUT/cfg1.5/none)")
+    p.add_argument("--resamples", type=at_least(2), default=200, help="bootstrap resamples (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.set_defaults(func=cmd_compare)
