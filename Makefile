@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,peers]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the project (torch 2.14.1 from this machine's disk)
+setup: $(STAMP) ## create .venv and install the project with its dev and peers (cache-dit) extras (torch 2.14.1 from this machine's disk)
 
 study: setup ## set up and run the study on the embedded tiny-digits model (writes figures/)
 	$(BIN)/goc tiny-report
