@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from goc_utils.cache import without_router
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.bench import engine_cost, make_engine
 from goc_utils.integrations import cachedit
@@ -15,6 +16,7 @@ from goc_utils.integrations.diffusers.peers import diffusers_backend, parse_peer
 from goc_utils.model.checkpoints import load_model
 from goc_utils.model.macs import model_macs
 from goc_utils.model.sampler import generate, per_sample_inputs
+from goc_utils.study.viz import peer_label
 
 STEPS = 20
 
@@ -209,3 +211,9 @@ def test_options_documented_and_checked_alike():
     assert set(cachedit.OPTIONS) == set(cachedit.DBCacheOptions.__dataclass_fields__)
     assert all(f"{key}:" in documented for key in cachedit.OPTIONS)
     assert set(cachedit.DEPENDENT_OPTIONS) <= set(cachedit.OPTIONS)
+
+
+def test_cache_dit_rows_keep_without_a_router_and_get_short_labels():
+    text = "cachedit:dbcache:fn=1:threshold=0.08:calibrator=taylorseer"
+    assert without_router(["l2c", text], None) == ([text], ["l2c"])
+    assert peer_label(text) == "dbcache fn=1 threshold=0.08 calibrator=taylorseer"
