@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.goc-installed
 export MPLBACKEND := Agg
 
-.PHONY: help setup study smoke lab test lint train-tiny train-classifier train-fashion fashion-report eval-tiny peers-tiny lab-test ablations clean
+.PHONY: help setup study smoke lab test lint train-tiny train-classifier train-fashion fashion-report eval-tiny peers-tiny peers lab-test ablations clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,peers]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the project (torch 2.14.1 from this machine's disk)
+setup: $(STAMP) ## create .venv and install the project with its dev and peers (cache-dit) extras (torch 2.14.1 from this machine's disk)
 
 study: setup ## set up and run the study on the embedded tiny-digits model (writes figures/)
 	$(BIN)/goc tiny-report
@@ -71,12 +71,22 @@ diffusers:magcache:threshold=0.03:max_skip_steps=2:retention_ratio=0.2,\
 diffusers:magcache:threshold=0.1:max_skip_steps=2:retention_ratio=0.1,\
 diffusers:pab:spatial_attention_block_skip_range=4:spatial_attention_timestep_skip_range=-1..1000,\
 diffusers:fastercache:unconditional_batch_skip_range=2,\
-diffusers:fastercache:unconditional_batch_skip_range=6:spatial_attention_block_skip_range=2:spatial_attention_timestep_skip_range=-1..1000:unconditional_batch_timestep_skip_range=-1..1000
+diffusers:fastercache:unconditional_batch_skip_range=6:spatial_attention_block_skip_range=2:spatial_attention_timestep_skip_range=-1..1000:unconditional_batch_timestep_skip_range=-1..1000,\
+cachedit:dbcache:fn=1:bn=0:threshold=0.08:warmup=4,\
+cachedit:dbcache:fn=1:bn=0:threshold=0.08:warmup=4:calibrator=taylorseer:order=1,\
+cachedit:dbcache:fn=1:bn=0:threshold=0.08:warmup=4:calibrator=foca,\
+cachedit:dbcache:fn=1:bn=0:threshold=0.08:warmup=4:calibrator=dmd,\
+cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4,\
+cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=taylorseer:order=1,\
+cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=foca,\
+cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=dmd
 
-peers-tiny: setup ## the committed diffusers peers table: tiny-digits through diffusers, our methods and diffusers' caches, 2,000 samples, cfg 1.5 (resumable)
+peers-tiny: setup ## the committed peers table: tiny-digits through diffusers, our methods, diffusers' caches and cache-dit's DBCache, 2,000 samples, cfg 1.5 (resumable)
 	$(BIN)/goc eval --model tiny-digits --backend diffusers --cfg-scale 1.5 --num-samples 2000 --per-device-batch 250 \
 		--methods $(subst $(SPACE),,$(PEER_METHODS)) \
 		--latency-repeats 5 --fid-bootstrap 20 --out runs/eval/tiny-digits-diffusers --table figures/07_diffusers_peers
+
+peers: peers-tiny ## the same as peers-tiny (the study's default model)
 
 clean: ## remove the virtual environment and scratch runs
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -134,6 +134,10 @@ CASES = [
     ([*SAMPLE, "--method", "fora:interval=" + "7" * 100_000], "is not a valid value"),
     ([*EVAL, "--method", "diffusers:fbc:threshold=" + "7" * 100_000], "a threshold must be a finite number"),
     ([*EVAL, "--method", "diffusers:fbc:" + "x" * 100_000], "diffusers:fbc takes key=value with keys: threshold"),
+    ([*EVAL, "--method", "cachedit:dbcache:fn=1:thresh=0.1"], "cachedit:dbcache takes key=value with keys: fn, bn,"),
+    ([*EVAL, "--method", "cachedit:dbcache:mask=1111", "--steps", "5"], "has 4 digits; give one per step (5)"),
+    ([*BENCH, "--methods", "none,cachedit:dbcache:fn=1:threshold=-1"], "threshold=-1 in 'cachedit:dbcache:fn=1:"),
+    ([*EVAL, "--cfg-scale", "1", "--method", "cachedit:dbcache:separate_cfg=true"], "or separate_cfg=false"),
     # 4. broken diffusers folders as --ckpt
     ([*SAMPLE, "--ckpt", "CONFIG_LIST"], "config.json' holds a JSON list, not an object of DiT settings"),
     ([*SAMPLE, "--ckpt", "CONFIG_STRING"], "config.json' holds a JSON string, not an object of DiT settings"),

@@ -26,7 +26,8 @@ def _requirements_from_environment() -> dict[str, str]:
 
 def _requirements_from_pyproject() -> dict[str, str]:
     project = tomllib.loads((paths.PROJECT_ROOT / "pyproject.toml").read_text())["project"]
-    specs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    specs = project["dependencies"] + extras["dev"] + extras["peers"]
     return {re.split(r"[<>=!~ ]", s, maxsplit=1)[0].lower(): s.replace(" ", "") for s in specs}
 
 

@@ -188,7 +188,7 @@ def without_router(methods: list[str], router: str | None) -> tuple[list[str], l
         return list(methods), []
     kept, skipped = [], []
     for text in methods:
-        if text.startswith("diffusers:"):  # diffusers' own caches need no router
+        if text.startswith(("diffusers:", "cachedit:")):  # other libraries' caches need no router
             kept.append(text)
             continue
         try:

@@ -58,7 +58,8 @@ METHOD_HELP = (
     "goc:w=0.8, goc:steps=auto, goc:auto = inflection-aware steps and least-squares w from priors, "
     "goc:coupling=unit) or +taylor (taylor:k=2). With --backend diffusers also diffusers' own caches: "
     "diffusers:taylorseer, diffusers:fbc, diffusers:magcache, diffusers:pab, diffusers:fastercache, options as "
-    "their config fields (diffusers:fbc:threshold=0.05; ranges lo..hi)."
+    "their config fields (diffusers:fbc:threshold=0.05; ranges lo..hi), and cache-dit's DBCache (extra .[peers]): "
+    "cachedit:dbcache:fn=1:bn=0:threshold=0.08:warmup=4[:calibrator=taylorseer|foca|dmd][:separate_cfg=true]."
 )
 
 

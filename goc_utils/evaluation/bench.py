@@ -64,7 +64,7 @@ def make_engine(
 
         return HookRunner(model, text, steps, router, thres, priors, calibration, cfg_scale)
     if is_peer(text):
-        raise InvalidArgumentError(f"{text!r} is one of diffusers' caches: it runs with --backend diffusers")
+        raise InvalidArgumentError(f"{text!r} is another library's cache: it runs with --backend diffusers")
     return CacheMethod.parse(text, router=router, thres=thres).engine(model, steps, priors)
 
 

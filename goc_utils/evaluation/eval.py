@@ -84,9 +84,10 @@ class EvalSettings:
         if self.tf32 is not None:  # CUDA only: CPU runs keep their manifests (and bytes)
             record["tf32"] = self.tf32
         record["method"] = text
-        if method is None:  # one of diffusers' caches
+        if method is None:  # another library's cache: diffusers_* or cachedit_* options
             name, options = parse_peer(text)
-            record.update({f"diffusers_{k}": list(v) if isinstance(v, tuple) else v for k, v in options.items()})
+            library = text.strip().split(":")[0]
+            record.update({f"{library}_{k}": list(v) if isinstance(v, tuple) else v for k, v in options.items()})
             return record
         record.update({f"schedule_{k}": _portable(v) for k, v in method.schedule_options.items()})
         record.update({f"compensator_{k}": v for k, v in method.compensator_options.items()})

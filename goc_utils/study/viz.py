@@ -335,10 +335,11 @@ def quality_speed_figure(rows: Sequence[dict], metrics: Sequence[str] = ("fid", 
 
 
 def peer_label(method: str) -> str:
-    """A short legend label: ``diffusers:fbc:threshold=0.05`` -> ``fbc threshold=0.05``."""
-    if not method.startswith("diffusers:"):
+    """A short legend label: ``diffusers:fbc:threshold=0.05`` -> ``fbc threshold=0.05``, ``cachedit:dbcache:fn=1``
+    -> ``dbcache fn=1``."""
+    if not method.startswith(("diffusers:", "cachedit:")):
         return method
-    name, *options = method[len("diffusers:") :].split(":")
+    name, *options = method.split(":")[1:]
     short = {"cache_interval": "interval", "disable_cache_before_step": "from", "disable_cache_after_step": "until",
              "spatial_attention_block_skip_range": "skip", "unconditional_batch_skip_range": "uncond-skip",
              "max_skip_steps": "K", "retention_ratio": "keep"}  # fmt: skip
@@ -352,15 +353,18 @@ def peer_label(method: str) -> str:
 
 def peers_figure(rows: Sequence[dict]):
     """FID (bootstrap spread as error bars) and PSNR vs un-cached against the measured MACs speedup:
-    our methods by compensator (filled markers, labelled by host), diffusers' caches by name (open markers)."""
+    our methods by compensator (filled markers, labelled by host), diffusers' and cache-dit's caches by name and
+    calibrator (open markers)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     base = next((r for r in rows if r["method"] == "none"), None)
     groups: dict[str, list[dict]] = {}
     for r in rows:
         if r["method"] == "none":
             continue
-        if r["method"].startswith("diffusers:"):
-            key = "diffusers " + r["method"].split(":")[1]
+        if r["method"].startswith(("diffusers:", "cachedit:")):
+            library, name, *_ = r["method"].split(":")
+            calibrator = next((o.split("=")[1] for o in r["method"].split(":") if o.startswith("calibrator=")), None)
+            key = f"{library} {name}" + (f"+{calibrator}" if calibrator not in (None, "none") else "")
         else:
             key = "ours: " + (r["method"].split("+", 1)[1] if "+" in r["method"] else "plain reuse")
         groups.setdefault(key, []).append(r)
@@ -368,13 +372,13 @@ def peers_figure(rows: Sequence[dict]):
     for (key, points), marker in zip(sorted(groups.items()), markers * 3, strict=False):
         points = sorted(points, key=lambda r: r["macs_speedup"])
         xs = [q["macs_speedup"] for q in points]
-        filled = "none" if key.startswith("diffusers") else None
+        filled = None if key.startswith("ours") else "none"
         axes[0].errorbar(xs, [q["fid"] for q in points], yerr=[q.get("fid_std") or 0.0 for q in points],
                          marker=marker, ms=5, capsize=2, lw=0.8, ls="none", mfc=filled, label=key)
         axes[1].plot(xs, [q["psnr_vs_none"] for q in points], marker=marker, ms=5, ls="none", mfc=filled,
                      label=key)  # fmt: skip
         for q in points:
-            text = peer_label(q["method"]) if key.startswith("diffusers") else q["method"].split("+")[0]
+            text = q["method"].split("+")[0] if key.startswith("ours") else peer_label(q["method"])
             axes[1].annotate(text, (q["macs_speedup"], q["psnr_vs_none"]), fontsize=5, xytext=(3, 2),
                              textcoords="offset points")  # fmt: skip
     if base is not None:

@@ -27,6 +27,8 @@ How each diffusers cache is made to run on DiT (diffusers 0.42):
 * ``fastercache``: expects the batch as ``[uncond; cond]`` (ours is ``[cond; uncond]``: the runner swaps the
   halves around the call), ``class_labels`` among the split inputs, ``tensor_format="BCHW"``; needs
   classifier-free guidance (cfg != 1), or ``is_guidance_distilled=true`` at cfg 1 (attention caching only).
+
+``cachedit:dbcache[:key=value...]`` runs cache-dit's DBCache the same way (:mod:`goc_utils.integrations.cachedit`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from diffusers.models.cache_utils import CacheMixin
 from goc_utils.cache.method import CacheMethod
 from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.errors import InvalidArgumentError, shorten
+from goc_utils.integrations import cachedit
 from goc_utils.integrations.diffusers.hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_router
 from goc_utils.integrations.diffusers.transformer import to_transformer
 
@@ -109,7 +112,8 @@ PEERS: dict[str, PeerSpec] = {
 
 
 def is_peer(text: str) -> bool:
-    return text.strip().startswith(PREFIX)
+    """Whether ``text`` is another library's cache: ``diffusers:*`` or ``cachedit:*``."""
+    return text.strip().startswith(PREFIX) or cachedit.is_cachedit(text)
 
 
 def _range(text: str) -> tuple[int, int]:
@@ -176,7 +180,10 @@ def parse_peer(text: str, steps: int | None = None, cfg_scale: float | None = No
     With the run's ``steps`` / ``cfg_scale``, also what must agree with them: MagCache's ``num_inference_steps``
     is the run's steps; FasterCache skips the unconditional branch of a guided run (cfg != 1), so
     ``is_guidance_distilled=true`` (no such branch) needs cfg 1 and the default needs guidance.
+    ``cachedit:*`` strings go to :func:`goc_utils.integrations.cachedit.parse_method`.
     """
+    if cachedit.is_cachedit(text):
+        return cachedit.parse_method(text, steps, cfg_scale)
     name, *parts = text.strip()[len(PREFIX) :].split(":")
     shown = repr(shorten(text))
     if name not in PEERS:
@@ -227,7 +234,8 @@ class HookRunner:
     Several runners may share a transformer: a run's first step applies this runner's hooks (with fresh
     state) and its last step (or an error) removes them, so between runs the transformer computes plainly.
     ``calibration`` runs the sampler once with a given ``forward`` (MagCache's calibration); :meth:`measure`
-    gives the MACs columns.
+    gives the MACs columns. For ``cachedit:`` methods ``cachedit_account`` holds cache-dit's own account of the
+    last run (:func:`goc_utils.integrations.cachedit.account`).
     """
 
     def __init__(
@@ -244,7 +252,13 @@ class HookRunner:
         self.model, self.transformer, self.text, self.steps = model, model.transformer, text, steps
         self.counter: UnitCounter | None = None
         self._t = 0
-        if is_peer(text):
+        self.cachedit: dict | None = None
+        self.cachedit_account: dict | None = None
+        if cachedit.is_cachedit(text):
+            self.name, self.cachedit = cachedit.parse_method(text, steps, cfg_scale)
+            cachedit.check_depth(text, self.cachedit, model.depth)
+            self.spec = self.engine = self.schedule = self.compensator = None
+        elif is_peer(text):
             self.name, self.options = parse_peer(text, steps, cfg_scale)
             self.spec = PEERS[self.name]
             self.engine = self.schedule = self.compensator = None
@@ -270,6 +284,7 @@ class HookRunner:
             raise InvalidArgumentError(f"diffusers rejects the options of {self.text!r}: {exc}") from None
 
     def _remove_all(self) -> None:
+        cachedit.remove(self.transformer)
         registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
         registry.remove_hook(STEP_HOOK, recurse=False)
         for spec in PEERS.values():
@@ -287,12 +302,16 @@ class HookRunner:
             self.transformer._goc_runner = None
             if self.engine is not None:
                 attach_engine(self.transformer, self.engine)
+            elif self.cachedit is not None:
+                cachedit.apply(self.transformer, self.cachedit, self.steps)
             else:
                 self.prepare()
                 self.spec.apply(self.transformer, self._config())
                 registry.invalidate_child_registries_cache()
             self.transformer._goc_runner = self
         registry.reset_stateful_hooks()
+        if self.cachedit is not None:
+            cachedit.refresh(self.transformer, self.steps)
 
     def prepare(self) -> None:
         """Run what must precede sampling (MagCache's calibration); the harness calls it before sampling."""
@@ -338,6 +357,8 @@ class HookRunner:
             self.deactivate()
             raise
         if step == self.steps - 1:  # outside a run the transformer computes plainly
+            if self.cachedit is not None:
+                self.cachedit_account = cachedit.account(self.transformer)
             self.deactivate()
         return out
 
@@ -345,6 +366,8 @@ class HookRunner:
         if self.counter is not None:
             self.counter.call(step, x.shape[0])
         self._t = int(t.reshape(-1)[0])
+        if self.cachedit is not None:
+            return cachedit.call(self.model, self.cachedit, x, t, y)
         if self.spec is not None and self.spec.swap_cfg and not self.options.get("is_guidance_distilled"):
             if x.shape[0] % 2:
                 raise InvalidArgumentError(f"{self.text!r} needs classifier-free guidance (a cfg scale other than 1)")
