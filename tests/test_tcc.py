@@ -242,3 +242,19 @@ def test_method_strings_and_the_default_pack_path():
     path = default_pack_path("DiT-XL/2", 20, 1.5, "l2c", "token")
     assert path.parent.name == "tcc" and path.name == "DiT-XL-2_ddim20_cfg1.5_l2c_token.safetensors"
     assert default_pack_path("tiny-digits", 20, 1.5, "fora-50").name == "tiny-digits_ddim20_cfg1.5_fora-50.safetensors"
+
+
+def test_the_extra_macs_are_the_matmuls_of_the_corrected_units(tiny_random):
+    from goc_utils.evaluation.bench import engine_cost
+    from goc_utils.model.macs import model_macs
+
+    _, engine = sample(tiny_random, "fora-50+tcc", planted_pack(tiny_random, targets=(1, 3)))
+    _, host = sample(tiny_random, "fora-50")
+    tokens, d, depth = tiny_random.num_tokens, tiny_random.hidden_size, tiny_random.depth
+    assert engine.compensator.extra_macs(engine.schedule, tokens) == 2 * depth * 2 * tokens * d * d
+    _, off = sample(tiny_random, "fora-50+tcc", planted_pack(tiny_random), alpha=0.0)
+    assert off.compensator.extra_macs(off.schedule, tokens) == 0
+    macs = model_macs(tiny_random)
+    with_tcc, plain = engine_cost(engine, macs)["macs_speedup"], engine_cost(host, macs)["macs_speedup"]
+    total = STEPS * macs.forward
+    assert total / with_tcc - total / plain == pytest.approx(2 * depth * 2 * tokens * d * d)

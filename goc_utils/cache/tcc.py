@@ -377,6 +377,11 @@ class TCCCompensator(Compensator):
     def computed(self, key: UnitKey, step: int, value: torch.Tensor) -> None:
         self.state[key] = [value]
 
+    def extra_macs(self, schedule, tokens: int) -> int:
+        """``tokens * D^2`` per corrected unit (the ``(B - mu_b) @ R`` matmul) per image and run."""
+        corrected = sum(int((~schedule.mask[s]).sum()) for s in self.pack.targets if self.config.alpha != 0.0)
+        return corrected * tokens * self.pack.hidden**2
+
     def _maps(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The pack's tensors on ``like``'s device and dtype (moved once per run device)."""
         where = (like.device, like.dtype)

@@ -77,10 +77,11 @@ def engine_cost(engine: CacheEngine | HookRunner, macs: MACs, run=None) -> dict:
     if isinstance(engine, HookRunner):
         return engine.measure(run, macs)
     schedule = engine.schedule
+    extra = engine.compensator.extra_macs(schedule, engine.model.num_tokens)
     return {
         "cache_ratio": schedule.cache_ratio,
         "cache_ratio_macs": schedule.cache_ratio_macs(macs.units),
-        "macs_speedup": theoretical_speedup(macs, schedule),
+        "macs_speedup": theoretical_speedup(macs, schedule, extra),
     }
 
 

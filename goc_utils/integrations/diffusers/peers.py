@@ -368,7 +368,9 @@ class HookRunner:
             return {
                 "cache_ratio": self.schedule.cache_ratio,
                 "cache_ratio_macs": self.schedule.cache_ratio_macs(macs.units),
-                "macs_speedup": theoretical_speedup(macs, self.schedule),
+                "macs_speedup": theoretical_speedup(
+                    macs, self.schedule, self.compensator.extra_macs(self.schedule, self.model.num_tokens)
+                ),
             }
         self.prepare()
         self.counter = UnitCounter(self.transformer, self.steps)
