@@ -279,3 +279,18 @@ def test_goc_tcc_pack_then_goc_sample_and_one_line_refusals(tmp_path, capsys):
     run_bad_input([*grid, "--method", "fora-50+tcc", "--steps", "5"], "ddim5_cfg1.5_fora-50.safetensors' does", capsys)
     run_bad_input([*fit, "--host", "fora-50+goc"], "must be a plain schedule", capsys)
     run_bad_input([*fit, "--target-steps", "2"], "2 is not one", capsys)
+
+
+@pytest.mark.parametrize("host", ["fora-50", "l2c"])
+def test_the_committed_packs_fit_the_default_model(host):
+    from goc_utils.cache.l2c import default_router
+    from goc_utils.model.checkpoints import load_model
+
+    model = load_model("tiny-digits")
+    for pooling in ("class", "token"):
+        method = CacheMethod.parse(f"{host}+tcc:pooling={pooling}", router=str(default_router("tiny-digits", 20)))
+        engine = method.engine(model, 20, packs=PackSource("tiny-digits", 1.5))
+        pack = engine.compensator.pack
+        assert (pack.targets, pack.pooling, pack.variant, pack.fit_alpha) == ([1, 3, 5, 7], pooling, "full", 1.75)
+        ranks = set(pack.rank.flatten().tolist())
+        assert ranks == ({9} if pooling == "class" else {128})  # 10 class means: rank <= 9 of width 128
