@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.goc-installed
 export MPLBACKEND := Agg
 
-.PHONY: help setup study smoke lab test lint train-tiny train-classifier train-fashion fashion-report eval-tiny peers-tiny peers lab-test ablations clean
+.PHONY: help setup study smoke lab test lint train-tiny train-classifier train-fashion fashion-report tcc-packs eval-tiny peers-tiny peers lab-test ablations clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -55,15 +55,27 @@ train-fashion: setup ## build the tiny-fashion tier from Debian's dataset-fashio
 fashion-report: setup ## the tiny-fashion report: samples, judge agreement, VAE reconstructions, FID at 2,000 / 5,000 samples (figures/00_fashion_*)
 	$(BIN)/goc tiny-report --model tiny-fashion
 
-EVAL_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-50,fora-50+goc,fora-50+goc:auto,l2c,l2c+goc,l2c+goc:auto,l2c+goc:coupling=unit,l2c+goc:auto:coupling=unit
+TCC_PACK := $(BIN)/goc tcc-pack --model tiny-digits --batch-size 160
+TCC_CFG4_PACKS := data/tcc/tiny-digits_ddim20_cfg4_fora-50.safetensors data/tcc/tiny-digits_ddim20_cfg4_l2c.safetensors
+tcc-packs: setup ## refit the committed TCC packs (data/tcc/): tiny-digits, fora-50 and l2c, 32 samples per class, cfg 1.5, class and token pooling; about 8 min each on 2 CPU cores
+	$(TCC_PACK) --host fora-50 --cfg-scale 1.5
+	$(TCC_PACK) --host fora-50 --cfg-scale 1.5 --pooling token
+	$(TCC_PACK) --host l2c --cfg-scale 1.5
+	$(TCC_PACK) --host l2c --cfg-scale 1.5 --pooling token
 
-eval-tiny: setup ## the committed tiny-digits results table: 12 methods x 2,000 samples x cfg 1.5 and 4.0 (resumable)
+data/tcc/tiny-digits_ddim20_cfg4_%.safetensors: | setup
+	$(TCC_PACK) --host $* --cfg-scale 4
+
+EVAL_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-50,fora-50+goc,fora-50+goc:auto,fora-50+tcc,l2c,l2c+goc,l2c+goc:auto,l2c+tcc,l2c+goc:coupling=unit,l2c+goc:auto:coupling=unit
+
+eval-tiny: setup $(TCC_CFG4_PACKS) ## the committed tiny-digits results table: 14 methods x 2,000 samples x cfg 1.5 and 4.0 (resumable; fits the cfg 4.0 TCC packs first if missing)
 	$(BIN)/goc eval --model tiny-digits --cfg-scale 1.5,4.0 --num-samples 2000 --per-device-batch 250 \
 		--methods $(EVAL_METHODS) \
 		--latency-repeats 5 --fid-bootstrap 20 --out runs/eval/tiny-digits --table figures/05_eval_tiny
 
 SPACE := $(subst ,, )
-PEER_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-25+taylor,fora-50,fora-50+goc,fora-50+goc:auto,fora-50+taylor,l2c,l2c+goc,l2c+goc:auto,l2c+taylor,\
+PEER_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-25+taylor,fora-50,fora-50+goc,fora-50+goc:auto,fora-50+taylor,fora-50+tcc,\
+fora-50+tcc:pooling=token,l2c,l2c+goc,l2c+goc:auto,l2c+taylor,l2c+tcc,l2c+tcc:pooling=token,\
 diffusers:taylorseer:cache_interval=2:disable_cache_before_step=1:disable_cache_after_step=10,\
 diffusers:taylorseer:cache_interval=2:disable_cache_before_step=1,\
 diffusers:fbc:threshold=0.05,diffusers:fbc:threshold=0.13,\

@@ -18,7 +18,7 @@ from diffusers import (
     PixArtTransformer2DModel,
 )
 
-from goc_utils.cache import CacheMethod
+from goc_utils.cache import CacheMethod, PackSource
 from goc_utils.cache.l2c import default_router
 from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.errors import CheckpointError, InvalidArgumentError
@@ -261,7 +261,10 @@ def test_invariants_on_a_pixart_transformer():
 # ----------------------------------------------------------------------------- 2. one engine, two front ends
 
 
-@pytest.mark.parametrize("text", ["none", "fora-50", "fora-50+goc", "l2c+goc", "fora-25+taylor", "fora-50+goc:auto"])
+HOOKED = ["none", "fora-50", "fora-50+goc", "l2c+goc", "fora-25+taylor", "fora-50+goc:auto", "fora-50+tcc", "l2c+tcc"]
+
+
+@pytest.mark.parametrize("text", HOOKED)
 def test_the_engine_through_the_hooks_equals_the_native_engine(exported, text):
     model = load_model("tiny-digits", ckpt=exported)
     transformer = dd.load_transformer(exported)
@@ -269,9 +272,10 @@ def test_the_engine_through_the_hooks_equals_the_native_engine(exported, text):
     labels, noise = per_sample_inputs(model, range(12), 5)
     method = CacheMethod.parse(text, router=str(default_router("tiny-digits", 20)))
     priors = priors_for_run("tiny-digits", model, 20, 1.5) if method.needs_priors else None
-    native = generate(model, labels, steps=20, cfg_scale=1.5, forward=method.engine(model, 20, priors).forward,
+    packs = PackSource("tiny-digits", 1.5)  # the committed TCC packs
+    native = generate(model, labels, steps=20, cfg_scale=1.5, forward=method.engine(model, 20, priors, packs).forward,
                       noise=noise).final  # fmt: skip
-    engine = apply_cache(transformer, method, 20, priors)
+    engine = apply_cache(transformer, method, 20, priors, packs)
     counter = UnitCounter(transformer, 20)
 
     def forward(x, t, y, step):

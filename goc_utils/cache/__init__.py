@@ -2,19 +2,20 @@
 
 * schedules: ``none``, ``fora``, ``fora-25``, ``fora-50`` (:mod:`.fora`), ``matrix`` (:mod:`.matrix`),
   ``l2c`` (:mod:`.l2c`), registered in :data:`SCHEDULES` (:mod:`.schedule`);
-* compensators: ``none`` (plain reuse), ``goc`` (:mod:`.goc`), ``taylor`` (:mod:`.taylor`), registered in
-  :data:`COMPENSATORS` (:mod:`.compensator`);
+* compensators: ``none`` (plain reuse), ``goc`` (:mod:`.goc`), ``taylor`` (:mod:`.taylor`), ``tcc`` (:mod:`.tcc`),
+  registered in :data:`COMPENSATORS` (:mod:`.compensator`);
 * :class:`CacheMethod` (:mod:`.method`) parses method strings; :class:`CacheEngine` combines one schedule
   and one compensator for a sampling run.
 
 A new method is one file with a registration decorator, imported here once.
 """
 
-from goc_utils.cache import fora, goc, l2c, matrix, taylor  # noqa: F401 - the registrations
+from goc_utils.cache import fora, goc, l2c, matrix, taylor, tcc  # noqa: F401 - the registrations
 from goc_utils.cache.compensator import COMPENSATORS, Compensator, build_compensator, register_compensator
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.method import CacheMethod, split_methods, without_router
 from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule, register_schedule
+from goc_utils.cache.tcc import PackSource, TCCPack
 
 __all__ = [
     "COMPENSATORS",
@@ -23,7 +24,9 @@ __all__ = [
     "CacheMethod",
     "CacheSchedule",
     "Compensator",
+    "PackSource",
     "ScheduleError",
+    "TCCPack",
     "build_compensator",
     "build_schedule",
     "register_compensator",

@@ -61,6 +61,10 @@ class Compensator:
     def reuse(self, key: UnitKey, step: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def extra_macs(self, schedule, tokens: int) -> int:
+        """Multiply-accumulates the compensator adds to one sampling run of one image (0: elementwise work only)."""
+        return 0
+
     def stored_tensors(self) -> int:
         """Number of tensors currently held (memory accounting in tests and benchmarks)."""
         return sum(len(values) for values in self.state.values())

@@ -12,6 +12,7 @@ flag), mapped onto the schedule builder's keyword arguments and the compensator 
     none   fora-50   fora:interval=3   fora:interval=2:range=2-18   matrix:path=m.csv
     l2c:router=r.pt:thres=0.2   l2c:r.pt@0.2 (short form)   l2c@0.2 (router from the caller)
     fora-50+goc   fora-50+goc:auto   l2c+goc:w=0.8:steps=3,5,7   l2c+goc:coupling=unit   fora-25+taylor:k=2
+    fora-50+tcc   l2c+tcc   fora-50+tcc:alpha=1.0   fora-50+tcc:pack=my_pack.safetensors
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from goc_utils.cache.compensator import COMPENSATORS, build_compensator
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.options import parse_options
 from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule
+from goc_utils.cache.tcc import PackSource, TCCPack, TCCPackError
 from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.lists import refuse_repeats, split_items
 from goc_utils.model.dit import DiT
@@ -42,7 +44,8 @@ class CacheMethod:
         compensator: a name in :data:`~goc_utils.cache.compensator.COMPENSATORS` (``none``, ``goc``, ``taylor``...).
         compensator_options: config fields (``weight``, ``correction_steps``, ``coupling``, ``order``...); GOC's
             missing ``weight`` / ``correction_steps`` take the schedule's published values, ``"auto"`` ones are
-            resolved from priors.
+            resolved from priors; TCC's pack is found when the engine is built
+            (:class:`~goc_utils.cache.tcc.PackSource`).
     """
 
     schedule: str = "none"
@@ -58,11 +61,13 @@ class CacheMethod:
     def build_schedule(self, steps: int, depth: int) -> CacheSchedule:
         return build_schedule(self.schedule, steps, depth, **self.schedule_options)
 
-    def engine(self, model: DiT, steps: int, priors=None) -> CacheEngine:
+    def engine(self, model: DiT, steps: int, priors=None, packs: PackSource | None = None) -> CacheEngine:
         """A fresh engine for ``model`` sampling ``steps`` steps.
 
         ``priors`` (a :class:`~goc_utils.priors.stats.PriorStats`) resolves GOC's ``"auto"`` correction steps and
         weight, through its :meth:`~goc_utils.priors.stats.PriorStats.auto_goc` (the one place ``auto`` is resolved).
+        ``packs`` says where TCC finds its pack (a ``tcc:pack=FILE`` option wins); the pack is checked against the
+        run (model and cfg from ``packs``; steps, width and the host's reuse pattern from here).
         """
         schedule = self.build_schedule(steps, model.depth)
         options = dict(self.compensator_options)
@@ -83,10 +88,31 @@ class CacheMethod:
                 schedule, options["correction_steps"], options["weight"], options.get("coupling", "block")
             )
             options.update(correction_steps=auto.steps, weight=auto.weight)
+        if self.compensator == "tcc" and not isinstance(options.get("pack"), TCCPack):
+            pack, pooling = options.get("pack"), options.get("pooling")
+            options["pack"] = self._load_pack(pack, pooling, packs, schedule, steps, model)
         bad = [s for s in options.get("correction_steps") or () if not 0 <= int(s) < steps]
         if bad:
             raise ScheduleError(f"GOC correction step {bad[0]} is outside the run's steps 0..{steps - 1}")
         return CacheEngine(model, schedule, build_compensator(self.compensator, **options))
+
+    def _load_pack(self, path: str | None, pooling: str | None, packs: PackSource | None, schedule: CacheSchedule,
+                   steps: int, model: DiT) -> TCCPack:  # fmt: skip
+        """TCC's pack for this run: ``path``, else ``packs``' file or default, checked against the run."""
+        if path is None and packs is None:
+            raise TCCPackError(
+                f"{self.label()!r} needs a TCC pack: pass tcc:pack=FILE, or run it through goc sample / eval / bench "
+                "(they find data/tcc/<model>_ddim<steps>_cfg<cfg>_<host>.safetensors); fit one with `goc tcc-pack`"
+            )
+        if path is not None:
+            pack, where = TCCPack.load(path), path
+        else:
+            pack, where = packs.load(self.schedule, steps, pooling or "class")
+        pack.check_run(
+            schedule.mask, steps, model.depth, getattr(model, "hidden_size", None), where,
+            None if packs is None else packs.model, None if packs is None else packs.cfg_scale, pooling,
+        )  # fmt: skip
+        return pack
 
     @classmethod
     def parse(cls, text: str, router: str | None = None, thres: float = 0.1) -> CacheMethod:

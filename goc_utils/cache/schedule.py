@@ -165,6 +165,7 @@ def schedule_macs(macs: MACs, schedule: CacheSchedule) -> int:
     return fixed + computed_attention * macs.attention_branch + computed_mlp * macs.mlp_branch
 
 
-def theoretical_speedup(macs: MACs, schedule: CacheSchedule) -> float:
-    """MACs(no cache) / MACs(schedule); classifier-free guidance doubles both, so it cancels."""
-    return schedule.steps * macs.forward / schedule_macs(macs, schedule)
+def theoretical_speedup(macs: MACs, schedule: CacheSchedule, extra: int = 0) -> float:
+    """MACs(no cache) / (MACs(schedule) + ``extra``, a compensator's own MACs per image and run); classifier-free
+    guidance doubles both, so it cancels."""
+    return schedule.steps * macs.forward / (schedule_macs(macs, schedule) + extra)

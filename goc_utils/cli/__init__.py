@@ -10,7 +10,7 @@ module                    commands
 :mod:`.sample`            ``sample``, ``info``
 :mod:`.train`             ``train-tiny``, ``train-router``, ``train-classifier``, ``train-fashion``
 :mod:`.study`             ``tiny-report``, ``notebooks``, ``bench``
-:mod:`.priors`            ``priors``, ``inflections``
+:mod:`.priors`            ``priors``, ``inflections``, ``tcc-pack``
 :mod:`.evaluate`          ``eval-sample``, ``fid``, ``eval``, ``compare``
 :mod:`.export`            ``export-diffusers``
 ========================  =========================================
@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "notebooks": ("study", "run the study notebooks headless (papermill)"),
     "priors": ("priors", "extract block-feature priors (streaming statistics of un-cached sampling)"),
     "inflections": ("priors", "inflection-aware GOC steps and weight from a priors file"),
+    "tcc-pack": ("priors", "fit TCC's calibrated maps (a pack) for a host schedule from same-noise sampling"),
     "eval-sample": ("evaluate", "sample N images of one method to an ADM npz (resumable, torchrun)"),
     "fid": ("evaluate", "IS, FID, sFID, precision, recall of a sample npz vs a reference npz"),
     "eval": ("evaluate", "sample every method and score it -> results table"),

@@ -193,6 +193,14 @@ def add_priors_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tcc_pack_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tcc-pack",
+        default=None,
+        help="TCC pack for +tcc methods (default data/tcc/<model>_ddim<steps>_cfg<cfg>_<host>.safetensors)",
+    )
+
+
 def add_out_argument(p: argparse.ArgumentParser, help_text: str, default: str | None = None, required=False) -> None:
     p.add_argument("--out", default=default, required=required, help=help_text)
 

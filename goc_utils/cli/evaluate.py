@@ -17,6 +17,7 @@ from goc_utils.cli.common import (
     add_priors_argument,
     add_router_arguments,
     add_sampling_arguments,
+    add_tcc_pack_argument,
     add_tf32_argument,
     add_threads_argument,
     at_least,
@@ -77,6 +78,7 @@ def _eval_settings(args: argparse.Namespace, cfg_scale: float) -> EvalSettings:
         router=args.router or default_router(args.model, args.steps),
         thres=args.router_thres,
         priors=args.priors,
+        tcc_pack=args.tcc_pack,
         backend=args.backend,
     )
 
@@ -106,6 +108,7 @@ def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
     add_router_arguments(p, help_extra=" (default: the tiny tier's committed router)")
     add_priors_argument(p)
+    add_tcc_pack_argument(p)
     add_backend_argument(p)
     add_threads_argument(p)
     add_tf32_argument(p)

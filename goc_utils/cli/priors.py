@@ -1,4 +1,5 @@
-"""``goc priors`` (block-feature statistics of un-cached sampling) and ``goc inflections`` (automatic GOC)."""
+"""``goc priors`` (block-feature statistics of un-cached sampling), ``goc inflections`` (automatic GOC) and
+``goc tcc-pack`` (TCC's calibrated maps from same-noise un-cached and cached sampling)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 
 from goc_utils.cache import build_schedule
 from goc_utils.cache.l2c import default_router
+from goc_utils.cache.options import parse_int_list
+from goc_utils.cache.tcc import POOLINGS, PUBLISHED_ALPHA, SVD_DRIVERS, VARIANTS, default_pack_path
 from goc_utils.cli.common import (
     add_model_arguments,
     add_router_arguments,
@@ -28,6 +31,7 @@ from goc_utils.model.sampler import parse_classes
 from goc_utils.priors.auto import GRANULARITIES, auto_goc
 from goc_utils.priors.extraction import extract_priors
 from goc_utils.priors.stats import GRAM_SOURCES, MISSING, PriorsError, PriorStats, default_priors_path
+from goc_utils.priors.tcc_fit import fit_tcc_pack
 
 
 def cmd_priors(args: argparse.Namespace) -> int:
@@ -168,3 +172,75 @@ def add_inflections(p: argparse.ArgumentParser) -> None:
         help="GOC corrects a unit only when its whole block is reused (block, published) or each unit on its own",
     )
     p.set_defaults(func=cmd_inflections)
+
+
+def cmd_tcc_pack(args: argparse.Namespace) -> int:
+    host = args.host.split(":")[0].split("@")[0]
+    out = args.out or default_pack_path(args.model, args.steps, args.cfg_scale, host, args.pooling)
+    out = check_writable(Path(out), "--out")
+    device = resolve_device(args.device)
+    with output_lock(out):
+        torch.set_grad_enabled(False)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model = load_model(args.model, args.ckpt, args.image_size, device)
+        classes = list(range(model.num_classes)) if args.classes == "all" else parse_classes(args.classes)
+        started = time.perf_counter()
+        pack = fit_tcc_pack(
+            model,
+            args.model,
+            args.host,
+            classes,
+            args.per_class,
+            steps=args.steps,
+            cfg_scale=args.cfg_scale,
+            seed=args.seed,
+            targets=args.target_steps,
+            alpha=args.alpha,
+            pooling=args.pooling,
+            variant=args.variant,
+            svd=args.svd,
+            batch_size=args.batch_size,
+            router=args.router or default_router(args.model, args.steps),
+            thres=args.router_thres,
+        )
+        pack.save(out)
+    ranks = pack.rank.flatten().tolist()
+    print(
+        f"TCC pack for {args.host} ({args.model}, DDIM-{args.steps}, cfg {args.cfg_scale:g}, {args.pooling} pooling, "
+        f"{pack.samples} samples) at steps {','.join(map(str, pack.targets))}; rank of M {min(ranks)}..{max(ranks)} "
+        f"of {pack.hidden}; {time.perf_counter() - started:.1f} s -> {out}"
+    )
+    return 0
+
+
+def add_tcc_pack(p: argparse.ArgumentParser) -> None:
+    """Fit TCC's calibrated maps for a host schedule from same-noise un-cached and cached sampling (streaming;
+    targets in order, each replayed with the earlier corrections)."""
+    add_model_arguments(p, vae=False)
+    add_sampling_arguments(p, cfg_scale=1.5, seed_help="noise seed of the fit (default 1: not the eval noise, 0)")
+    p.set_defaults(seed=1)
+    p.add_argument("--host", default="fora-50", help="host schedule: fora-50, fora-25, l2c, ... (default fora-50)")
+    add_router_arguments(p, help_extra=" (default: the tiny tier's committed router)")
+    p.add_argument("--classes", default="all", help="all | 0-99 | 3,5 (default all)")
+    p.add_argument("--per-class", type=int, default=32, help="samples per class (default 32; published: 100)")
+    p.add_argument(
+        "--target-steps",
+        type=parse_int_list,
+        default=None,
+        help="corrected steps, e.g. 1,3,5,7 (default: the host's reuse steps in 1..7, the published DDIM-20 window)",
+    )
+    p.add_argument(
+        "--alpha", type=number, default=PUBLISHED_ALPHA, help="strength of earlier targets' corrections in the replay"
+    )
+    p.add_argument("--pooling", choices=POOLINGS, default="class", help="fit points (default class, as published)")
+    p.add_argument("--variant", choices=VARIANTS, default="full", help="map family (default full: similarity)")
+    p.add_argument("--svd", choices=SVD_DRIVERS, default="gesdd", help="LAPACK driver of the Procrustes SVD")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per sampling batch (default 64)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="pack file (default data/tcc/<model>_ddim<steps>_cfg<cfg>_<host>[_<pooling>].safetensors)",
+    )
+    add_threads_argument(p)
+    p.set_defaults(func=cmd_tcc_pack)

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 
-from goc_utils.cache import COMPENSATORS, SCHEDULES, CacheMethod
+from goc_utils.cache import COMPENSATORS, SCHEDULES, CacheMethod, PackSource
 from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.cli.common import (
     add_model_arguments,
     add_priors_argument,
     add_router_arguments,
     add_sampling_arguments,
+    add_tcc_pack_argument,
     add_tf32_argument,
     at_least,
     check_writable,
@@ -98,7 +99,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.priors is not None and not method.needs_priors:
         raise InvalidArgumentError("--priors needs --goc-steps auto or --goc-weight auto")
     priors = priors_for_run(args.model, model, args.steps, args.cfg_scale, args.priors) if method.needs_priors else None
-    engine = method.engine(model, args.steps, priors)
+    engine = method.engine(model, args.steps, priors, PackSource(args.model, args.cfg_scale, args.tcc_pack))
     started = time.perf_counter()
     result = generate(
         model,
@@ -210,6 +211,7 @@ def add_sample(p: argparse.ArgumentParser) -> None:
         "on its own (unit)",
     )
     add_priors_argument(g)
+    add_tcc_pack_argument(g)
     g.add_argument("--taylor-order", type=int, default=None, help="taylor: forecast order k (default 1)")
     p.set_defaults(func=cmd_sample)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from goc_utils.cache import split_methods, without_router
+from goc_utils.cache import PackSource, split_methods, without_router
 from goc_utils.cache.l2c import default_router
 from goc_utils.cli.common import (
     add_backend_argument,
@@ -17,6 +17,7 @@ from goc_utils.cli.common import (
     add_priors_argument,
     add_router_arguments,
     add_sampling_arguments,
+    add_tcc_pack_argument,
     add_tf32_argument,
     add_threads_argument,
     check_output_dir,
@@ -155,6 +156,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         router=router,
         thres=args.router_thres,
         priors=priors,
+        packs=PackSource(args.model, args.cfg_scale, args.tcc_pack),
     )
     header = (
         f"goc bench: {args.model}{' (random weights)' if args.random_weights else ''}, {device}, "
@@ -180,6 +182,7 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     )
     add_router_arguments(p, help_extra=" (default: the tiny tier's committed router; skipped without one)")
     add_priors_argument(p)
+    add_tcc_pack_argument(p)
     add_backend_argument(p)
     add_sampling_arguments(p, seed_help=None)
     p.add_argument("--batch", type=int, default=1, help="images per run (default 1; CFG doubles it)")

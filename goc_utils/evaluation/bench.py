@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.method import CacheMethod
 from goc_utils.cache.schedule import theoretical_speedup
+from goc_utils.cache.tcc import PackSource
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.tables import markdown_table
 from goc_utils.integrations.diffusers.hooks import DiffusersDiT
@@ -52,20 +53,22 @@ def make_engine(
     cfg_scale: float = 1.5,
     sampler: str = "ddim",
     seed: int = 0,
+    packs: PackSource | None = None,
 ) -> CacheEngine | HookRunner:
     """What samples ``text`` on ``model``: a :class:`CacheEngine` on our ``DiT``; a
     :class:`~goc_utils.integrations.diffusers.peers.HookRunner` on a diffusers transformer (``--backend diffusers``),
-    for our methods and for ``diffusers:*`` caches alike. Both have ``forward(x, t, y, step)``."""
+    for our methods and for ``diffusers:*`` caches alike. Both have ``forward(x, t, y, step)``. ``packs``: where
+    ``+tcc`` methods find their packs."""
     if isinstance(model, DiffusersDiT):
 
         def calibration(forward) -> None:  # MagCache: one un-cached run of fixed samples of this seed
             labels, noise = per_sample_inputs(model, range(16), seed)
             generate(model, labels, steps=steps, sampler=sampler, cfg_scale=cfg_scale, forward=forward, noise=noise)
 
-        return HookRunner(model, text, steps, router, thres, priors, calibration, cfg_scale)
+        return HookRunner(model, text, steps, router, thres, priors, calibration, cfg_scale, packs)
     if is_peer(text):
         raise InvalidArgumentError(f"{text!r} is another library's cache: it runs with --backend diffusers")
-    return CacheMethod.parse(text, router=router, thres=thres).engine(model, steps, priors)
+    return CacheMethod.parse(text, router=router, thres=thres).engine(model, steps, priors, packs)
 
 
 def engine_cost(engine: CacheEngine | HookRunner, macs: MACs, run=None) -> dict:
@@ -74,10 +77,11 @@ def engine_cost(engine: CacheEngine | HookRunner, macs: MACs, run=None) -> dict:
     if isinstance(engine, HookRunner):
         return engine.measure(run, macs)
     schedule = engine.schedule
+    extra = engine.compensator.extra_macs(schedule, engine.model.num_tokens)
     return {
         "cache_ratio": schedule.cache_ratio,
         "cache_ratio_macs": schedule.cache_ratio_macs(macs.units),
-        "macs_speedup": theoretical_speedup(macs, schedule),
+        "macs_speedup": theoretical_speedup(macs, schedule, extra),
     }
 
 
@@ -155,6 +159,7 @@ def run_bench(
     thres: float = 0.1,
     progress: bool = True,
     priors=None,
+    packs: PackSource | None = None,
 ) -> list[BenchRow]:
     """Time ``generate`` under each method (labels ``0, 1, ...``, the noise of seed 0); ``none`` is the baseline."""
     if batch < 1:
@@ -163,7 +168,7 @@ def run_bench(
     torch.manual_seed(0)
     noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size)
     macs = model_macs(model)
-    engines = {m: make_engine(model, m, steps, router, thres, priors, cfg_scale) for m in methods}
+    engines = {m: make_engine(model, m, steps, router, thres, priors, cfg_scale, packs=packs) for m in methods}
     for engine in engines.values():
         if isinstance(engine, HookRunner):
             engine.prepare()
@@ -229,6 +234,7 @@ def same_noise_runs(
     router: str | None = None,
     priors=None,
     vae=None,
+    packs: PackSource | None = None,
 ) -> tuple[dict[str, SampleResult], dict[str, np.ndarray]]:
     """Run every method from the same noise; return ``(results, per-step RMSE vs the un-cached run)``.
 
@@ -237,7 +243,7 @@ def same_noise_runs(
     """
     results, trajectories = {}, {}
     for text in ["none", *[m for m in methods if m != "none"]]:
-        engine = CacheMethod.parse(text, router=router).engine(model, steps, priors)
+        engine = CacheMethod.parse(text, router=router).engine(model, steps, priors, packs)
         states: list[torch.Tensor] = []
         results[text] = generate(
             model,

@@ -23,6 +23,7 @@ import torch.distributed as torch_dist
 
 from goc_utils import paths
 from goc_utils.cache.method import CacheMethod, split_methods
+from goc_utils.cache.tcc import PackSource
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.bench import engine_cost, make_engine, time_engines
 from goc_utils.evaluation.metrics.adm import fid_bootstrap_std
@@ -55,6 +56,7 @@ class EvalSettings:
         per_device_batch: images per forward chunk (also the shard size).
         router, thres: default Learning-to-Cache router and threshold for ``l2c`` methods.
         priors: priors file for ``goc:auto`` (None = the default path for model / steps / cfg).
+        tcc_pack: TCC pack for ``+tcc`` methods (None = the default pack of the method's host, model, steps, cfg).
         backend: ``native`` (our ``DiT``) or ``diffusers`` (the same weights as a ``DiTTransformer2DModel``,
             methods through :mod:`goc_utils.integrations.diffusers.hooks`; also runs ``diffusers:*`` caches).
         tf32: TF32 matmuls on CUDA as :func:`~goc_utils.model.sampler.set_tf32` applied them (True as published,
@@ -73,12 +75,14 @@ class EvalSettings:
     router: str | None = None
     thres: float = 0.1
     priors: str | None = None
+    tcc_pack: str | None = None
     backend: str = "native"
     tf32: bool | None = None
 
     def manifest(self, method: CacheMethod | None, text: str) -> dict:
         """``run.json``: what must match for a rerun to resume (the sample count may grow)."""
-        record = {k: v for k, v in asdict(self).items() if k not in ("router", "thres", "priors", "backend", "tf32")}
+        ignored = ("router", "thres", "priors", "tcc_pack", "backend", "tf32")
+        record = {k: v for k, v in asdict(self).items() if k not in ignored}
         if self.backend != "native":  # native runs keep the manifests they had before backends existed
             record["backend"] = self.backend
         if self.tf32 is not None:  # CUDA only: CPU runs keep their manifests (and bytes)
@@ -146,7 +150,7 @@ def _parses(text: str) -> bool:
 def build_engine(model: DiT, settings: EvalSettings, text: str):
     """The parsed method (None for diffusers' caches) and what samples it on ``model``: a cache engine, or a
     :class:`~goc_utils.integrations.diffusers.peers.HookRunner` on the diffusers backend
-    (priors loaded for ``goc:auto``)."""
+    (priors loaded for ``goc:auto``, TCC packs found for ``+tcc``)."""
     if is_peer(text):
         method, priors = None, None
     else:
@@ -154,8 +158,9 @@ def build_engine(model: DiT, settings: EvalSettings, text: str):
         priors = None
         if method.needs_priors:
             priors = priors_for_run(settings.model, model, settings.steps, settings.cfg_scale, settings.priors)
+    packs = PackSource(settings.model, settings.cfg_scale, settings.tcc_pack)
     engine = make_engine(model, text, settings.steps, settings.router, settings.thres, priors, settings.cfg_scale,
-                         settings.sampler, settings.seed)  # fmt: skip
+                         settings.sampler, settings.seed, packs)  # fmt: skip
     return method, engine
 
 

@@ -38,6 +38,7 @@ from torch import nn
 
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.method import CacheMethod
+from goc_utils.cache.tcc import PackSource
 from goc_utils.errors import InvalidArgumentError
 
 UNIT_HOOK = "goc_unit"
@@ -189,20 +190,23 @@ def unit_router(transformer: nn.Module) -> UnitRouter:
     return router
 
 
-def apply_cache(transformer: nn.Module, method: str | CacheMethod, steps: int, priors=None) -> CacheEngine:
+def apply_cache(
+    transformer: nn.Module, method: str | CacheMethod, steps: int, priors=None, packs: PackSource | None = None
+) -> CacheEngine:
     """Cache ``transformer``'s units with ``method`` for runs of ``steps`` steps; returns the engine.
 
     ``method``: a method string (``"fora-50+goc"``, ``"l2c:router=r.pt+goc"``, ``"fora-50+goc:auto"``) or
     a :class:`~goc_utils.cache.method.CacheMethod`. ``steps``: the pipeline's ``num_inference_steps``.
-    ``priors``: a :class:`~goc_utils.priors.stats.PriorStats` for ``goc:auto``. Applying again replaces the
-    previous cache.
+    ``priors``: a :class:`~goc_utils.priors.stats.PriorStats` for ``goc:auto``; ``packs``: where ``+tcc`` finds
+    its pack (:class:`~goc_utils.cache.tcc.PackSource`). Applying again replaces the previous cache.
     """
     blocks = _blocks(transformer)
     if isinstance(method, str):
         method = CacheMethod.parse(method)
     elif not isinstance(method, CacheMethod):
         raise InvalidArgumentError(f"method must be a method string or a CacheMethod (got {type(method).__name__})")
-    engine = method.engine(SimpleNamespace(depth=len(blocks)), int(steps), priors)
+    width = int(transformer.config.num_attention_heads) * int(transformer.config.attention_head_dim)
+    engine = method.engine(SimpleNamespace(depth=len(blocks), hidden_size=width), int(steps), priors, packs)
     attach_engine(transformer, engine)
     return engine
 

@@ -58,6 +58,7 @@ from diffusers.models.cache_utils import CacheMixin
 
 from goc_utils.cache.method import CacheMethod
 from goc_utils.cache.schedule import theoretical_speedup
+from goc_utils.cache.tcc import PackSource
 from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.integrations import cachedit
 from goc_utils.integrations.diffusers.hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_router
@@ -248,6 +249,7 @@ class HookRunner:
         priors=None,
         calibration: Callable[[Callable], None] | None = None,
         cfg_scale: float | None = None,
+        packs: PackSource | None = None,
     ) -> None:
         self.model, self.transformer, self.text, self.steps = model, model.transformer, text, steps
         self.counter: UnitCounter | None = None
@@ -266,7 +268,8 @@ class HookRunner:
             self._ratios = self.options.get("mag_ratios")
         else:
             method = CacheMethod.parse(text, router=router, thres=thres)
-            self.engine = method.engine(SimpleNamespace(depth=model.depth), steps, priors)
+            shape = SimpleNamespace(depth=model.depth, hidden_size=model.hidden_size)
+            self.engine = method.engine(shape, steps, priors, packs)
             self.schedule, self.compensator = self.engine.schedule, self.engine.compensator
             self.spec = None
 
@@ -388,7 +391,9 @@ class HookRunner:
             return {
                 "cache_ratio": self.schedule.cache_ratio,
                 "cache_ratio_macs": self.schedule.cache_ratio_macs(macs.units),
-                "macs_speedup": theoretical_speedup(macs, self.schedule),
+                "macs_speedup": theoretical_speedup(
+                    macs, self.schedule, self.compensator.extra_macs(self.schedule, self.model.num_tokens)
+                ),
             }
         self.prepare()
         self.counter = UnitCounter(self.transformer, self.steps)

@@ -1,0 +1,403 @@
+"""TCC, Trajectory-Consistent Calibration (arXiv 2605.24870): a calibrated map for reused units.
+
+Where GOC extrapolates a reused unit from its own history, TCC carries the stale output ``B`` (the
+raw branch output, before the gate, that the host schedule reuses) onto the fresh one with a
+similarity transform fitted offline, per target step and unit, from paired un-cached (A) and cached
+(B) runs of the same noise (the *pack*, :class:`TCCPack`)::
+
+    corr = mu_a + s * ((B - mu_b) @ R)        (per token; R orthogonal D x D, s a scalar)
+    out  = B + alpha * (corr - B)
+
+Only reused units at the pack's target steps are corrected (the published DDIM-20 window: steps
+1, 3, 5, 7, i.e. its reverse steps 18, 16, 14, 12), every block, both branches; both halves of the
+classifier-free-guidance batch get the same map. The corrected output replaces the unit's stored
+value (a schedule that reuses it again reuses the corrected one, as the published code does).
+
+**The fit** (:class:`SimilarityStats`, :func:`fit_similarity`): points ``a_i``, ``b_i`` in R^D, their
+means ``mu_a``, ``mu_b``, ``M = (B - mu_b)^T (A - mu_a) = U S V^T``, ``R = U V^T``,
+``s = <A_c, B_c R> / |B_c R|^2`` (variants ``scale_shift``: R = I; ``shift_only``: R = I, s = 1).
+The published points (``pooling="class"``) are one mean per class (over its samples and tokens).
+
+**Rank caveat.** With C class means, ``M`` has rank at most C - 1. When the width D exceeds that
+(every tiny tier: 10 classes, D = 128; DiT-XL/2: 1,000 classes, D = 1,152), the singular vectors of
+the zero singular values are whatever the SVD returns, and so is ``R`` on that null space: a stale
+output component outside the span of the class means is rotated arbitrarily. ``pooling="sample"``
+(one point per sample: its token mean) and ``pooling="token"`` (every token a point) are our
+extension: many more points than D, so ``M`` has full rank and ``R`` is determined by the data.
+``svd="gesvd"`` fits with another LAPACK driver, to measure how much the arbitrary part matters.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+from safetensors import safe_open
+
+from goc_utils import paths
+from goc_utils.cache.compensator import Compensator, UnitKey, register_compensator
+from goc_utils.errors import GocError, InvalidArgumentError, first_line, shorten
+from goc_utils.files import atomic_save_safetensors, input_file
+
+TCC_FORMAT = "goc-tcc-pack/1"
+VARIANTS = ("full", "scale_shift", "shift_only")
+"""Map families: similarity (rotation + scale + shift, published main), scale + shift, shift only."""
+POOLINGS = ("class", "sample", "token")
+"""Fit points: class means (published), sample token-means, tokens (ours; full rank, see module docstring)."""
+SVD_DRIVERS = ("gesdd", "gesvd")
+"""LAPACK drivers for the Procrustes SVD: ``gesdd`` (torch's default), ``gesvd`` (scipy)."""
+PUBLISHED_WINDOW = (1, 7)
+"""Steps (ours, s = 0 noisiest) of the published DDIM-20 window: reverse steps 18..12."""
+PUBLISHED_ALPHA = 1.75
+"""The correction strength of the published DiT FORA / L2C scripts."""
+
+
+class TCCPackError(GocError):
+    """A TCC pack that is missing, corrupt, or fitted for another model / steps / cfg / host."""
+
+
+@dataclass
+class TCCPack:
+    """The fitted maps of one host schedule: per target step, block and unit ``(R, s, mu_a, mu_b)``.
+
+    Attributes:
+        model: preset name; steps: sampling steps N; cfg_scale: guidance scale of the fit.
+        host: the host schedule's method string (``fora-50``, ``l2c``); host_mask: its ``(steps, depth, 2)``
+            recompute mask (a run must match it exactly).
+        targets: the corrected steps, ascending. R ``(K, depth, 2, D, D)``, s ``(K, depth, 2)``,
+            mu_a / mu_b ``(K, depth, 2, D)`` float32, K = len(targets); rank ``(K, depth, 2)``: numerical rank of M.
+        variant, pooling, svd: how it was fitted; fit_alpha: the alpha of the trajectory-consistent replay;
+            samples / classes / seed: the fit's samples.
+    """
+
+    model: str
+    steps: int
+    cfg_scale: float
+    host: str
+    host_mask: np.ndarray
+    targets: list[int]
+    R: torch.Tensor
+    s: torch.Tensor
+    mu_a: torch.Tensor
+    mu_b: torch.Tensor
+    rank: torch.Tensor
+    variant: str = "full"
+    pooling: str = "class"
+    svd: str = "gesdd"
+    fit_alpha: float = PUBLISHED_ALPHA
+    samples: int = 0
+    classes: list[int] = field(default_factory=list)
+    seed: int = 0
+
+    @property
+    def depth(self) -> int:
+        return int(self.host_mask.shape[1])
+
+    @property
+    def hidden(self) -> int:
+        return int(self.mu_a.shape[-1])
+
+    def index(self, step: int) -> int | None:
+        """Position of ``step`` in :attr:`targets`, or None when the pack does not correct it."""
+        return self.targets.index(step) if step in self.targets else None
+
+    def header(self) -> dict:
+        return {
+            "format": TCC_FORMAT,
+            "model": self.model,
+            "steps": self.steps,
+            "cfg_scale": self.cfg_scale,
+            "host": self.host,
+            "targets": list(self.targets),
+            "depth": self.depth,
+            "hidden": self.hidden,
+            "variant": self.variant,
+            "pooling": self.pooling,
+            "svd": self.svd,
+            "fit_alpha": self.fit_alpha,
+            "samples": self.samples,
+            "classes": list(self.classes),
+            "seed": self.seed,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file: the float32 maps, the host mask and a JSON header (written atomically)."""
+        tensors = {
+            "R": self.R, "s": self.s, "mu_a": self.mu_a, "mu_b": self.mu_b, "rank": self.rank,
+            "host_mask": torch.from_numpy(self.host_mask.astype(np.uint8)),
+        }  # fmt: skip
+        return atomic_save_safetensors(tensors, Path(path), {"goc_tcc": json.dumps(self.header())})
+
+    @classmethod
+    def load(cls, path: str | Path) -> TCCPack:
+        """Read a pack: one-line :class:`TCCPackError` when it is not a regular file, not a TCC pack, or its
+        header and tensors disagree."""
+        path = input_file(path, "TCC pack", f"fit one with `goc tcc-pack` ({FIT_HINT})", error=TCCPackError)
+
+        def bad(reason: str) -> TCCPackError:
+            return TCCPackError(f"TCC pack {shorten(path)!r} {reason}; refit it with `goc tcc-pack`")
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            header = json.loads(metadata["goc_tcc"])
+        except Exception as exc:  # noqa: BLE001 - truncated / foreign file
+            raise bad(f"is corrupt or not a TCC pack ({first_line(exc, 100)})") from None
+        if not isinstance(header, dict) or header.get("format") != TCC_FORMAT:
+            raise bad(f"has no {TCC_FORMAT} header")
+        try:
+            k, depth, hidden = len(header["targets"]), int(header["depth"]), int(header["hidden"])
+            expected = {
+                "R": (k, depth, 2, hidden, hidden), "s": (k, depth, 2), "mu_a": (k, depth, 2, hidden),
+                "mu_b": (k, depth, 2, hidden), "rank": (k, depth, 2), "host_mask": (header["steps"], depth, 2),
+            }  # fmt: skip
+            found = {name: tuple(tensors[name].shape) for name in expected}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"has an incomplete header or lacks a tensor ({first_line(exc, 60)})") from None
+        for name, shape in expected.items():
+            if found[name] != shape:
+                raise bad(f"has tensor {name} of shape {found[name]}, but its header needs {shape}")
+        if not all(torch.isfinite(tensors[n]).all() for n in ("R", "s", "mu_a", "mu_b")):
+            raise bad("holds NaN or infinite values")
+        return cls(
+            header["model"], header["steps"], header["cfg_scale"], header["host"],
+            tensors["host_mask"].numpy().astype(bool), [int(t) for t in header["targets"]],
+            tensors["R"].float(), tensors["s"].float(), tensors["mu_a"].float(), tensors["mu_b"].float(),
+            tensors["rank"], header["variant"], header["pooling"], header["svd"], header["fit_alpha"],
+            header["samples"], header["classes"], header["seed"],
+        )  # fmt: skip
+
+    def check_run(self, mask: np.ndarray, steps: int, depth: int, hidden: int | None, path: object = "pack",
+                  model: str | None = None, cfg_scale: float | None = None,
+                  pooling: str | None = None) -> None:  # fmt: skip
+        """One line when this pack does not fit a run: another model, step count, cfg, host schedule or pooling."""
+        fix = f"fit one for this run with `goc tcc-pack` ({FIT_HINT})"
+        where = f"TCC pack {shorten(path)!r}"
+        if pooling is not None and pooling != self.pooling:
+            raise TCCPackError(f"{where} was fitted with pooling {self.pooling!r}, not {pooling!r}; {fix}")
+        if model is not None and model != self.model:
+            raise TCCPackError(f"{where} was fitted for model {self.model!r}, not {model!r}; {fix}")
+        if steps != self.steps:
+            raise TCCPackError(f"{where} was fitted for {self.steps} steps, not {steps}; {fix}")
+        if cfg_scale is not None and float(cfg_scale) != float(self.cfg_scale):
+            raise TCCPackError(f"{where} was fitted at cfg {self.cfg_scale:g}, not {cfg_scale:g}; {fix}")
+        if depth != self.depth or (hidden is not None and hidden != self.hidden):
+            raise TCCPackError(
+                f"{where} was fitted for depth {self.depth} and width {self.hidden}, not {depth} and {hidden}; {fix}"
+            )
+        if mask.shape != self.host_mask.shape or not np.array_equal(mask, self.host_mask):
+            raise TCCPackError(
+                f"{where} was fitted for host {self.host!r}, which reuses other units than this run; {fix}"
+            )
+
+
+FIT_HINT = "--model M --host fora-50 --steps N --cfg-scale C"
+
+
+def default_pack_path(model: str, steps: int, cfg_scale: float, host: str, pooling: str = "class") -> Path:
+    """``data/tcc/<model>_ddim<steps>_cfg<cfg>_<host>[_<pooling>].safetensors``: where a run looks for its pack
+    (no suffix for the published class pooling)."""
+    slug = model.replace("/", "-")
+    suffix = "" if pooling == "class" else f"_{pooling}"
+    return paths.DATA_DIR / "tcc" / f"{slug}_ddim{steps}_cfg{cfg_scale:g}_{host}{suffix}.safetensors"
+
+
+@dataclass(frozen=True)
+class PackSource:
+    """Where a run's TCC packs come from.
+
+    Attributes:
+        model: the run's preset name; cfg_scale: its guidance scale (both checked against a pack's header).
+        path: one pack file for every ``+tcc`` method of the run, or None: each method's default
+            (:func:`default_pack_path` of its host schedule). A method's own ``tcc:pack=FILE`` wins.
+    """
+
+    model: str
+    cfg_scale: float
+    path: str | Path | None = None
+
+    def load(self, host: str, steps: int, pooling: str = "class") -> tuple[TCCPack, Path]:
+        path = Path(self.path) if self.path else default_pack_path(self.model, steps, self.cfg_scale, host, pooling)
+        return TCCPack.load(path), path
+
+
+# --------------------------------------------------------------------------------------
+# The fit
+# --------------------------------------------------------------------------------------
+
+
+class SimilarityStats:
+    """Streaming sums of paired points ``a``, ``b`` of one (step, block, unit), in float64.
+
+    ``pooling="class"`` keeps per-class sums (C x D each) and fits on the class means;
+    ``"sample"`` / ``"token"`` keep the moments ``n``, ``sum a``, ``sum b``, ``sum b^T a`` (D x D) and
+    ``sum |b|^2``, so memory does not grow with the number of samples.
+    """
+
+    def __init__(self, hidden: int, pooling: str = "class", classes: int = 0) -> None:
+        if pooling not in POOLINGS:
+            raise InvalidArgumentError(f"TCC pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
+        self.pooling, self.hidden = pooling, hidden
+        if pooling == "class":
+            self.class_a = np.zeros((classes, hidden))
+            self.class_b = np.zeros((classes, hidden))
+            self.class_n = np.zeros(classes)
+        else:
+            self.n, self.sum_a, self.sum_b = 0, np.zeros(hidden), np.zeros(hidden)
+            self.cross, self.sq_b = np.zeros((hidden, hidden)), 0.0
+
+    def add(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch: ``a`` (un-cached) and ``b`` (cached) ``(N, T, D)`` of the same noise, ``labels (N,)``."""
+        a64, b64 = a.detach().to("cpu", torch.float64), b.detach().to("cpu", torch.float64)
+        if self.pooling == "class":
+            idx = labels.to("cpu").long()
+            tokens = a64.shape[1]
+            np.add.at(self.class_a, idx.numpy(), a64.sum(1).numpy())
+            np.add.at(self.class_b, idx.numpy(), b64.sum(1).numpy())
+            np.add.at(self.class_n, idx.numpy(), tokens)
+            return
+        pa, pb = (a64.mean(1), b64.mean(1)) if self.pooling == "sample" else (a64.flatten(0, 1), b64.flatten(0, 1))
+        self.n += pa.shape[0]
+        self.sum_a += pa.sum(0).numpy()
+        self.sum_b += pb.sum(0).numpy()
+        self.cross += (pb.T @ pa).numpy()
+        self.sq_b += float((pb * pb).sum())
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """``(mu_a, mu_b, M = B_c^T A_c, |B_c|^2)`` of the points."""
+        if self.pooling == "class":
+            seen = self.class_n > 0
+            if not seen.any():
+                raise InvalidArgumentError("a TCC fit needs at least one sample")
+            pa = self.class_a[seen] / self.class_n[seen, None]
+            pb = self.class_b[seen] / self.class_n[seen, None]
+            mu_a, mu_b = pa.mean(0), pb.mean(0)
+            bc = pb - mu_b
+            return mu_a, mu_b, bc.T @ (pa - mu_a), float((bc * bc).sum())
+        if self.n == 0:
+            raise InvalidArgumentError("a TCC fit needs at least one sample")
+        mu_a, mu_b = self.sum_a / self.n, self.sum_b / self.n
+        cross = self.cross - self.n * np.outer(mu_b, mu_a)
+        return mu_a, mu_b, cross, self.sq_b - self.n * float(mu_b @ mu_b)
+
+
+def orthogonal_procrustes(m: np.ndarray, svd: str = "gesdd") -> tuple[np.ndarray, int]:
+    """``(R = U V^T, numerical rank of M)`` for ``M = U S V^T`` with the given LAPACK driver.
+
+    R maximises ``trace(R^T M)`` over orthogonal matrices; on the null space of M any orthogonal
+    completion does, and the driver decides which one comes back.
+    """
+    if svd not in SVD_DRIVERS:
+        raise InvalidArgumentError(f"TCC svd driver must be one of {', '.join(SVD_DRIVERS)} (got {svd!r})")
+    u, sv, vh = scipy.linalg.svd(m, full_matrices=False, lapack_driver=svd)
+    tol = sv.max(initial=0.0) * max(m.shape) * np.finfo(np.float64).eps
+    return u @ vh, int((sv > tol).sum())
+
+
+def fit_similarity(stats: SimilarityStats, variant: str = "full", svd: str = "gesdd") -> dict[str, np.ndarray]:
+    """The map of one unit: ``R (D, D)``, ``s``, ``mu_a``, ``mu_b`` (D,) and ``rank`` (of M) from its statistics.
+
+    ``s = <A_c, B_c R> / (|B_c R|^2 + 1e-12) = trace(R^T M) / (|B_c|^2 + 1e-12)`` (R orthogonal).
+    """
+    if variant not in VARIANTS:
+        raise InvalidArgumentError(f"TCC variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
+    mu_a, mu_b, m, sq_b = stats.moments()
+    eye = np.eye(len(mu_a))
+    if variant == "full":
+        r, rank = orthogonal_procrustes(m, svd)
+    else:
+        r, rank = eye, int(np.linalg.matrix_rank(m)) if m.any() else 0
+    s = 1.0 if variant == "shift_only" else float((r * m).sum() / (sq_b + 1e-12))
+    return {"R": r, "s": np.float64(s), "mu_a": mu_a, "mu_b": mu_b, "rank": np.int64(rank)}
+
+
+# --------------------------------------------------------------------------------------
+# The compensator
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TCCConfig:
+    """Options of the TCC compensator.
+
+    Attributes:
+        alpha: correction strength: ``out = B + alpha * (corr - B)``; 0 is the host's plain reuse, 1 the fitted
+            map itself. Default 1.75 (the published DiT FORA / L2C scripts; the code's defaults are 0.5 / 0.25).
+        pack: the fitted maps: a :class:`TCCPack`, a pack file (method strings: ``tcc:pack=FILE``), or None: the
+            run's default pack for its model, steps, cfg and host (``data/tcc/...``, resolved when the engine is
+            built; see :class:`PackSource`).
+        pooling: the fit's points the pack must have been fitted with: ``"class"`` (published) or our extensions
+            ``"sample"`` / ``"token"`` (``tcc:pooling=token`` picks the default pack ``..._<host>_token``); None
+            (default): the published pack by default, any pooling for an explicit ``pack``.
+    """
+
+    alpha: float = PUBLISHED_ALPHA
+    pack: TCCPack | str | None = None
+    pooling: str | None = None
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(float(self.alpha)):
+            raise InvalidArgumentError(f"TCC alpha must be a finite number (got {self.alpha})")
+        self.alpha = float(self.alpha)
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise InvalidArgumentError(f"TCC pooling must be one of {', '.join(POOLINGS)} (got {self.pooling!r})")
+
+
+@register_compensator("tcc", TCCConfig)
+class TCCCompensator(Compensator):
+    """Reuse, calibrated by the pack's similarity transform at its target steps.
+
+    Example:
+        >>> from goc_utils.cache import CacheMethod, PackSource
+        >>> from goc_utils.model.checkpoints import load_model
+        >>> model = load_model("tiny-digits")
+        >>> engine = CacheMethod.parse("fora-50+tcc").engine(model, 20, packs=PackSource("tiny-digits", 1.5))
+        >>> engine.compensator.name
+        'tcc'
+    """
+
+    name = "tcc"
+
+    def __init__(self, config: TCCConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or TCCConfig()
+        if not isinstance(self.config.pack, TCCPack):
+            raise InvalidArgumentError(
+                "the TCC compensator needs a loaded pack: build it through CacheMethod.engine (which finds the "
+                "run's pack) or pass TCCConfig(pack=TCCPack.load(FILE))"
+            )
+        self.pack: TCCPack = self.config.pack
+        self._on: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
+
+    def computed(self, key: UnitKey, step: int, value: torch.Tensor) -> None:
+        self.state[key] = [value]
+
+    def extra_macs(self, schedule, tokens: int) -> int:
+        """``tokens * D^2`` per corrected unit (the ``(B - mu_b) @ R`` matmul) per image and run."""
+        corrected = sum(int((~schedule.mask[s]).sum()) for s in self.pack.targets if self.config.alpha != 0.0)
+        return corrected * tokens * self.pack.hidden**2
+
+    def _maps(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The pack's tensors on ``like``'s device and dtype (moved once per run device)."""
+        where = (like.device, like.dtype)
+        if where not in self._on:
+            p = self.pack
+            self._on[where] = tuple(t.to(like.device, like.dtype) for t in (p.R, p.s, p.mu_a, p.mu_b))
+        return self._on[where]
+
+    def reuse(self, key: UnitKey, step: int) -> torch.Tensor:
+        stale = self.state[key][-1]
+        k = self.pack.index(step)
+        if k is None or self.config.alpha == 0.0:
+            return stale
+        r, s, mu_a, mu_b = (t[k, key[0], key[1]] for t in self._maps(stale))
+        corr = mu_a + s * ((stale - mu_b) @ r)
+        out = stale + self.config.alpha * (corr - stale)
+        self.note_correction(step, key)
+        self.state[key] = [out]
+        return out
