@@ -47,7 +47,9 @@ TCC_FORMAT = "goc-tcc-pack/1"
 VARIANTS = ("full", "scale_shift", "shift_only")
 """Map families: similarity (rotation + scale + shift, published main), scale + shift, shift only."""
 POOLINGS = ("class", "sample", "token")
-"""Fit points: class means (published), sample token-means, tokens (ours; full rank, see module docstring)."""
+"""Fit points: class means over samples and tokens (published: the collector's ``tokenpool`` mode, its default and the
+DiT scripts' setting), sample token-means, tokens (ours; full rank, see module docstring). The collector's
+``classpool`` (one point per class and token position) and ``mixed`` modes are not offered."""
 SVD_DRIVERS = ("gesdd", "gesvd")
 """LAPACK drivers for the Procrustes SVD: ``gesdd`` (torch's default), ``gesvd`` (scipy)."""
 PUBLISHED_WINDOW = (1, 7)
