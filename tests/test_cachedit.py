@@ -216,4 +216,7 @@ def test_options_documented_and_checked_alike():
 def test_cache_dit_rows_keep_without_a_router_and_get_short_labels():
     text = "cachedit:dbcache:fn=1:threshold=0.08:calibrator=taylorseer"
     assert without_router(["l2c", text], None) == ([text], ["l2c"])
-    assert peer_label(text) == "dbcache fn=1 threshold=0.08 calibrator=taylorseer"
+    assert peer_label(text) == "dbcache F1B0 threshold=0.08 +taylorseer"
+    dmd = "cachedit:dbcache:threshold=0.1:calibrator=dmd:history=4"
+    assert peer_label(dmd) == "dbcache threshold=0.1 +dmd history=4"
+    assert peer_label("diffusers:fbc:threshold=0.05") == "fbc threshold=0.05"

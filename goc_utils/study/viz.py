@@ -335,19 +335,24 @@ def quality_speed_figure(rows: Sequence[dict], metrics: Sequence[str] = ("fid", 
 
 
 def peer_label(method: str) -> str:
-    """A short legend label: ``diffusers:fbc:threshold=0.05`` -> ``fbc threshold=0.05``, ``cachedit:dbcache:fn=1``
-    -> ``dbcache fn=1``."""
+    """A short legend label: ``diffusers:fbc:threshold=0.05`` -> ``fbc threshold=0.05``,
+    ``cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=foca`` -> ``dbcache F1B0 threshold=0.17
+    warmup=4 +foca``."""
     if not method.startswith(("diffusers:", "cachedit:")):
         return method
     name, *options = method.split(":")[1:]
     short = {"cache_interval": "interval", "disable_cache_before_step": "from", "disable_cache_after_step": "until",
              "spatial_attention_block_skip_range": "skip", "unconditional_batch_skip_range": "uncond-skip",
              "max_skip_steps": "K", "retention_ratio": "keep"}  # fmt: skip
+    values = dict(option.partition("=")[::2] for option in options)
     parts = []
-    for option in options:
-        key, _, value = option.partition("=")
-        if "timestep" not in key:
-            parts.append(f"{short.get(key, key)}={value}")
+    if "fn" in values or "bn" in values:  # cache-dit's own shorthand for the computed blocks: F<fn>B<bn>
+        parts.append(f"F{values.pop('fn', '8')}B{values.pop('bn', '0')}")
+    calibrator = values.pop("calibrator", "none")
+    calibrator_options = [f"{key}={values.pop(key)}" for key in ("order", "history") if key in values]
+    parts += [f"{short.get(key, key)}={value}" for key, value in values.items() if "timestep" not in key]
+    if calibrator != "none":
+        parts += [f"+{calibrator}", *calibrator_options]
     return " ".join([name, *parts])
 
 
@@ -355,7 +360,7 @@ def peers_figure(rows: Sequence[dict]):
     """FID (bootstrap spread as error bars) and PSNR vs un-cached against the measured MACs speedup:
     our methods by compensator (filled markers, labelled by host), diffusers' and cache-dit's caches by name and
     calibrator (open markers)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     base = next((r for r in rows if r["method"] == "none"), None)
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -377,20 +382,27 @@ def peers_figure(rows: Sequence[dict]):
                          marker=marker, ms=5, capsize=2, lw=0.8, ls="none", mfc=filled, label=key)
         axes[1].plot(xs, [q["psnr_vs_none"] for q in points], marker=marker, ms=5, ls="none", mfc=filled,
                      label=key)  # fmt: skip
-        for q in points:
-            text = q["method"].split("+")[0] if key.startswith("ours") else peer_label(q["method"])
-            axes[1].annotate(text, (q["macs_speedup"], q["psnr_vs_none"]), fontsize=5, xytext=(3, 2),
-                             textcoords="offset points")  # fmt: skip
+        for q in points if key.startswith("ours") else ():  # peers: the legend and the x position name them
+            axes[1].annotate(q["method"].split("+")[0], (q["macs_speedup"], q["psnr_vs_none"]), fontsize=5,
+                             xytext=(3, 2), textcoords="offset points")  # fmt: skip
     if base is not None:
         axes[0].axhline(base["fid"], color="grey", lw=0.6, ls=":")
+        top = 3 * base["fid"]  # a collapsed row (FID far above the un-cached one) would flatten every other point
+        off = [r for r in rows if r["fid"] > top]
+        if off:
+            axes[0].set_ylim(0, top)
+            for i, r in enumerate(sorted(off, key=lambda r: r["macs_speedup"])):
+                axes[0].annotate(f"{r['method']}: FID {r['fid']:.1f} (off scale)", (r["macs_speedup"], top),
+                                 xytext=(0, -10 - 8 * i), textcoords="offset points", fontsize=5, ha="center",
+                                 arrowprops=dict(arrowstyle="->", lw=0.5))  # fmt: skip
     samples = rows[0]["samples"] if rows else 0
     axes[0].set_ylabel("FID, digits features (lower is better)", fontsize=8)
     axes[1].set_ylabel("PSNR vs un-cached, dB (higher is better)", fontsize=8)
     for ax in axes:
         ax.set_xlabel("MACs speedup (measured from the units computed)", fontsize=8)
         ax.set_title(f"tiny-digits through diffusers, cfg {rows[0]['cfg_scale']:g}, {samples} samples", fontsize=9)
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=6, frameon=False)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))  # the legend below both panels hides no point
     return fig
 
 
