@@ -1,4 +1,5 @@
-"""Comma-separated lists (flags and notebook parameters): one rule per kind of list.
+"""Comma-separated lists (flags and notebook parameters): one rule per kind of list; and the ``key=value`` options
+of another library's method strings (:func:`key_values`).
 
 Every kind refuses an empty list and an empty item (``1,,2``, a trailing comma) in one line. A repeated item is
 refused where it makes no sense: method lists (``none,none`` would time or score the same method twice) and number
@@ -51,3 +52,21 @@ def number_list(text: str, convert: Callable[[str], T], what: str, example: str)
     if not all(math.isfinite(v) for v in values):
         raise InvalidArgumentError(f"malformed {what} {shorten(text)!r} (not finite); use e.g. {example}")
     return refuse_repeats(values, what, text, example)
+
+
+def key_values(parts: Sequence[str], known: Sequence[str], shown: str, owner: str) -> dict[str, str]:
+    """``["threshold=0.08", "fn=1"]`` -> ``{"threshold": "0.08", "fn": "1"}``, in order, still as text.
+
+    One line for a part that is not ``key=value`` with a key in ``known`` (naming ``owner``'s keys, e.g.
+    ``cachedit:dbcache``) and for a key given twice; ``shown`` is the method string as the messages quote it."""
+    options: dict[str, str] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or key not in known:
+            raise InvalidArgumentError(
+                f"unknown option {shorten(part)!r} in {shown}; {owner} takes key=value with keys: " + ", ".join(known)
+            )
+        if key in options:
+            raise InvalidArgumentError(f"option {key} is given twice in {shown}; give each option once")
+        options[key] = value
+    return options

@@ -34,6 +34,15 @@ from goc_utils.priors.stats import GRAM_SOURCES, MISSING, PriorsError, PriorStat
 from goc_utils.priors.tcc_fit import fit_tcc_pack
 
 
+def _model_and_classes(args: argparse.Namespace, device: str):
+    """The model of ``--model`` / ``--ckpt`` in eval mode, no gradients, ``--threads`` set, and the ``--classes``."""
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, args.ckpt, args.image_size, device)
+    return model, list(range(model.num_classes)) if args.classes == "all" else parse_classes(args.classes)
+
+
 def cmd_priors(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if args.merge:
@@ -61,11 +70,7 @@ def cmd_priors(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--per-class must be >= 1 (got {args.per_class})")
     device = resolve_device(args.device)
     with output_lock(out):
-        torch.set_grad_enabled(False)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        model = load_model(args.model, args.ckpt, args.image_size, device)
-        classes = list(range(model.num_classes)) if args.classes == "all" else parse_classes(args.classes)
+        model, classes = _model_and_classes(args, device)
         started = time.perf_counter()
         checkpoint = out.with_name(out.name + ".partial")
         stats = extract_priors(
@@ -180,11 +185,7 @@ def cmd_tcc_pack(args: argparse.Namespace) -> int:
     out = check_writable(Path(out), "--out")
     device = resolve_device(args.device)
     with output_lock(out):
-        torch.set_grad_enabled(False)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        model = load_model(args.model, args.ckpt, args.image_size, device)
-        classes = list(range(model.num_classes)) if args.classes == "all" else parse_classes(args.classes)
+        model, classes = _model_and_classes(args, device)
         started = time.perf_counter()
         pack = fit_tcc_pack(
             model,

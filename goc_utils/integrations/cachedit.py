@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from goc_utils.errors import InvalidArgumentError, shorten
+from goc_utils.lists import key_values
 
 PREFIX = "cachedit:"
 INSTALL = "pip install -e '.[peers]' (or make setup)"
@@ -154,15 +155,7 @@ def parse_method(text: str, steps: int | None = None, cfg_scale: float | None = 
             f"unknown cache-dit cache in {shown}; choose one of: {', '.join(CACHES)} (DBPrune does not run on DiT)"
         )
     options: dict = {}
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep or key not in OPTIONS:
-            raise InvalidArgumentError(
-                f"unknown option {shorten(part)!r} in {shown}; cachedit:{name} takes key=value with keys: "
-                + ", ".join(OPTIONS)
-            )
-        if key in options:
-            raise InvalidArgumentError(f"option {key} is given twice in {shown}; give each option once")
+    for key, value in key_values(parts, list(OPTIONS), shown, f"cachedit:{name}").items():
         convert, check, rule = OPTIONS[key]
         try:
             options[key] = convert(value)

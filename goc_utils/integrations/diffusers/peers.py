@@ -63,6 +63,7 @@ from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.integrations import cachedit
 from goc_utils.integrations.diffusers.hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_router
 from goc_utils.integrations.diffusers.transformer import to_transformer
+from goc_utils.lists import key_values
 
 PREFIX = "diffusers:"
 CALIBRATION_SAMPLES = 16
@@ -191,15 +192,7 @@ def parse_peer(text: str, steps: int | None = None, cfg_scale: float | None = No
         raise InvalidArgumentError(f"unknown diffusers cache in {shown}; choose one of: {', '.join(PEERS)}")
     declared = peer_options(name)
     options = {}
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep or key not in declared:
-            raise InvalidArgumentError(
-                f"unknown option {shorten(part)!r} in {shown}; diffusers:{name} takes key=value with keys: "
-                + ", ".join(declared)
-            )
-        if key in options:
-            raise InvalidArgumentError(f"option {key} is given twice in {shown}; give each option once")
+    for key, value in key_values(parts, list(declared), shown, f"diffusers:{name}").items():
         try:
             options[key] = CONVERTERS[declared[key]](value)
         except (ValueError, KeyError, TypeError):
