@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.goc-installed
 export MPLBACKEND := Agg
 
-.PHONY: help setup study smoke lab test lint train-tiny train-classifier train-fashion fashion-report tcc-packs eval-tiny peers-tiny peers lab-test ablations clean
+.PHONY: help setup study study-tiny smoke lab test lint train-tiny train-classifier train-fashion fashion-report tcc-packs eval eval-tiny peers peers-tiny lab-test ablations ablations-tiny clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -20,17 +20,24 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install the project with its dev and peers (cache-dit) extras (torch 2.14.1 from this machine's disk)
 
-study: setup ## set up and run the study on the embedded tiny-digits model (writes figures/)
-	$(BIN)/goc tiny-report
+study: setup ## set up and run the study on the embedded latent tiny-fashion model (writes figures/; 10 min)
+	$(BIN)/goc tiny-report --model tiny-fashion
+	$(BIN)/goc notebooks
+
+study-tiny: setup ## the same study on the embedded pixel-space tiny-digits model (writes figures/tiny-digits/)
+	$(BIN)/goc tiny-report --model tiny-digits
 	$(BIN)/goc notebooks --preset tiny
 
-smoke: setup ## run every notebook in smoke mode, as the tests do (figures to runs/smoke/figures, never figures/)
+smoke: setup ## run every notebook in smoke mode on tiny-digits, as the tests do (figures to runs/smoke/figures, never figures/)
 	$(BIN)/goc notebooks --preset tiny --smoke
 
 lab: setup ## open the notebooks in JupyterLab with the project's environment
 	$(BIN)/jupyter lab notebooks/
 
-ablations: setup ## notebook 08: the paper's ablations measured on samples (about 30 min; resumable; writes figures/08_*)
+ablations: setup ## notebook 08 on tiny-fashion: the paper's ablations measured on samples (resumable; writes figures/08_*)
+	$(BIN)/goc notebooks --only 08
+
+ablations-tiny: setup ## notebook 08 on tiny-digits (about 30 min; resumable; writes figures/tiny-digits/08_*)
 	$(BIN)/goc notebooks --preset tiny --only 08
 
 lab-test: setup ## the explorer in JupyterLab in headless Chromium (needs Debian's chromium; screenshots in runs/lab-test/)
@@ -55,23 +62,31 @@ train-fashion: setup ## build the tiny-fashion tier from Debian's dataset-fashio
 fashion-report: setup ## the tiny-fashion report: samples, judge agreement, VAE reconstructions, FID at 2,000 / 5,000 samples (figures/00_fashion_*)
 	$(BIN)/goc tiny-report --model tiny-fashion
 
-TCC_PACK := $(BIN)/goc tcc-pack --model tiny-digits --batch-size 160
-TCC_CFG4_PACKS := data/tcc/tiny-digits_ddim20_cfg4_fora-50.safetensors data/tcc/tiny-digits_ddim20_cfg4_l2c.safetensors
-tcc-packs: setup ## refit the committed TCC packs (data/tcc/): tiny-digits, fora-50 and l2c, 32 samples per class, cfg 1.5, class and token pooling; about 8 min each on 2 CPU cores
-	$(TCC_PACK) --host fora-50 --cfg-scale 1.5
-	$(TCC_PACK) --host fora-50 --cfg-scale 1.5 --pooling token
-	$(TCC_PACK) --host l2c --cfg-scale 1.5
-	$(TCC_PACK) --host l2c --cfg-scale 1.5 --pooling token
+TCC_PACK = $(BIN)/goc tcc-pack --model $(1) --batch-size 160
+tcc-packs: setup ## refit the committed TCC packs (data/tcc/): tiny-fashion (cfg 1.5 and 4.0) and tiny-digits (cfg 1.5), fora-50 and l2c, 32 samples per class, class pooling and (cfg 1.5) token pooling
+	for model in tiny-fashion tiny-digits; do for host in fora-50 l2c; do \
+		$(call TCC_PACK,$$model) --host $$host --cfg-scale 1.5; \
+		$(call TCC_PACK,$$model) --host $$host --cfg-scale 1.5 --pooling token; done; done
+	for host in fora-50 l2c; do $(call TCC_PACK,tiny-fashion) --host $$host --cfg-scale 4; done
 
 data/tcc/tiny-digits_ddim20_cfg4_%.safetensors: | setup
-	$(TCC_PACK) --host $* --cfg-scale 4
+	$(call TCC_PACK,tiny-digits) --host $* --cfg-scale 4
 
 EVAL_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-50,fora-50+goc,fora-50+goc:auto,fora-50+tcc,l2c,l2c+goc,l2c+goc:auto,l2c+tcc,l2c+goc:coupling=unit,l2c+goc:auto:coupling=unit
+EVAL = $(BIN)/goc eval --model $(1) --cfg-scale 1.5,4.0 --num-samples 2000 --per-device-batch 250 --methods $(EVAL_METHODS) \
+	--latency-repeats 5 --fid-bootstrap 20 --out runs/eval/$(1) --table $(2)
 
-eval-tiny: setup $(TCC_CFG4_PACKS) ## the committed tiny-digits results table: 14 methods x 2,000 samples x cfg 1.5 and 4.0 (resumable; fits the cfg 4.0 TCC packs first if missing)
-	$(BIN)/goc eval --model tiny-digits --cfg-scale 1.5,4.0 --num-samples 2000 --per-device-batch 250 \
-		--methods $(EVAL_METHODS) \
-		--latency-repeats 5 --fid-bootstrap 20 --out runs/eval/tiny-digits --table figures/05_eval_tiny
+EVAL_PAIRS := --pair fora-50+goc fora-50 --pair l2c+goc l2c --pair fora-25+goc fora-25 \
+	--pair fora-50+goc:auto fora-50+goc --pair l2c+goc:auto l2c+goc --pair fora-25+goc:auto fora-25+goc \
+	--pair l2c+goc:coupling=unit l2c+goc --pair l2c+goc:auto:coupling=unit l2c+goc:auto \
+	--pair fora-50+tcc fora-50 --pair l2c+tcc l2c --pair fora-50+tcc fora-50+goc --pair l2c+tcc l2c+goc
+
+eval: setup ## the results table on tiny-fashion: 14 methods x 2,000 samples x cfg 1.5 and 4.0, then its paired verdicts (resumable; writes figures/05_eval and 05_verdicts)
+	$(call EVAL,tiny-fashion,figures/05_eval)
+	$(BIN)/goc verdicts runs/eval/tiny-fashion --model tiny-fashion --cfg-scale 1.5,4.0 $(EVAL_PAIRS) --table figures/05_verdicts
+
+eval-tiny: setup data/tcc/tiny-digits_ddim20_cfg4_fora-50.safetensors data/tcc/tiny-digits_ddim20_cfg4_l2c.safetensors ## the same table on tiny-digits (fits its cfg 4.0 TCC packs first; writes figures/tiny-digits/05_eval_tiny)
+	$(call EVAL,tiny-digits,figures/tiny-digits/05_eval_tiny)
 
 SPACE := $(subst ,, )
 PEER_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-25+taylor,fora-50,fora-50+goc,fora-50+goc:auto,fora-50+taylor,fora-50+tcc,\
@@ -93,12 +108,14 @@ cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=taylorseer:order=1
 cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=foca,\
 cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=dmd
 
-peers-tiny: setup ## the committed peers table: tiny-digits through diffusers, our methods, diffusers' caches and cache-dit's DBCache, 2,000 samples, cfg 1.5 (resumable)
-	$(BIN)/goc eval --model tiny-digits --backend diffusers --cfg-scale 1.5 --num-samples 2000 --per-device-batch 250 \
-		--methods $(subst $(SPACE),,$(PEER_METHODS)) \
-		--latency-repeats 5 --fid-bootstrap 20 --out runs/eval/tiny-digits-diffusers --table figures/07_diffusers_peers
+PEERS = $(BIN)/goc eval --model $(1) --backend diffusers --cfg-scale 1.5 --num-samples 2000 --per-device-batch 250 \
+	--methods $(subst $(SPACE),,$(2)) --latency-repeats 5 --fid-bootstrap 20 --out runs/eval/$(1)-diffusers --table $(3)
 
-peers: peers-tiny ## the same as peers-tiny (the study's default model)
+peers: setup ## the peers table on tiny-fashion through diffusers: our methods, diffusers' caches, cache-dit's DBCache, TCC; 2,000 samples, cfg 1.5 (resumable; writes figures/07_diffusers_peers)
+	$(call PEERS,tiny-fashion,$(PEER_METHODS_FASHION),figures/07_diffusers_peers)
+
+peers-tiny: setup ## the same table on tiny-digits (writes figures/tiny-digits/07_diffusers_peers)
+	$(call PEERS,tiny-digits,$(PEER_METHODS),figures/tiny-digits/07_diffusers_peers)
 
 clean: ## remove the virtual environment and scratch runs
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -57,6 +57,26 @@ DIGITS_REFERENCE_BATCH: Path = DATA_DIR / "reference" / "digits_ref.npz"
 """ADM-format reference batch of the real digits with digits-classifier statistics (``goc fid --features digits``)."""
 
 
+STUDY_MODEL = "tiny-fashion"
+"""The study's default model: its committed figures are ``figures/``; every other model's are
+``figures/<model>/`` (``figures/tiny-digits/``, ``figures/DiT-XL-2/``)."""
+
+
+def model_figures_dir(model: str) -> Path:
+    """Where the committed figures and tables of ``model`` live: ``figures/`` for :data:`STUDY_MODEL`, else
+    ``figures/<model with / as ->/``."""
+    root = PROJECT_ROOT / "figures"
+    return root if model == STUDY_MODEL else root / model.replace("/", "-")
+
+
+def default_figures_dir(model: str, smoke: bool = False) -> Path:
+    """Where a run's figures go: ``$GOC_FIGURES_DIR`` when set, else ``runs/smoke/figures/`` for a smoke run (few
+    samples: never the committed figures), else :func:`model_figures_dir`."""
+    if os.environ.get("GOC_FIGURES_DIR"):
+        return Path(os.environ["GOC_FIGURES_DIR"]).absolute()
+    return RUNS_DIR / "smoke" / "figures" if smoke else model_figures_dir(model)
+
+
 def figure_path(name: str, suffix: str = ".png") -> Path:
     """Path of a study figure, ``figures/<name><suffix>`` (folder created on demand)."""
     FIGURES_DIR.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from goc_utils.evaluation.metrics.adm import (
     FIDStatistics,
     MetricError,
     compute_statistics,
+    fid_bootstrap_std,
     inception_score,
     manifold_radii,
     precision_recall,
@@ -326,8 +327,8 @@ def test_paired_psnr_difference_finds_a_planted_gap_and_its_spread_shrinks_with_
     for name, images in files.items():
         write_npz(tmp_path / f"{name}.npz", arr_0=images)
     result = paired_psnr_difference(tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "none.npz", resamples=100)
-    assert result.psnr_a == pytest.approx(psnr(files["a"], reference), abs=1e-9)
-    assert result.psnr_b == pytest.approx(psnr(files["b"], reference), abs=1e-9)
+    assert result.a == pytest.approx(psnr(files["a"], reference), abs=1e-9)
+    assert result.b == pytest.approx(psnr(files["b"], reference), abs=1e-9)
     assert result.difference == pytest.approx(20 * np.log10(2), abs=0.1)  # half the noise: +6.02 dB
     assert 0 < result.std < 0.2
     for name, images in files.items():
@@ -380,3 +381,24 @@ def test_goc_fid_float32_distances(tmp_path, capsys):
         printed[precision] = dict(line.split(": ") for line in capsys.readouterr().out.strip().splitlines())
     assert printed["float16"]["FID"] == printed["float32"]["FID"]
     assert 0 < float(printed["float32"]["Precision"]) <= 1
+
+
+def test_paired_fid_difference_resolves_what_each_methods_own_spread_cannot():
+    from goc_utils.evaluation.metrics.adm import paired_fid_difference
+
+    rng = np.random.default_rng(0)
+    ref = compute_statistics(rng.normal(size=(20000, 6)))
+    shared = rng.normal(size=(400, 6))  # the noise both methods start from
+    a, b = shared, shared + 0.05  # B drifts away from the reference
+    result = paired_fid_difference(a, b, ref, resamples=100)
+    assert result.a == pytest.approx(compute_statistics(a).frechet_distance(ref), abs=1e-9)
+    assert result.b == pytest.approx(compute_statistics(b).frechet_distance(ref), abs=1e-9)
+    means = [np.sum((x.mean(axis=0) - ref.mu) ** 2) for x in (a, b)]
+    assert result.difference == pytest.approx(means[0] - means[1], abs=1e-9)  # same covariance: only the means
+    own = fid_bootstrap_std(b, ref, resamples=100)
+    assert abs(result.difference) < 2 * own  # each method's own spread hides the gap...
+    assert result.resolved and result.std < own / 2  # ...the paired one resolves it
+    same = paired_fid_difference(a, a, ref, resamples=20)
+    assert same.difference == 0 and same.std == 0 and not same.resolved
+    with pytest.raises(MetricError, match="same --num-samples"):
+        paired_fid_difference(a, b[:300], ref)

@@ -117,7 +117,10 @@ def test_smoke_runs_never_write_the_committed_figures(tmp_path, monkeypatch, cap
 
     monkeypatch.delenv("GOC_FIGURES_DIR", raising=False)
     assert figures_dir_for(smoke=True) == paths.RUNS_DIR / "smoke" / "figures"
-    assert figures_dir_for(smoke=False) == paths.PROJECT_ROOT / "figures"
+    assert figures_dir_for(smoke=False) == paths.PROJECT_ROOT / "figures"  # the study's model: tiny-fashion
+    assert figures_dir_for(smoke=False, model="tiny-digits") == paths.PROJECT_ROOT / "figures" / "tiny-digits"
+    assert figures_dir_for(smoke=False, model="DiT-XL/2") == paths.PROJECT_ROOT / "figures" / "DiT-XL-2"
+    assert figures_dir_for(smoke=True, model="tiny-digits") == paths.RUNS_DIR / "smoke" / "figures"
     assert figures_dir_for(smoke=True, figures_dir=tmp_path) == tmp_path.resolve()
     committed = {p.name: p.stat().st_mtime_ns for p in (paths.PROJECT_ROOT / "figures").glob("01_*")}
     smoke_figure = paths.RUNS_DIR / "smoke" / "figures" / "01_samples.png"
@@ -140,3 +143,18 @@ def test_wrong_parameter_type_is_refused_before_running_and_a_failing_cell_is_na
         run_notebooks(
             "tiny", smoke=True, params={"model": "DiT-XXL/2"}, only=["01"], output_dir=tmp_path, progress=False
         )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_defaults_to_the_studys_model_as_make_study_does(path):
+    import ast
+
+    from goc_utils.cli import build_parser
+    from goc_utils.study.notebooks import DEFAULT_PRESET, PRESETS
+
+    cell = next(c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
+    values = {n.target.id: ast.literal_eval(n.value) for n in ast.parse("".join(cell["source"])).body
+              if isinstance(n, ast.AnnAssign)}  # fmt: skip
+    assert values["model"] == paths.STUDY_MODEL == "tiny-fashion"  # opened in JupyterLab: the latent tier
+    assert PRESETS[DEFAULT_PRESET]["model"] == paths.STUDY_MODEL
+    assert build_parser().parse_args(["notebooks"]).preset == DEFAULT_PRESET

@@ -105,3 +105,17 @@ def test_slow_models_get_a_sample_button_instead_of_live_updates():
     assert explorer.state["cache_ratio"] == first["cache_ratio"] and "press" in explorer.busy.value
     explorer.sample_button.click()
     assert explorer.state["cache_ratio"] > first["cache_ratio"] and explorer.busy.value == ""
+
+
+def test_the_latent_tier_updates_live_with_the_vae_decode_in_the_loop():
+    from goc_utils.model.vae import load_vae
+
+    model, vae = load_model("tiny-fashion"), load_vae(str(paths.TINY_FASHION_VAE), "cpu")
+    explorer = ThresholdExplorer(model, [0, 7], steps=10, vae=vae)
+    assert explorer.live  # 40 MMACs per forward: no sample button
+    assert explorer.reference.images.shape == (2, 32, 32, 1)  # decoded garments, not 8x8x4 latents
+    explorer.compensator.value = "none"
+    explorer.interval.value = 3  # re-sampled and decoded at once
+    assert explorer.state["cache_ratio"] == pytest.approx(0.6) and explorer.state["images"].shape == (2, 32, 32, 1)
+    assert explorer.state["rmse"] > 0 and explorer.state["step_rmse"].shape == (10,)
+    assert not np.array_equal(explorer.state["images"], explorer.reference.images)

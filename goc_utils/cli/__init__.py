@@ -11,7 +11,7 @@ module                    commands
 :mod:`.train`             ``train-tiny``, ``train-router``, ``train-classifier``, ``train-fashion``
 :mod:`.study`             ``tiny-report``, ``notebooks``, ``bench``
 :mod:`.priors`            ``priors``, ``inflections``, ``tcc-pack``
-:mod:`.evaluate`          ``eval-sample``, ``fid``, ``eval``, ``compare``
+:mod:`.evaluate`          ``eval-sample``, ``fid``, ``eval``, ``compare``, ``verdicts``
 :mod:`.export`            ``export-diffusers``
 ========================  =========================================
 """
@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fid": ("evaluate", "IS, FID, sFID, precision, recall of a sample npz vs a reference npz"),
     "eval": ("evaluate", "sample every method and score it -> results table"),
     "compare": ("evaluate", "paired PSNR difference of two methods vs the un-cached samples, with its spread"),
+    "verdicts": ("evaluate", "paired PSNR and FID differences of method pairs of a goc eval run, resolved or not"),
     "export-diffusers": ("export", "write a preset's weights as a diffusers DiTTransformer2DModel folder"),
 }
 """Command -> (module in ``goc_utils.cli``, one-line help). Each module has ``add_<command>(parser)``."""

@@ -1,4 +1,4 @@
-"""``goc eval-sample``, ``goc fid``, ``goc eval`` and ``goc compare``: the ADM evaluation harness."""
+"""``goc eval-sample``, ``goc fid``, ``goc eval``, ``goc compare`` and ``goc verdicts``: the ADM evaluation harness."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from goc_utils.cli.common import (
     check_writable,
     number,
 )
-from goc_utils.errors import InvalidArgumentError
+from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.evaluation.eval import (
     TABLE_METHODS,
     EvalSettings,
@@ -46,6 +46,8 @@ from goc_utils.evaluation.metrics.features import (
 )
 from goc_utils.evaluation.metrics.fidelity import paired_psnr_difference
 from goc_utils.evaluation.sampling import check_space
+from goc_utils.evaluation.tables import markdown_table, write_table
+from goc_utils.evaluation.verdicts import verdict_rows
 from goc_utils.integrations.diffusers.peers import diffusers_backend
 from goc_utils.lists import number_list
 from goc_utils.model.checkpoints import load_model, resolve_device
@@ -260,6 +262,48 @@ def _samples_file(text: str) -> Path:
     """A batch file, or an eval folder (``OUT/cfg1.5/fora-50``) holding ``samples.npz``."""
     path = Path(text)
     return path / "samples.npz" if path.is_dir() else path
+
+
+def cmd_verdicts(args: argparse.Namespace) -> int:
+    pairs = [tuple(pair) for pair in args.pair]
+    for a, b in pairs:
+        if a == b:
+            raise InvalidArgumentError(f"--pair {shorten(a, 60)} {shorten(b, 60)} compares a method with itself")
+    features = args.features or default_features(args.model)
+    ref = args.ref_batch or default_reference(features)
+    if ref is None:
+        raise InvalidArgumentError("--ref-batch is required with Inception features (VIRTUAL_imagenet256_labeled.npz)")
+    batch_info(ref)
+    extractor = build_extractor(features, resolve_device(args.device), args.inception_weights)
+    rows = verdict_rows(args.run, pairs, args.cfg_scale, extractor, ref, args.resamples, args.seed)
+    if args.table:
+        table = Path(args.table)
+        write_table(rows, table.name, table.parent)
+    print(markdown_table(rows), end="")
+    return 0
+
+
+def add_verdicts(p: argparse.ArgumentParser) -> None:
+    """The study's verdicts from a goc eval run: for each --pair A B and cfg scale, the paired PSNR difference
+    against the un-cached samples and the paired FID difference against the reference, each with its paired
+    bootstrap std (the same images resampled for both methods) and whether it is resolved (beyond 2 std). Nothing
+    is sampled: run goc eval with the methods first."""
+    p.add_argument("run", help="a goc eval --out folder (holding cfg1.5/<method>/samples.npz)")
+    p.add_argument("--pair", nargs=2, action="append", required=True, metavar=("A", "B"),
+                   help="two method strings of the run; repeat for more pairs")  # fmt: skip
+    p.add_argument("--model", default="tiny-fashion", help="preset whose judge gives the features (default "
+                   "tiny-fashion)")  # fmt: skip
+    p.add_argument("--cfg-scale", type=lambda t: number_list(t, float, "--cfg-scale", "1.5,4.0"), default=[1.5],
+                   help="comma-separated cfg scales of the run (default 1.5)")  # fmt: skip
+    p.add_argument("--features", choices=list(FEATURE_EXTRACTORS), default=None,
+                   help="feature extractor (default: the model's judge, inception for DiT)")  # fmt: skip
+    p.add_argument("--ref-batch", default=None, help="reference npz (default: the features' committed reference)")
+    p.add_argument("--inception-weights", default=None, help="local FID Inception weights (inception features)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--resamples", type=at_least(2), default=200, help="bootstrap resamples (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--table", default=None, help="path prefix of the table to write (.csv and .md)")
+    p.set_defaults(func=cmd_verdicts)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from goc_utils import paths
 from goc_utils.cache import PackSource, split_methods, without_router
 from goc_utils.cache.l2c import default_router
 from goc_utils.cli.common import (
@@ -30,7 +31,14 @@ from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.presets import create_model
 from goc_utils.model.sampler import set_tf32
 from goc_utils.priors.stats import priors_for_run
-from goc_utils.study.notebooks import PRESETS, figures_dir_for, load_params_file, run_notebooks
+from goc_utils.study.notebooks import (
+    DEFAULT_PRESET,
+    PRESETS,
+    figures_dir_for,
+    load_params_file,
+    preset_model,
+    run_notebooks,
+)
 from goc_utils.study.tier_report import fashion_tier_report, tiny_report
 
 
@@ -42,21 +50,15 @@ def cmd_tiny_report(args: argparse.Namespace) -> int:
     counts = number_list(args.fid_samples, int, "--fid-samples list", "2000,5000")
     if not all(n >= 2 for n in counts):
         raise InvalidArgumentError(f"--fid-samples must be comma-separated counts >= 2 (got {args.fid_samples!r})")
-    rows = tiny_report(
-        args.model,
-        per_class=args.per_class,
-        steps=args.steps,
-        seed=args.seed,
-        ckpt=args.ckpt,
-        out_dir=Path(args.out_dir) if args.out_dir else None,
-    )
+    out_dir = Path(args.out_dir) if args.out_dir else paths.default_figures_dir(args.model)
+    rows = tiny_report(args.model, per_class=args.per_class, steps=args.steps, seed=args.seed, ckpt=args.ckpt,
+                       out_dir=out_dir)  # fmt: skip
     for r in rows:
         print(
             f"cfg {r.cfg_scale:g}: classifier agreement {100 * r.agreement:.1f}% on {r.samples} samples "
             f"({r.images_per_second:.0f} images/s)"
         )
     if args.model == "tiny-fashion":
-        out_dir = Path(args.out_dir) if args.out_dir else None
         report = fashion_tier_report(counts, ckpt=args.ckpt, out_dir=out_dir)
         for quantity, value in report.items():
             print(f"{quantity}: {value}")
@@ -65,7 +67,8 @@ def cmd_tiny_report(args: argparse.Namespace) -> int:
 
 def add_tiny_report(p: argparse.ArgumentParser) -> None:
     """Sample a tiny tier at cfg 1.5 and 4.0 and judge the samples with its classifier: writes
-    figures/00_tiny_samples.png and 00_tiny_agreement.md (tiny-digits) or figures/00_fashion_* (tiny-fashion)."""
+    figures/tiny-digits/00_tiny_samples.png and 00_tiny_agreement.md (tiny-digits) or figures/00_fashion_*
+    (tiny-fashion)."""
     p.add_argument(
         "--model", choices=["tiny-digits", "tiny-fashion"], default="tiny-digits", help="tier (default tiny-digits)"
     )
@@ -79,7 +82,9 @@ def add_tiny_report(p: argparse.ArgumentParser) -> None:
         default="2000,5000",
         help="tiny-fashion: un-cached FID at these sample counts, cfg 1.5, with bootstrap spread (default 2000,5000)",
     )
-    p.add_argument("--out-dir", default=None, help="output folder (default figures/)")
+    p.add_argument(
+        "--out-dir", default=None, help="output folder (default: the model's figures, figures/ or figures/tiny-digits/)"
+    )
     p.set_defaults(func=cmd_tiny_report)
 
 
@@ -89,7 +94,8 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
         numbers = [number.zfill(2) for number in split_items(args.only, "--only list", "01,03")]
         only = refuse_repeats(numbers, "--only list", args.only, "01,03")
     params = load_params_file(args.params)
-    figures = check_output_dir(figures_dir_for(args.smoke, args.figures_dir), "--figures-dir")
+    model = preset_model(args.preset, params)
+    figures = check_output_dir(figures_dir_for(args.smoke, args.figures_dir, model), "--figures-dir")
     started = time.perf_counter()
     done = run_notebooks(args.preset, args.smoke, params, only, figures_dir=figures)
     for path, seconds in done:
@@ -103,8 +109,9 @@ def add_notebooks(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         choices=list(PRESETS),
-        default="tiny",
-        help="tiny (embedded tiny-digits), fashion (embedded latent tiny-fashion + its VAE) or xl (DiT-XL/2)",
+        default=DEFAULT_PRESET,
+        help="fashion (the default: embedded latent tiny-fashion + its VAE; figures/), tiny (embedded tiny-digits; "
+        "figures/tiny-digits/) or xl (DiT-XL/2; figures/DiT-XL-2/)",
     )
     p.add_argument("--smoke", action="store_true", help="fast mode (few samples), as in the tests")
     p.add_argument("--params", default=None, help="YAML file of parameter overrides (e.g. ckpt and vae for xl)")
@@ -117,7 +124,8 @@ def add_notebooks(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--figures-dir",
         default=None,
-        help="where figures and tables go (default: figures/; with --smoke: runs/smoke/figures/)",
+        help="where figures and tables go (default: the model's, figures/ for tiny-fashion, figures/tiny-digits/ ...; "
+        "with --smoke: runs/smoke/figures/)",
     )
     p.set_defaults(func=cmd_notebooks)
 

@@ -9,7 +9,7 @@ from goc_utils import paths
 from goc_utils.cache import without_router
 from goc_utils.cache.l2c import default_router
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.eval import EvalSettings, parse_methods, rounded, run_eval, write_results
+from goc_utils.evaluation.eval import EvalSettings, parse_methods, read_results, rounded, run_eval, write_results
 from goc_utils.evaluation.metrics.batches import batch_info
 from goc_utils.evaluation.metrics.features import build_extractor, default_features, default_reference
 from goc_utils.evaluation.tables import show_table, write_table
@@ -18,9 +18,31 @@ from goc_utils.study.params import StudyParams
 
 __all__ = [  # what notebook 05 uses
     "StudyParams",
+    "committed_rows",
     "fid_table",
     "show_table",
 ]
+
+SHARED_SAMPLES = 2000
+"""The sample count of ``make eval`` (and of notebook 08's FID points): runs of this many samples per method live in
+``runs/eval/<model>/`` and are shared; other counts get their own folder (:func:`default_samples_dir`)."""
+
+
+def default_samples_dir(model: str, num_samples: int) -> Path:
+    """``runs/eval/<model>/`` for :data:`SHARED_SAMPLES`, else ``runs/eval/<model>-n<num_samples>/`` (a finished run
+    is never shrunk or grown under another count's settings)."""
+    name = model.replace("/", "-")
+    return paths.RUNS_DIR / "eval" / (name if num_samples == SHARED_SAMPLES else f"{name}-n{num_samples}")
+
+
+def committed_rows(model: str, name: str) -> list[dict]:
+    """Rows of a committed table of ``model`` (``figures/<name>.csv`` for tiny-fashion, ``figures/<model>/...``
+    otherwise), or ``[]`` and one printed line when it was not made for this model."""
+    path = paths.model_figures_dir(model) / f"{name}.csv"
+    if not path.is_file():
+        print(f"no {name} table for {model} ({path})")
+        return []
+    return read_results(path)
 
 
 def fid_table(
@@ -43,8 +65,9 @@ def fid_table(
     The table leaves out wall-clock columns (so ``make study`` reproduces it byte for byte);
     latencies go to ``figures/<name>_latency.csv|md``, which changes from run to run.
 
-    Samples go to ``samples_dir`` (default ``runs/eval/<model>/cfg<c>/<method>/``), the folder
-    ``make eval-tiny`` fills too, so a finished run is only re-scored. ``l2c`` methods are skipped
+    Samples go to ``samples_dir`` (default :func:`default_samples_dir`: with 2,000 samples
+    ``runs/eval/<model>/cfg<c>/<method>/``, the folder ``make eval`` fills too, so a finished run is only
+    re-scored). ``l2c`` methods are skipped
     when no router is given and none is committed for the model.
     """
     features = features or default_features(p.model)
@@ -60,7 +83,7 @@ def fid_table(
     scales = number_list(cfg_scales, float, "cfg list", "1.5 or 1.5,4.0")
     model, vae = p.load_model(), p.load_vae()
     extractor = build_extractor(features, p.torch_device, inception_weights or None)
-    out = Path(samples_dir) if samples_dir else paths.RUNS_DIR / "eval" / p.model.replace("/", "-")
+    out = Path(samples_dir) if samples_dir else default_samples_dir(p.model, num_samples)
     rows = []
     for cfg in scales:
         settings = EvalSettings(

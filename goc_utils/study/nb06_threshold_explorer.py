@@ -11,7 +11,9 @@ Four panels, all recomputed from the same noise on every change:
 Presets set the paper's configurations in one click (FORA-25 + GOC w 1.2 at steps 3, 5, 7, 9; FORA-50 + GOC with its
 published steps; L2C + GOC w 0.8; ``auto``: inflection-aware steps and least-squares w from priors); the default is
 the paper's FORA-50 setting. Sliders re-sample when released (``continuous_update=False``) and a busy line
-shows while sampling; for slow models (latent presets such as DiT-XL/2) a **sample** button replaces live updates.
+shows while sampling; the images are decoded by the VAE inside every update on latent models (tiny-fashion); for
+slow models (more than :data:`LIVE_MAX_MACS` per forward, such as DiT-XL/2) a **sample** button replaces live
+updates.
 
 The callbacks call the same functions as the static study cells (:class:`CacheMethod`,
 :func:`goc_utils.evaluation.sampling.generate`, :mod:`goc_utils.model.macs`), so what a slider shows is what
@@ -55,6 +57,9 @@ __all__ = [  # what notebook 06 uses
 COMPUTED, REUSED, CORRECTED = 0, 1, 2
 MAP_COLOURS = ListedColormap(["#d9d9d9", "#4c72b0", "#dd8452"])
 """Schedule map colours: computed (grey), reused plain (blue), reused and corrected (orange)."""
+LIVE_MAX_MACS = 10**9
+"""Models cheaper than this per image and forward (the tiny tiers: 40 MMACs) re-sample on every change; costlier
+ones (DiT-XL/2: 119 GMACs at 256 px) show a **sample** button."""
 DIFF_GAIN = 4
 """The difference row shows ``DIFF_GAIN * |cached - un-cached|`` (clipped to 255)."""
 
@@ -74,8 +79,9 @@ class ThresholdExplorer:
     ``unit_map`` (``(steps, depth, 2)``: 0 computed, 1 reused, 2 reused and corrected), ``step_rmse`` (per step)
     and ``error`` (a message when the settings are invalid).
 
-    ``live``: re-sample on every change (default for pixel-space models); False shows a **sample** button instead
-    (default for latent presets such as DiT-XL/2, where one update takes long).
+    ``live``: re-sample (and VAE-decode, for latent models) on every change, the default for models under
+    :data:`LIVE_MAX_MACS`; False shows a **sample** button instead (the default for DiT-XL/2, where one update takes
+    long).
     """
 
     def __init__(
@@ -94,8 +100,8 @@ class ThresholdExplorer:
 
         self.model, self.labels, self.steps, self.cfg_scale, self.seed = model, list(labels), steps, cfg_scale, seed
         self.router, self.priors, self.vae = router, priors, vae
-        self.live = vae is None if live is None else live
         self.macs = model_macs(model)
+        self.live = self.macs.forward < LIVE_MAX_MACS if live is None else live
         self._reference_steps: list = []
         self.reference = generate(model, self.labels, seed=seed, steps=steps, cfg_scale=cfg_scale, vae=vae,
                                   callback=lambda s, x: self._reference_steps.append(x.clone()))  # fmt: skip

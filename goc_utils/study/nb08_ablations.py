@@ -30,6 +30,7 @@ from goc_utils.evaluation.tables import write_table
 from goc_utils.priors.auto import auto_goc, unit_macs_weights
 from goc_utils.priors.replay import simulate_goc, weighted_error
 from goc_utils.priors.stats import PriorStats, default_priors_path
+from goc_utils.study.nb05_fid_tables import default_samples_dir
 from goc_utils.study.params import StudyParams
 
 __all__ = [  # what notebook 08 uses
@@ -41,6 +42,7 @@ __all__ = [  # what notebook 08 uses
     "ablation_verdicts",
     "default_priors_path",
     "default_router",
+    "default_samples_dir",
     "inflection_methods",
     "rank_correlation",
     "ratio_methods",

@@ -3,8 +3,9 @@
 Notebooks ``notebooks/NN_name.ipynb`` run in order; executed copies go to
 ``runs/notebooks/`` (git-ignored) and figures to ``figures/`` (a smoke run: to
 ``runs/smoke/figures/``, so that it never overwrites the committed figures). Parameters come from a preset
-(``tiny`` = the embedded tiny-digits model, the default; ``fashion`` = the embedded latent tiny-fashion model and
-its VAE; ``xl`` = DiT-XL/2, which needs checkpoint paths from ``--params``), ``--smoke`` (fast CI runs) and an
+(``fashion`` = the embedded latent tiny-fashion model and its VAE, the default, whose figures are ``figures/``;
+``tiny`` = the embedded pixel-space tiny-digits model, figures in ``figures/tiny-digits/``; ``xl`` = DiT-XL/2, which
+needs checkpoint paths from ``--params``, figures in ``figures/DiT-XL-2/``), ``--smoke`` (fast CI runs) and an
 optional YAML file.
 A failing notebook is reported as one line naming the notebook and the cell.
 """
@@ -24,11 +25,14 @@ from goc_utils.errors import GocError, InvalidArgumentError, first_line, shorten
 from goc_utils.files import input_file
 
 PRESETS: dict[str, dict] = {
-    "tiny": {"model": "tiny-digits"},
     "fashion": {"model": "tiny-fashion"},
+    "tiny": {"model": "tiny-digits"},
     "xl": {"model": "DiT-XL/2", "image_size": 256, "device": "cuda"},
 }
 """Parameter overrides per study preset."""
+
+DEFAULT_PRESET = "fashion"
+"""The study's default preset (``make study``, ``goc notebooks``): :data:`goc_utils.paths.STUDY_MODEL`."""
 
 
 class NotebookError(GocError):
@@ -138,7 +142,7 @@ def load_params_file(path: str | Path | None) -> dict:
 
 
 def run_notebooks(
-    preset: str = "tiny",
+    preset: str = DEFAULT_PRESET,
     smoke: bool = False,
     params: dict | None = None,
     only: list[str] | None = None,
@@ -148,17 +152,17 @@ def run_notebooks(
 ) -> list[tuple[Path, float]]:
     """Execute the notebooks in order; return ``(executed copy, seconds)`` per notebook.
 
-    Figures go to ``figures_dir``, else to ``$GOC_FIGURES_DIR`` when set, else to ``figures/``
-    (:func:`figures_dir_for` with ``smoke``: ``runs/smoke/figures/``).
+    Figures go to ``figures_dir``, else to ``$GOC_FIGURES_DIR`` when set, else to the model's committed figures
+    (:func:`figures_dir_for`: ``figures/`` for tiny-fashion, ``figures/tiny-digits/``...; with ``smoke``:
+    ``runs/smoke/figures/``).
     """
-    if preset not in PRESETS:
-        raise InvalidArgumentError(f"unknown study preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    model = preset_model(preset, params)
     notebooks = study_notebooks(only, include_long=smoke)
     check_parameters(params or {}, notebooks)
     parameters = dict(PRESETS[preset]) | {"smoke": smoke, "interactive": False} | (params or {})
     output_dir = Path(output_dir or paths.EXECUTED_NOTEBOOKS_DIR)
     output_dir.mkdir(parents=True, exist_ok=True)
-    figures = figures_dir_for(smoke, figures_dir)
+    figures = figures_dir_for(smoke, figures_dir, model)
     previous = os.environ.get(FIGURES_VARIABLE)
     os.environ[FIGURES_VARIABLE] = str(figures)  # the kernels inherit it (goc_utils.paths.FIGURES_DIR)
     try:
@@ -176,17 +180,20 @@ QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 """Kernel arguments: no start-up warnings (ipykernel warns about its loopback-only TCP transport)."""
 
 
-def figures_dir_for(smoke: bool, figures_dir: str | Path | None = None) -> Path:
-    """Where a run's figures go: the given folder, ``$GOC_FIGURES_DIR``, or ``figures/``.
-
-    A smoke run (few samples, CI quality) defaults to ``runs/smoke/figures/`` instead, so that it never
-    overwrites the committed figures.
-    """
+def figures_dir_for(smoke: bool, figures_dir: str | Path | None = None, model: str = paths.STUDY_MODEL) -> Path:
+    """Where a run's figures go: the given folder, else :func:`goc_utils.paths.default_figures_dir` (
+    ``$GOC_FIGURES_DIR``; a smoke run's ``runs/smoke/figures/``, so that it never overwrites the committed figures;
+    ``figures/`` for the study's model, ``figures/<model>/`` for the others)."""
     if figures_dir is not None:  # absolute (the kernels run in notebooks/), links kept for check_output_dir to judge
         return Path(figures_dir).absolute()
-    if os.environ.get(FIGURES_VARIABLE):
-        return Path(os.environ[FIGURES_VARIABLE]).absolute()
-    return paths.RUNS_DIR / "smoke" / "figures" if smoke else paths.PROJECT_ROOT / "figures"
+    return paths.default_figures_dir(model, smoke)
+
+
+def preset_model(preset: str, params: dict | None = None) -> str:
+    """The model a run of ``preset`` with ``params`` overrides samples."""
+    if preset not in PRESETS:
+        raise InvalidArgumentError(f"unknown study preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    return str((params or {}).get("model", PRESETS[preset]["model"]))
 
 
 def _execute(notebooks: list[Path], parameters: dict, output_dir: Path, progress: bool) -> list[tuple[Path, float]]:

@@ -7,14 +7,13 @@ gives PSNR = inf and SSIM = 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.evaluation.metrics.batches import batch_info, iter_images
+from goc_utils.evaluation.metrics.paired import PairedDifference, paired_bootstrap
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
@@ -108,42 +107,12 @@ def squared_errors(path, reference, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-@dataclass(frozen=True)
-class PairedDifference:
-    """Two methods' PSNR against the same reference samples, and the spread of their difference.
-
-    Attributes:
-        psnr_a, psnr_b: pooled PSNR (dB) of each method against the reference (:func:`psnr`'s definition).
-        difference: ``psnr_a - psnr_b`` (dB); positive: A is closer to the reference.
-        std: bootstrap standard deviation of ``difference`` (dB): the images are resampled with replacement and the
-            same resample is used for both methods (paired: the noise they share cancels).
-        count: images per method; resamples: bootstrap resamples.
-    """
-
-    psnr_a: float
-    psnr_b: float
-    difference: float
-    std: float
-    count: int
-    resamples: int
-
-    def report(self, name_a: str = "A", name_b: str = "B") -> str:
-        resolved = "resolved" if abs(self.difference) > 2 * self.std else "within 2 spreads: not resolved"
-        return (
-            f"PSNR vs reference: {name_a} {self.psnr_a:.2f} dB, {name_b} {self.psnr_b:.2f} dB; {name_a} - {name_b} = "
-            f"{self.difference:+.2f} +- {self.std:.2f} dB (paired bootstrap std, {self.resamples} resamples of "
-            f"{self.count} images; {resolved})"
-        )
-
-
 def paired_psnr_difference(
     path_a, path_b, reference, resamples: int = 200, seed: int = 0, batch_size: int = 256
 ) -> PairedDifference:
     """PSNR of two sample files against the reference of the same noise and the paired bootstrap spread of the
     difference (:class:`PairedDifference`). A method that reproduces the reference exactly has no finite PSNR to
     compare and is refused in one line."""
-    if resamples < 2:
-        raise InvalidArgumentError(f"resamples must be >= 2 to give a spread (got {resamples})")
     errors = {}
     for name, path in (("A", path_a), ("B", path_b)):
         errors[name] = squared_errors(path, reference, batch_size)
@@ -156,16 +125,11 @@ def paired_psnr_difference(
         raise InvalidArgumentError(f"the two files hold {len(a)} and {len(b)} images; sample both with one count")
     pixels = int(np.prod(batch_info(reference).image_shape))
 
-    def pooled(sse: np.ndarray) -> np.ndarray:
-        return 10 * np.log10(255.0**2 * pixels / np.maximum(sse, np.finfo(np.float64).tiny))
+    def pooled(sse: np.ndarray) -> float:
+        return float(10 * np.log10(255.0**2 * pixels / max(float(sse.mean()), np.finfo(np.float64).tiny)))
 
-    rng = np.random.default_rng(seed)
-    spread = np.empty(resamples)
-    for r in range(resamples):  # one resample at a time: memory stays O(N) for 50,000 images
-        index = rng.integers(0, len(a), size=len(a))
-        spread[r] = pooled(a[index].mean()) - pooled(b[index].mean())
-    psnr_a, psnr_b = float(pooled(a.mean())), float(pooled(b.mean()))
-    return PairedDifference(psnr_a, psnr_b, psnr_a - psnr_b, float(spread.std(ddof=1)), len(a), resamples)
+    psnr_a, psnr_b, std = paired_bootstrap(lambda index: (pooled(a[index]), pooled(b[index])), len(a), resamples, seed)
+    return PairedDifference("PSNR vs reference", "dB", psnr_a, psnr_b, psnr_a - psnr_b, std, len(a), resamples)
 
 
-__all__ = ["PairedDifference", "file_fidelity", "paired_psnr_difference", "psnr", "squared_errors", "ssim"]
+__all__ = ["file_fidelity", "paired_psnr_difference", "psnr", "squared_errors", "ssim"]

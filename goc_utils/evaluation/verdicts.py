@@ -1,0 +1,68 @@
+"""The study's verdicts (``goc verdicts``): pairs of methods from a ``goc eval`` run compared on the same noise.
+
+For each pair ``(A, B)`` and guidance scale: the paired PSNR difference against the un-cached samples of the same
+noise (the fidelity verdict) and the paired FID difference against the reference batch (the quality verdict), each
+with its paired bootstrap spread (:mod:`goc_utils.evaluation.metrics.paired`) and whether it is resolved (beyond
+twice the spread). The samples and their cached features are the ones ``goc eval`` wrote: nothing is sampled here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from goc_utils.errors import InvalidArgumentError, shorten
+from goc_utils.evaluation.eval import method_folder
+from goc_utils.evaluation.metrics.adm import paired_fid_difference
+from goc_utils.evaluation.metrics.evaluate import reference_features
+from goc_utils.evaluation.metrics.features import FeatureExtractor, extract_cached
+from goc_utils.evaluation.metrics.fidelity import paired_psnr_difference
+
+
+def _samples(run: Path, cfg: float, method: str) -> Path:
+    path = run / f"cfg{cfg:g}" / method_folder(method) / "samples.npz"
+    if not path.is_file():
+        raise InvalidArgumentError(
+            f"no finished samples of {shorten(method, 80)!r} at cfg {cfg:g} in {shorten(str(run))} ({path.name} "
+            "missing); run goc eval with this method first"
+        )
+    return path
+
+
+def verdict_rows(
+    run: str | Path,
+    pairs: Sequence[tuple[str, str]],
+    cfg_scales: Sequence[float],
+    extractor: FeatureExtractor,
+    ref_batch: str | Path,
+    resamples: int = 200,
+    seed: int = 0,
+) -> list[dict]:
+    """One row per pair and guidance scale: PSNR and FID of A and B, ``A - B`` and its paired spread, resolved or
+    not. ``run`` is a ``goc eval --out`` folder holding ``cfg<c>/<method>/samples.npz`` and the un-cached ``none``.
+    Every sample file is checked before anything is computed."""
+    run = Path(run)
+    for cfg in cfg_scales:
+        for method in dict.fromkeys([m for pair in pairs for m in pair] + ["none"]):
+            _samples(run, cfg, method)
+    ref = reference_features(ref_batch, extractor, progress=False).stats
+    rows = []
+    for cfg in cfg_scales:
+        for a, b in pairs:
+            path_a, path_b = _samples(run, cfg, a), _samples(run, cfg, b)
+            psnr = paired_psnr_difference(path_a, path_b, _samples(run, cfg, "none"), resamples, seed)
+            features = [extract_cached(p, extractor, progress=False).pool for p in (path_a, path_b)]
+            fid = paired_fid_difference(*features, ref, resamples, seed)
+            rows.append({
+                "A": a, "B": b, "cfg": f"{cfg:g}", "samples": psnr.count,
+                "PSNR A dB": f"{psnr.a:.2f}", "PSNR B dB": f"{psnr.b:.2f}",
+                "PSNR A-B dB": f"{psnr.difference:+.2f}", "PSNR std": f"{psnr.std:.2f}",
+                "PSNR resolved": "yes" if psnr.resolved else "no",
+                "FID A": f"{fid.a:.2f}", "FID B": f"{fid.b:.2f}",
+                "FID A-B": f"{fid.difference:+.2f}", "FID std": f"{fid.std:.2f}",
+                "FID resolved": "yes" if fid.resolved else "no",
+            })  # fmt: skip
+    return rows
+
+
+__all__ = ["verdict_rows"]
