@@ -20,8 +20,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install the project with its dev and peers (cache-dit) extras (torch 2.14.1 from this machine's disk)
 
-study: setup ## set up and run the study on the embedded latent tiny-fashion model (writes figures/; 10 min)
-	$(BIN)/goc tiny-report --model tiny-fashion
+study: setup ## set up and run the study (notebooks 01-07) on the embedded latent tiny-fashion model (writes figures/)
 	$(BIN)/goc notebooks
 
 study-tiny: setup ## the same study on the embedded pixel-space tiny-digits model (writes figures/tiny-digits/)
@@ -59,7 +58,7 @@ train-classifier: setup ## (re)train the digits classifier used as the tiny stud
 train-fashion: setup ## build the tiny-fashion tier from Debian's dataset-fashion-mnist: VAE, judge, DiT, router, priors (about 2.5 h; resumable; skips what data/ holds)
 	$(BIN)/goc train-fashion
 
-fashion-report: setup ## the tiny-fashion report: samples, judge agreement, VAE reconstructions, FID at 2,000 / 5,000 samples (figures/00_fashion_*)
+fashion-report: setup ## the tiny-fashion tier's report (not part of make study; about 10 min): samples, judge agreement, VAE reconstructions, FID at 2,000 / 5,000 samples (figures/00_fashion_*)
 	$(BIN)/goc tiny-report --model tiny-fashion
 
 TCC_PACK = $(BIN)/goc tcc-pack --model $(1) --batch-size 160
@@ -108,14 +107,25 @@ cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=taylorseer:order=1
 cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=foca,\
 cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=dmd
 
-PEERS = $(BIN)/goc eval --model $(1) --backend diffusers --cfg-scale 1.5 --num-samples 2000 --per-device-batch 250 \
-	--methods $(subst $(SPACE),,$(2)) --latency-repeats 5 --fid-bootstrap 20 --out runs/eval/$(1)-diffusers --table $(3)
+PEER_METHODS_FASHION := $(subst threshold=0.08:warmup,threshold=0.07:warmup,$(subst fbc:threshold=0.13,fbc:threshold=0.1,\
+	$(subst magcache:threshold=0.1:max_skip_steps=2:retention_ratio=0.1,magcache:threshold=0.15:max_skip_steps=2:retention_ratio=0.2,\
+	$(PEER_METHODS))))
+PEER_PAIRS := --pair fora-50+goc:auto fora-50+taylor --pair fora-50+goc fora-50+taylor --pair l2c+goc l2c+taylor \
+	--pair l2c+goc:auto l2c+taylor --pair fora-25+goc:auto fora-25+taylor \
+	--pair fora-50+goc:auto cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=foca \
+	--pair fora-50+goc cachedit:dbcache:fn=1:bn=0:threshold=0.17:warmup=4:calibrator=foca \
+	--pair l2c+goc cachedit:dbcache:fn=1:bn=0:threshold=0.07:warmup=4:calibrator=foca \
+	--pair fora-25+goc:auto cachedit:dbcache:fn=1:bn=0:threshold=0.07:warmup=4:calibrator=foca \
+	--pair fora-50+goc:auto diffusers:fbc:threshold=0.1 --pair fora-50+tcc:pooling=token fora-50 --pair l2c+tcc:pooling=token l2c
+PEERS = $(BIN)/goc eval --model $(1) --backend diffusers --cfg-scale 1.5 --num-samples $(2) --per-device-batch 250 \
+	--methods $(subst $(SPACE),,$(3)) --latency-repeats 5 --fid-bootstrap 20 --out runs/eval/$(1)-diffusers$(4) --table $(5)
 
-peers: setup ## the peers table on tiny-fashion through diffusers: our methods, diffusers' caches, cache-dit's DBCache, TCC; 2,000 samples, cfg 1.5 (resumable; writes figures/07_diffusers_peers)
-	$(call PEERS,tiny-fashion,$(PEER_METHODS_FASHION),figures/07_diffusers_peers)
+peers: setup ## the peers table on tiny-fashion through diffusers (our methods, diffusers' caches, cache-dit's DBCache, TCC; 1,000 samples, cfg 1.5) and its paired verdicts (resumable; writes figures/07_diffusers_peers and 07_verdicts)
+	$(call PEERS,tiny-fashion,1000,$(PEER_METHODS_FASHION),-n1000,figures/07_diffusers_peers)
+	$(BIN)/goc verdicts runs/eval/tiny-fashion-diffusers-n1000 --model tiny-fashion $(PEER_PAIRS) --table figures/07_verdicts
 
-peers-tiny: setup ## the same table on tiny-digits (writes figures/tiny-digits/07_diffusers_peers)
-	$(call PEERS,tiny-digits,$(PEER_METHODS),figures/tiny-digits/07_diffusers_peers)
+peers-tiny: setup ## the same table on tiny-digits, 2,000 samples (writes figures/tiny-digits/07_diffusers_peers)
+	$(call PEERS,tiny-digits,2000,$(PEER_METHODS),,figures/tiny-digits/07_diffusers_peers)
 
 clean: ## remove the virtual environment and scratch runs
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
