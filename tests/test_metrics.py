@@ -402,3 +402,15 @@ def test_paired_fid_difference_resolves_what_each_methods_own_spread_cannot():
     assert same.difference == 0 and same.std == 0 and not same.resolved
     with pytest.raises(MetricError, match="same --num-samples"):
         paired_fid_difference(a, b[:300], ref)
+
+
+def test_the_fast_frechet_distance_to_a_fixed_reference_equals_the_evaluators():
+    from goc_utils.evaluation.metrics.adm import FrechetToReference
+
+    rng = np.random.default_rng(3)
+    mixing = rng.normal(size=(32, 32))
+    ref = compute_statistics(rng.normal(size=(5000, 32)) @ mixing)
+    fast = FrechetToReference(ref)
+    for shift, scale in ((0.0, 1.0), (0.3, 1.0), (0.0, 1.4), (1.0, 0.7)):
+        x = (rng.normal(size=(400, 32)) * scale + shift) @ mixing
+        assert fast(x) == pytest.approx(compute_statistics(x).frechet_distance(ref), rel=1e-8, abs=1e-8)

@@ -135,23 +135,41 @@ def fid_bootstrap_std(features: np.ndarray, ref: FIDStatistics, resamples: int =
     return float(np.std(values, ddof=1))
 
 
+class FrechetToReference:
+    """Frechet distances of many feature sets to one fixed reference, fast: with ``R = sqrtm(sigma_ref)`` (symmetric,
+    computed once), ``tr sqrtm(sigma sigma_ref) = sum sqrt(eig(R sigma R))``, a symmetric eigenproblem instead of a
+    general ``sqrtm`` (about 10x faster for 256-d features). Used for bootstrap resamples; reported FIDs come from
+    :meth:`FIDStatistics.frechet_distance`, the evaluator's formula (the two agree to about 1e-9 relative)."""
+
+    def __init__(self, ref: FIDStatistics) -> None:
+        values, vectors = np.linalg.eigh(np.atleast_2d(ref.sigma))
+        self.root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+        self.mu, self.trace = np.atleast_1d(ref.mu), float(np.trace(np.atleast_2d(ref.sigma)))
+
+    def __call__(self, features: np.ndarray) -> float:
+        stats = compute_statistics(features)
+        product = np.linalg.eigvalsh(self.root @ np.atleast_2d(stats.sigma) @ self.root)
+        covmean = float(np.sum(np.sqrt(np.clip(product, 0, None))))
+        diff = np.atleast_1d(stats.mu) - self.mu
+        return float(diff @ diff + np.trace(np.atleast_2d(stats.sigma)) + self.trace - 2 * covmean)
+
+
 def paired_fid_difference(
     features_a: np.ndarray, features_b: np.ndarray, ref: FIDStatistics, resamples: int = 200, seed: int = 0
 ) -> PairedDifference:
     """FID of two methods sampled from the same noise (``(N, D)`` pool features each, image i of A and of B from
     the same noise) against ``ref``, and the paired bootstrap spread of ``FID(A) - FID(B)``: each resample draws one
     set of image indices for both methods, so the sampling noise they share cancels and differences far inside
-    either method's own :func:`fid_bootstrap_std` can be resolved. Negative: A is closer to the reference."""
+    either method's own :func:`fid_bootstrap_std` can be resolved. Negative: A is closer to the reference. The FIDs
+    reported are the evaluator's (:meth:`FIDStatistics.frechet_distance`); the resamples use
+    :class:`FrechetToReference`."""
     a, b = check_features(features_a, "features A", 2), check_features(features_b, "features B", 2)
     if a.shape != b.shape:
         raise MetricError(f"paired FID needs features of the same shape (got {a.shape} and {b.shape}); sample both "
                           "methods with the same --num-samples and seed")  # fmt: skip
-
-    def fids(index: np.ndarray) -> tuple[float, float]:
-        return (compute_statistics(a[index]).frechet_distance(ref),
-                compute_statistics(b[index]).frechet_distance(ref))  # fmt: skip
-
-    fid_a, fid_b, std = paired_bootstrap(fids, len(a), resamples, seed)
+    fast = FrechetToReference(ref)
+    _, _, std = paired_bootstrap(lambda index: (fast(a[index]), fast(b[index])), len(a), resamples, seed)
+    fid_a, fid_b = (compute_statistics(x).frechet_distance(ref) for x in (a, b))
     return PairedDifference("FID", "", fid_a, fid_b, fid_a - fid_b, std, len(a), resamples)
 
 
@@ -231,6 +249,7 @@ def precision_recall(
 
 __all__ = [
     "FIDStatistics",
+    "FrechetToReference",
     "MetricError",
     "check_features",
     "compute_statistics",
