@@ -20,7 +20,9 @@ def test_each_model_reads_its_own_committed_peers_table(tmp_path, capsys):
 
 def test_committed_rows_and_the_samples_folders_of_other_counts(capsys):
     rows = committed_rows("tiny-digits", "05_eval_tiny")
-    assert {r["cfg_scale"] for r in rows} == {1.5, 4.0} and rows[0]["method"] == "none"
+    assert {r["cfg_scale"] for r in rows} == {"1.5", "4"} and rows[0]["method"] == "none"
+    verdicts = committed_rows("tiny-fashion", "05_verdicts")  # text columns (method strings) kept as written
+    assert ("fora-50+goc", "fora-50") in {(r["A"], r["B"]) for r in verdicts}
     assert committed_rows("DiT-XL/2", "05_verdicts") == [] and "no 05_verdicts table" in capsys.readouterr().out
     assert default_samples_dir("tiny-fashion", 2000) == paths.RUNS_DIR / "eval" / "tiny-fashion"  # make eval's
     assert default_samples_dir("tiny-fashion", 500) == paths.RUNS_DIR / "eval" / "tiny-fashion-n500"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import asdict
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from goc_utils import paths
 from goc_utils.cache import without_router
 from goc_utils.cache.l2c import default_router
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.eval import EvalSettings, parse_methods, read_results, rounded, run_eval, write_results
+from goc_utils.evaluation.eval import EvalSettings, parse_methods, rounded, run_eval, write_results
 from goc_utils.evaluation.metrics.batches import batch_info
 from goc_utils.evaluation.metrics.features import build_extractor, default_features, default_reference
 from goc_utils.evaluation.tables import show_table, write_table
@@ -37,12 +38,13 @@ def default_samples_dir(model: str, num_samples: int) -> Path:
 
 def committed_rows(model: str, name: str) -> list[dict]:
     """Rows of a committed table of ``model`` (``figures/<name>.csv`` for tiny-fashion, ``figures/<model>/...``
-    otherwise), or ``[]`` and one printed line when it was not made for this model."""
+    otherwise) as text cells, as written, or ``[]`` and one printed line when it was not made for this model."""
     path = paths.model_figures_dir(model) / f"{name}.csv"
     if not path.is_file():
         print(f"no {name} table for {model} ({path})")
         return []
-    return read_results(path)
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def fid_table(
