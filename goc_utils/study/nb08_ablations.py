@@ -25,7 +25,7 @@ from scipy.stats import spearmanr
 
 from goc_utils.cache.l2c import default_router
 from goc_utils.cache.method import CacheMethod
-from goc_utils.evaluation.eval import EvalSettings, rounded, run_eval
+from goc_utils.evaluation.eval import TIMING_COLUMNS, EvalSettings, rounded, run_eval
 from goc_utils.evaluation.metrics.features import build_extractor, default_features, default_reference
 from goc_utils.evaluation.tables import write_table
 from goc_utils.priors.auto import auto_goc, unit_macs_weights
@@ -143,7 +143,9 @@ def rank_correlation(predicted: dict, rows: Sequence[dict]) -> tuple[float, int]
 
 def ablation_eval(p: StudyParams, methods: Sequence[str], num_samples: int, out: Path, router: str = "",
                   fid_bootstrap: int = 0, per_device_batch: int = 250) -> list[dict]:  # fmt: skip
-    """``goc eval`` of ``methods`` at ``p.cfg_scale`` into ``out`` (resumable), rows rounded as committed."""
+    """``goc eval`` of ``methods`` at ``p.cfg_scale`` into ``out`` (resumable), rows rounded as committed, without
+    the wall-clock columns: one timed batch per method is noise (the latency verdicts are notebook 05's and
+    ``make peers``'), and the committed ablation tables stay byte-identical on a rerun."""
     settings = EvalSettings(
         model=p.model, ckpt=p.ckpt, image_size=p.image_size, vae=p.vae_spec, steps=p.steps, cfg_scale=p.cfg_scale,
         seed=p.seed, per_device_batch=per_device_batch, router=router or default_router(p.model, p.steps),
@@ -152,7 +154,7 @@ def ablation_eval(p: StudyParams, methods: Sequence[str], num_samples: int, out:
     extractor = build_extractor(features, p.torch_device)
     rows = run_eval(p.load_model(), settings, list(methods), num_samples, out, str(default_reference(features)),
                     extractor, p.load_vae(), latency_repeats=1, progress=True, fid_bootstrap=fid_bootstrap)  # fmt: skip
-    return [asdict(rounded(r)) for r in rows]
+    return [{k: v for k, v in asdict(rounded(r)).items() if k not in TIMING_COLUMNS} for r in rows]
 
 
 def ablation_auto(p: StudyParams, stats, router: str = "") -> dict:

@@ -356,10 +356,14 @@ def peer_label(method: str) -> str:
     return " ".join([name, *parts])
 
 
-def peers_figure(rows: Sequence[dict]):
+FEATURES_LABEL = {"tiny-digits": "digits features", "tiny-fashion": "Fashion-MNIST judge features"}
+"""How a figure names the FID features of each model (Inception features otherwise)."""
+
+
+def peers_figure(rows: Sequence[dict], model: str = "tiny-digits"):
     """FID (bootstrap spread as error bars) and PSNR vs un-cached against the measured MACs speedup:
     our methods by compensator (filled markers, labelled by host), diffusers' and cache-dit's caches by name and
-    calibrator (open markers)."""
+    calibrator (open markers); titled with ``model``."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     base = next((r for r in rows if r["method"] == "none"), None)
     groups: dict[str, list[dict]] = {}
@@ -396,11 +400,11 @@ def peers_figure(rows: Sequence[dict]):
                                  xytext=(0, -10 - 8 * i), textcoords="offset points", fontsize=5, ha="center",
                                  arrowprops=dict(arrowstyle="->", lw=0.5))  # fmt: skip
     samples = rows[0]["samples"] if rows else 0
-    axes[0].set_ylabel("FID, digits features (lower is better)", fontsize=8)
+    axes[0].set_ylabel(f"FID, {FEATURES_LABEL.get(model, 'Inception features')} (lower is better)", fontsize=8)
     axes[1].set_ylabel("PSNR vs un-cached, dB (higher is better)", fontsize=8)
     for ax in axes:
         ax.set_xlabel("MACs speedup (measured from the units computed)", fontsize=8)
-        ax.set_title(f"tiny-digits through diffusers, cfg {rows[0]['cfg_scale']:g}, {samples} samples", fontsize=9)
+        ax.set_title(f"{model} through diffusers, cfg {rows[0]['cfg_scale']:g}, {samples} samples", fontsize=9)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=6, frameon=False)
     fig.tight_layout(rect=(0, 0.13, 1, 1))  # the legend below both panels hides no point
     return fig
@@ -428,8 +432,9 @@ def weight_sweep_figure(rows: Sequence[dict], paper: dict[str, float], auto: dic
     return fig
 
 
-def ratio_figure(rows: Sequence[dict]):
-    """FID (bootstrap spread) and PSNR against the share of reused MACs, per host family and compensator."""
+def ratio_figure(rows: Sequence[dict], model: str = "tiny-digits"):
+    """FID (bootstrap spread) and PSNR against the share of reused MACs, per host family and compensator; the FID
+    axis names ``model``'s features."""
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
     base = next((r for r in rows if r["method"] == "none"), None)
     styles = {"plain reuse": "o", "goc": "s", "goc:auto": "*", "taylor": "^"}
@@ -449,7 +454,7 @@ def ratio_figure(rows: Sequence[dict]):
                          label=f"{family} {comp}")  # fmt: skip
     if base is not None:
         axes[0].axhline(base["fid"], color="grey", lw=0.6, ls=":")
-    axes[0].set_ylabel("FID, digits features")
+    axes[0].set_ylabel(f"FID, {FEATURES_LABEL.get(model, 'Inception features')}")
     axes[1].set_ylabel("PSNR vs un-cached, dB")
     for ax in axes:
         ax.set_xlabel("reused share of branch MACs, %")
