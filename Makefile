@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.goc-installed
 export MPLBACKEND := Agg
 
-.PHONY: help setup study study-tiny smoke lab test lint train-tiny train-classifier train-fashion fashion-report tcc-packs eval eval-tiny peers peers-tiny lab-test ablations ablations-tiny clean
+.PHONY: help setup study study-tiny smoke lab test lint train-tiny train-classifier train-fashion fashion-report tcc-packs eval eval-tiny peers peers-tiny lab-test ablations ablations-tiny report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -22,10 +22,12 @@ setup: $(STAMP) ## create .venv and install the project with its dev and peers (
 
 study: setup ## set up and run the study (notebooks 01-07) on the embedded latent tiny-fashion model (writes figures/)
 	$(BIN)/goc notebooks
+	$(BIN)/goc report
 
 study-tiny: setup ## the same study on the embedded pixel-space tiny-digits model (writes figures/tiny-digits/)
 	$(BIN)/goc tiny-report --model tiny-digits
 	$(BIN)/goc notebooks --preset tiny
+	$(BIN)/goc report --model tiny-digits
 
 smoke: setup ## run every notebook in smoke mode on tiny-digits, as the tests do (figures to runs/smoke/figures, never figures/)
 	$(BIN)/goc notebooks --preset tiny --smoke
@@ -35,9 +37,15 @@ lab: setup ## open the notebooks in JupyterLab with the project's environment
 
 ablations: setup ## notebook 08 on tiny-fashion: the paper's ablations measured on samples (resumable; writes figures/08_*)
 	$(BIN)/goc notebooks --only 08
+	$(BIN)/goc report
 
 ablations-tiny: setup ## notebook 08 on tiny-digits (about 30 min; resumable; writes figures/tiny-digits/08_*)
 	$(BIN)/goc notebooks --preset tiny --only 08
+	$(BIN)/goc report --model tiny-digits
+
+report: setup ## regenerate figures/README.md and figures/tiny-digits/README.md from their CSVs (seconds)
+	$(BIN)/goc report
+	$(BIN)/goc report --model tiny-digits
 
 lab-test: setup ## the explorer in JupyterLab in headless Chromium (needs Debian's chromium; screenshots in runs/lab-test/)
 	$(BIN)/python -m pytest -q -s tests/test_lab.py
@@ -60,6 +68,7 @@ train-fashion: setup ## build the tiny-fashion tier from Debian's dataset-fashio
 
 fashion-report: setup ## the tiny-fashion tier's report (not part of make study; about 10 min): samples, judge agreement, VAE reconstructions, FID at 2,000 / 5,000 samples (figures/00_fashion_*)
 	$(BIN)/goc tiny-report --model tiny-fashion
+	$(BIN)/goc report
 
 TCC_PACK = $(BIN)/goc tcc-pack --model $(1) --batch-size 160
 tcc-packs: setup ## refit the committed TCC packs (data/tcc/): tiny-fashion (cfg 1.5 and 4.0) and tiny-digits (cfg 1.5), fora-50 and l2c, 32 samples per class, class pooling and (cfg 1.5) token pooling
@@ -83,9 +92,11 @@ EVAL_PAIRS := --pair fora-50+goc fora-50 --pair l2c+goc l2c --pair fora-25+goc f
 eval: setup ## the results table on tiny-fashion: 14 methods x 2,000 samples x cfg 1.5 and 4.0, then its paired verdicts (resumable; writes figures/05_eval and 05_verdicts)
 	$(call EVAL,tiny-fashion,figures/05_eval)
 	$(BIN)/goc verdicts runs/eval/tiny-fashion --model tiny-fashion --cfg-scale 1.5,4.0 $(EVAL_PAIRS) --table figures/05_verdicts
+	$(BIN)/goc report
 
 eval-tiny: setup data/tcc/tiny-digits_ddim20_cfg4_fora-50.safetensors data/tcc/tiny-digits_ddim20_cfg4_l2c.safetensors ## the same table on tiny-digits (fits its cfg 4.0 TCC packs first; writes figures/tiny-digits/05_eval_tiny)
 	$(call EVAL,tiny-digits,figures/tiny-digits/05_eval_tiny)
+	$(BIN)/goc report --model tiny-digits
 
 SPACE := $(subst ,, )
 PEER_METHODS := none,fora-25,fora-25+goc,fora-25+goc:auto,fora-25+taylor,fora-50,fora-50+goc,fora-50+goc:auto,fora-50+taylor,fora-50+tcc,\
@@ -123,9 +134,11 @@ PEERS = $(BIN)/goc eval --model $(1) --backend diffusers --cfg-scale 1.5 --num-s
 peers: setup ## the peers table on tiny-fashion through diffusers (our methods, diffusers' caches, cache-dit's DBCache, TCC; 1,000 samples, cfg 1.5) and its paired verdicts (resumable; writes figures/07_diffusers_peers and 07_verdicts)
 	$(call PEERS,tiny-fashion,1000,$(PEER_METHODS_FASHION),-n1000,figures/07_diffusers_peers)
 	$(BIN)/goc verdicts runs/eval/tiny-fashion-diffusers-n1000 --model tiny-fashion $(PEER_PAIRS) --table figures/07_verdicts
+	$(BIN)/goc report
 
 peers-tiny: setup ## the same table on tiny-digits, 2,000 samples (writes figures/tiny-digits/07_diffusers_peers)
 	$(call PEERS,tiny-digits,2000,$(PEER_METHODS),,figures/tiny-digits/07_diffusers_peers)
+	$(BIN)/goc report --model tiny-digits
 
 clean: ## remove the virtual environment and scratch runs
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -205,14 +205,14 @@ def test_a_run_of_another_length_is_refused_in_one_line(dit_pipe):
         remove_cache(pipe.transformer)
 
 
-def test_the_readme_snippet_runs_as_written(dit_pipe, tmp_path):
-    readme = (PROJECT_ROOT / "README.md").read_text()
+def test_the_documented_snippet_runs_as_written(dit_pipe, tmp_path):
+    readme = (PROJECT_ROOT / "docs" / "diffusers.md").read_text()
     snippet = re.search(r"<!-- diffusers-snippet -->\s*```python\n(.*?)```", readme, re.S)
-    assert snippet, "README lacks the diffusers snippet"
+    assert snippet, "docs/diffusers.md lacks the diffusers snippet"
     dit_pipe.save_pretrained(str(tmp_path / "DiT-XL-2-256"))
     code = snippet.group(1).replace("facebook/DiT-XL-2-256", str(tmp_path / "DiT-XL-2-256"))
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the documented snippet, run as written
+    exec(compile(code, "docs/diffusers.md", "exec"), scope)  # noqa: S102 - the documented snippet, run as written
     assert len(scope["images"]) == 2
 
 

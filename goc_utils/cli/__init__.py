@@ -9,7 +9,7 @@ module                    commands
 ========================  =========================================
 :mod:`.sample`            ``sample``, ``info``
 :mod:`.train`             ``train-tiny``, ``train-router``, ``train-classifier``, ``train-fashion``
-:mod:`.study`             ``tiny-report``, ``notebooks``, ``bench``
+:mod:`.study`             ``tiny-report``, ``notebooks``, ``bench``, ``report``
 :mod:`.priors`            ``priors``, ``inflections``, ``tcc-pack``
 :mod:`.evaluate`          ``eval-sample``, ``fid``, ``eval``, ``compare``, ``verdicts``
 :mod:`.export`            ``export-diffusers``
@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-classifier": ("train", "train a tiny tier's judge (its FID / IS features)"),
     "bench": ("study", "latency of caching methods vs MACs-theoretical speedup"),
     "notebooks": ("study", "run the study notebooks headless (papermill)"),
+    "report": ("study", "write a tiny tier's results report (figures/README.md) from its committed CSVs"),
     "priors": ("priors", "extract block-feature priors (streaming statistics of un-cached sampling)"),
     "inflections": ("priors", "inflection-aware GOC steps and weight from a priors file"),
     "tcc-pack": ("priors", "fit TCC's calibrated maps (a pack) for a host schedule from same-noise sampling"),

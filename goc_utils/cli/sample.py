@@ -65,9 +65,17 @@ def cache_method_from_args(args: argparse.Namespace) -> CacheMethod:
     if args.fora_range is not None:
         given["--fora-range"] = args.fora_range
     if args.method is not None:
-        if args.cache != "none" or args.compensator != "none" or given:
-            raise InvalidArgumentError("--method replaces --cache, --compensator and their flags; give one or another")
-        return CacheMethod.parse(args.method)
+        router_flags = [flag for flag in ("--router", "--router-thres") if flag in given]
+        if args.cache != "none" or args.compensator != "none" or len(given) > len(router_flags):
+            raise InvalidArgumentError(
+                "--method replaces --cache, --compensator and their flags (all but --router and --router-thres); "
+                "give one or another"
+            )
+        thres = 0.1 if args.router_thres is None else args.router_thres
+        method = CacheMethod.parse(args.method, router=args.router, thres=thres)  # as eval-sample / eval / bench
+        if router_flags and "router" not in SCHEDULES[method.schedule].options:
+            raise InvalidArgumentError(f"{router_flags[0]} is for l2c methods, not {args.method!r}")
+        return method
     schedule_options: dict = {}
     compensator_options: dict = {}
     for flag, value in given.items():

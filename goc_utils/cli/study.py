@@ -1,9 +1,10 @@
-"""``goc tiny-report``, ``goc notebooks`` and ``goc bench``: the study's reports and benchmarks."""
+"""``goc tiny-report``, ``goc notebooks``, ``goc bench`` and ``goc report``: the study's reports and benchmarks."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from goc_utils.study.notebooks import (
     preset_model,
     run_notebooks,
 )
+from goc_utils.study.report import REPORT_NAME, TIERS, build_report, write_report
 from goc_utils.study.tier_report import fashion_tier_report, tiny_report
 
 
@@ -200,3 +202,34 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     add_tf32_argument(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    folder = Path(args.figures_dir) if args.figures_dir else paths.default_figures_dir(args.model)
+    if args.check:
+        path = folder / REPORT_NAME
+        if not path.is_file() or path.read_text() != build_report(args.model, folder):
+            print(f"goc report: {path} differs from what its CSVs give; run `make report`", file=sys.stderr)
+            return 1
+        print(f"{path} is up to date")
+        return 0
+    path = write_report(args.model, check_output_dir(folder, "--figures-dir"))
+    print(f"{path}: {len(path.read_text().splitlines())} lines")
+    return 0
+
+
+def add_report(p: argparse.ArgumentParser) -> None:
+    """Write a tiny tier's results report, README.md in its figures folder (figures/README.md for tiny-fashion,
+    figures/tiny-digits/README.md), from the CSVs there: sections whose CSVs are missing are left out, numbers are
+    copied as the CSVs write them."""
+    p.add_argument("--model", choices=list(TIERS), default="tiny-fashion", help="tier (default tiny-fashion)")
+    p.add_argument(
+        "--figures-dir",
+        default=None,
+        help="folder of the CSVs, where README.md is written (default: the model's figures, figures/ or "
+        "figures/tiny-digits/)",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when the folder's README.md differs from its CSVs'"
+    )
+    p.set_defaults(func=cmd_report)

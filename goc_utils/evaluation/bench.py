@@ -6,7 +6,7 @@
 * :func:`run_bench` (``goc bench``) reports per method the median and spread (min-max) of the wall time,
   the MACs-theoretical speedup over no cache, the measured speedup, their ratio, the overhead of a
   compensator over its host schedule with plain reuse, and the RMSE of the final samples against the
-  un-cached run with the same noise. Targets (README): measured >= 90% of theoretical for DiT-XL/2 at
+  un-cached run with the same noise. Targets (docs/method.md): measured >= 90% of theoretical for DiT-XL/2 at
   fora-50; GOC overhead <= 2% (the paper reports about 2%).
 * :func:`same_noise_runs` samples every method from the same noise and returns the per-step error
   against the un-cached trajectory (notebook 04).

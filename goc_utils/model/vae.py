@@ -101,7 +101,7 @@ def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
         return load_vae(str(local), device)
     folder = str(local.relative_to(paths.PROJECT_ROOT)) if local.is_relative_to(paths.PROJECT_ROOT) else str(local)
     advice = (
-        f"download it where there is network (huggingface-cli download {hub_id} --local-dir {folder}) "
+        f"download it where there is network (hf download {hub_id} --local-dir {folder}) "
         f"and put the files in {folder}/ or pass --vae PATH"
     )
     if "/" not in hub_id:

@@ -77,7 +77,7 @@ def fid_table(
     if not ref:
         raise InvalidArgumentError(
             "parameter ref_batch is required with Inception features: the ADM reference batch "
-            "VIRTUAL_imagenet256_labeled.npz (see the README section on DiT-XL/2)"
+            "VIRTUAL_imagenet256_labeled.npz (see docs/dit-xl2.md)"
         )
     batch_info(ref)
     router_path = router or default_router(p.model, p.steps)

@@ -56,7 +56,8 @@ __all__ = [  # what notebook 08 uses
 FID_SAMPLES = {"tiny-digits": 2000, "tiny-fashion": 1000}
 """Samples per cache-ratio point (FID is the verdict there) per model: tiny-fashion's 1,000 keep ``make ablations``
 within 45 minutes on a 2-core CPU (its samples cost about twice tiny-digits': 32x32 images through a VAE); the paired
-FID spread at that count is in the README. Other models: 2,000 (``fid_samples`` sets any count)."""
+FID spread at that count is in the results report (figures/README.md). Other models: 2,000 (``fid_samples`` sets
+any count)."""
 
 
 def fid_samples_for(model: str, fid_samples: int = 0) -> int:

@@ -100,6 +100,15 @@ def check_parameters(params: dict, notebooks: list[Path]) -> None:
                 )
 
 
+def for_selection(params: dict, notebooks: list[Path]) -> dict:
+    """``params`` without the names that only notebooks outside ``notebooks`` declare: one params file serves every
+    notebook of a preset (``notebooks/params/xl.yaml`` names notebook 05's ``ref_batch``), and ``--only 01`` runs 01
+    with it. A name that no study notebook declares stays, for :func:`check_parameters` to refuse."""
+    selected = {name for notebook in notebooks for name in notebook_parameters(notebook)}
+    elsewhere = {name for notebook in study_notebooks() for name in notebook_parameters(notebook)} - selected
+    return {name: value for name, value in params.items() if name not in elsewhere}
+
+
 MAX_PARAMS_BYTES = 1 << 20
 """The largest ``--params`` file read (a few dozen ``name: value`` lines are a few KiB)."""
 
@@ -158,8 +167,9 @@ def run_notebooks(
     """
     model = preset_model(preset, params)
     notebooks = study_notebooks(only, include_long=smoke)
-    check_parameters(params or {}, notebooks)
-    parameters = dict(PRESETS[preset]) | {"smoke": smoke, "interactive": False} | (params or {})
+    params = for_selection(params or {}, notebooks)
+    check_parameters(params, notebooks)
+    parameters = dict(PRESETS[preset]) | {"smoke": smoke, "interactive": False} | params
     output_dir = Path(output_dir or paths.EXECUTED_NOTEBOOKS_DIR)
     output_dir.mkdir(parents=True, exist_ok=True)
     figures = figures_dir_for(smoke, figures_dir, model)
