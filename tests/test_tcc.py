@@ -294,3 +294,91 @@ def test_the_committed_packs_fit_the_default_model(host):
         assert (pack.targets, pack.pooling, pack.variant, pack.fit_alpha) == ([1, 3, 5, 7], pooling, "full", 1.75)
         ranks = set(pack.rank.flatten().tolist())
         assert ranks == ({9} if pooling == "class" else {128})  # 10 class means: rank <= 9 of width 128
+
+
+# ----------------------------------------------------------------------------- 4. the published arithmetic, alpha
+
+
+def published_procrustes(a: torch.Tensor, b: torch.Tensor):
+    """The published fit as its code reads (written here from that reading): centre both point sets on their
+    means, ``M = Bc^T Ac``, ``R = U Vh`` from torch's SVD of M, ``s = <Ac, Bc R> / (|Bc R|^2 + 1e-12)``."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ac, bc = a - mu_a, b - mu_b
+    u, _, vh = torch.linalg.svd(bc.T @ ac, full_matrices=False)
+    r = u @ vh
+    rotated = bc @ r
+    return mu_a, mu_b, r, (ac * rotated).sum() / ((rotated * rotated).sum() + 1e-12), bc.T @ ac
+
+
+@pytest.mark.parametrize("points", [300, 10])
+def test_our_fit_is_the_published_arithmetic_on_random_points(points):
+    d = 32
+    g = torch.Generator().manual_seed(points)
+    a = torch.randn(points, d, generator=g, dtype=torch.float64) * 2 + 1
+    b = 0.7 * a @ random_orthogonal(d, 5).double() + 0.3 * torch.randn(points, d, generator=g, dtype=torch.float64)
+    stats = SimilarityStats(d, "sample")
+    for start in range(0, points, 7):  # streamed; one token per sample, so its token mean is the point
+        stats.add(a[start : start + 7, None], b[start : start + 7, None], torch.zeros(len(a[start : start + 7])))
+    ours = fit_similarity(stats)
+    mu_a, mu_b, r, s, m = published_procrustes(a, b)
+    np.testing.assert_allclose(ours["mu_a"], mu_a.numpy(), atol=1e-12)
+    np.testing.assert_allclose(ours["mu_b"], mu_b.numpy(), atol=1e-12)
+    np.testing.assert_allclose(stats.moments()[2], m.numpy(), atol=1e-9)
+    assert ours["s"] == pytest.approx(float(s), rel=1e-9)  # s = nuclear norm of M / |Bc|^2: free of R's null space
+    if points > d:  # full rank: R is fixed by the data, and both equal
+        assert int(ours["rank"]) == d
+        np.testing.assert_allclose(ours["R"], r.numpy(), atol=1e-9)
+    else:  # rank points - 1: equal on the span of M, which the data fix
+        assert int(ours["rank"]) == points - 1
+        span = np.linalg.svd(m.numpy())[0][:, : points - 1]
+        np.testing.assert_allclose(span.T @ ours["R"], span.T @ r.numpy(), atol=1e-9)
+
+
+def test_a_pack_is_used_at_the_alpha_it_was_fitted_with(tiny_random):
+    pack = planted_pack(tiny_random)  # fitted (the dataclass default) at the published 1.75
+    default, engine = sample(tiny_random, "fora-50+tcc", pack)
+    assert engine.compensator.alpha == 1.75
+    assert torch.equal(default, sample(tiny_random, "fora-50+tcc:alpha=1.75", pack)[0])
+    with pytest.raises(TCCPackError, match="fitted at alpha 1.75 .* not 1: refit it with `goc tcc-pack --alpha 1`"):
+        sample(tiny_random, "fora-50+tcc:alpha=1", pack)
+    other, _ = sample(tiny_random, "fora-50+tcc:alpha=1:any_alpha", pack)  # said explicitly
+    assert not torch.equal(other, default)
+
+
+@pytest.mark.parametrize("alpha", [0.0, -0.5])
+def test_alpha_at_or_below_zero_corrects_nothing_as_published(tiny_random, alpha):
+    plain, _ = sample(tiny_random, "fora-50")
+    off, engine = sample(tiny_random, f"fora-50+tcc:alpha={alpha}", planted_pack(tiny_random))
+    assert torch.equal(plain, off) and engine.compensator.extra_macs(engine.schedule, 16) == 0
+
+
+def test_goc_tcc_pack_chooses_alpha_on_held_out_noise_and_warns_below_full_rank(tmp_path, capsys):
+    from goc_utils.cli import main
+
+    pack = tmp_path / "p.safetensors"
+    fit = ["tcc-pack", "--steps", "4", "--classes", "0,1", "--per-class", "1", "--threads", "1", "--out", str(pack)]
+    assert main([*fit, "--pooling", "sample", "--alpha", "0.25,1.75", "--holdout-per-class", "2"]) == 0
+    out, err = capsys.readouterr()
+    header = TCCPack.load(pack).header()
+    choice = header["alpha_choice"]
+    assert (choice["holdout_seed"], choice["holdout_samples"], set(choice["psnr_db"])) == (2, 4, {"0.25", "1.75"})
+    best = max(choice["psnr_db"], key=lambda a: choice["psnr_db"][a])
+    assert header["fit_alpha"] == float(best) and f"chosen {best}" in out
+    assert "rank of M 1..1 of 128" in out and "trace(R)/D" in out  # two points: rank 1
+    warnings = [line for line in err.splitlines() if "warning" in line]  # (the rest: progress bars)
+    assert len(warnings) == 1 and "warning: M is below full rank (128) in 48 of 48 maps" in warnings[0]
+    assert main([*fit, "--alpha", "0,1"]) == 2
+    assert "--alpha must be > 0" in capsys.readouterr().err
+
+
+def test_goc_tcc_packs_lists_the_rank_and_trace_of_the_committed_packs(tmp_path, capsys):
+    from goc_utils.cli import main
+
+    assert main(["tcc-packs", "--model", "tiny-digits", "--table", str(tmp_path / "packs")]) == 0
+    out = capsys.readouterr().out
+    assert "| tiny-digits_ddim20_cfg1.5_fora-50.safetensors | fora-50 | 1.5 | class | 320 | 128 | 9 | 0." in out
+    assert "| tiny-digits_ddim20_cfg1.5_fora-50_token.safetensors | fora-50 | 1.5 | token | 320 | 128 | 128 |" in out
+    rows = (tmp_path / "packs.csv").read_text().splitlines()
+    assert rows[0].startswith("pack,host,cfg,pooling,samples,width,rank of M,trace(R)/D,alpha") and len(rows) == 5
+    assert main(["tcc-packs", "--model", "DiT-XL/2"]) == 2
+    assert "no TCC pack of DiT-XL/2" in capsys.readouterr().err

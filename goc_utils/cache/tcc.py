@@ -22,8 +22,9 @@ The published points (``pooling="class"``) are one mean per class (over its samp
 (every tiny tier: 10 classes, D = 128; DiT-XL/2: 1,000 classes, D = 1,152), the singular vectors of
 the zero singular values are whatever the SVD returns, and so is ``R`` on that null space: a stale
 output component outside the span of the class means is rotated arbitrarily. ``pooling="sample"``
-(one point per sample: its token mean) and ``pooling="token"`` (every token a point) are our
-extension: many more points than D, so ``M`` has full rank and ``R`` is determined by the data.
+(one point per sample: its token mean, as the published PixArt / ToCa collector fits) and
+``pooling="token"`` (every token a point, ours) give many more points than D, so ``M`` has full rank
+and ``R`` is determined by the data.
 ``svd="gesvd"`` fits with another LAPACK driver, to measure how much the arbitrary part matters.
 """
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import scipy.linalg
@@ -47,9 +49,11 @@ TCC_FORMAT = "goc-tcc-pack/1"
 VARIANTS = ("full", "scale_shift", "shift_only")
 """Map families: similarity (rotation + scale + shift, published main), scale + shift, shift only."""
 POOLINGS = ("class", "sample", "token")
-"""Fit points: class means over samples and tokens (published: the collector's ``tokenpool`` mode, its default and the
-DiT scripts' setting), sample token-means, tokens (ours; full rank, see module docstring). The collector's
-``classpool`` (one point per class and token position) and ``mixed`` modes are not offered."""
+"""Fit points: ``class``: one mean per class over its samples and tokens (the DiT scripts' collector in its default
+``tokenpool`` mode); ``sample``: one token mean per sample (the PixArt / ToCa collector, ``TokenPoolCollector``: one
+token-pooled point per prompt); ``token``: every token a point (ours). ``sample`` and ``token`` reach full rank once
+the points outnumber the width (see the module docstring). The DiT collector's ``classpool`` (one point per class and
+token position) and ``mixed`` modes are not offered."""
 SVD_DRIVERS = ("gesdd", "gesvd")
 """LAPACK drivers for the Procrustes SVD: ``gesdd`` (torch's default), ``gesvd`` (scipy)."""
 PUBLISHED_WINDOW = (1, 7)
@@ -73,7 +77,8 @@ class TCCPack:
         targets: the corrected steps, ascending. R ``(K, depth, 2, D, D)``, s ``(K, depth, 2)``,
             mu_a / mu_b ``(K, depth, 2, D)`` float32, K = len(targets); rank ``(K, depth, 2)``: numerical rank of M.
         variant, pooling, svd: how it was fitted; fit_alpha: the alpha of the trajectory-consistent replay;
-            samples / classes / seed: the fit's samples.
+            samples / classes / seed: the fit's samples; alpha_choice: how fit_alpha was chosen on held-out noise
+            (``holdout_seed``, ``holdout_samples``, ``psnr_db`` per alpha, the host's ``host_psnr_db``), or empty.
     """
 
     model: str
@@ -94,6 +99,7 @@ class TCCPack:
     samples: int = 0
     classes: list[int] = field(default_factory=list)
     seed: int = 0
+    alpha_choice: dict = field(default_factory=dict)
 
     @property
     def depth(self) -> int:
@@ -102,6 +108,11 @@ class TCCPack:
     @property
     def hidden(self) -> int:
         return int(self.mu_a.shape[-1])
+
+    def trace_ratio(self) -> torch.Tensor:
+        """``trace(R) / D`` of every map ``(K, depth, 2)``: 1 for the identity; near 0 where R is mostly the SVD's
+        free choice (a rank-deficient fit)."""
+        return torch.diagonal(self.R, dim1=-2, dim2=-1).sum(-1) / self.hidden
 
     def index(self, step: int) -> int | None:
         """Position of ``step`` in :attr:`targets`, or None when the pack does not correct it."""
@@ -124,7 +135,7 @@ class TCCPack:
             "samples": self.samples,
             "classes": list(self.classes),
             "seed": self.seed,
-        }
+        } | ({"alpha_choice": self.alpha_choice} if self.alpha_choice else {})
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file: the float32 maps, the host mask and a JSON header (written atomically)."""
@@ -171,7 +182,7 @@ class TCCPack:
             tensors["host_mask"].numpy().astype(bool), [int(t) for t in header["targets"]],
             tensors["R"].float(), tensors["s"].float(), tensors["mu_a"].float(), tensors["mu_b"].float(),
             tensors["rank"], header["variant"], header["pooling"], header["svd"], header["fit_alpha"],
-            header["samples"], header["classes"], header["seed"],
+            header["samples"], header["classes"], header["seed"], header.get("alpha_choice") or {},
         )  # fmt: skip
 
     def check_run(self, mask: np.ndarray, steps: int, depth: int, hidden: int | None, path: object = "pack",
@@ -207,6 +218,26 @@ def default_pack_path(model: str, steps: int, cfg_scale: float, host: str, pooli
     slug = model.replace("/", "-")
     suffix = "" if pooling == "class" else f"_{pooling}"
     return paths.DATA_DIR / "tcc" / f"{slug}_ddim{steps}_cfg{cfg_scale:g}_{host}{suffix}.safetensors"
+
+
+def _span(low: float, high: float, spec: str) -> str:
+    """``"9"`` when ``low == high``, else ``"0.042 to 0.098"``."""
+    return format(low, spec) if format(low, spec) == format(high, spec) else f"{low:{spec}} to {high:{spec}}"
+
+
+def pack_summary(pack: TCCPack, name: str) -> dict[str, object]:
+    """One row of the committed packs' table (``goc tcc-packs``): what was fitted, the rank of its maps, how far R is
+    from the identity (``trace(R) / D``, min-max over the maps) and how its alpha was chosen."""
+    ranks, traces = pack.rank.flatten(), pack.trace_ratio().flatten()
+    choice = pack.alpha_choice
+    grid = choice.get("psnr_db", {})
+    return {
+        "pack": name, "host": pack.host, "cfg": f"{pack.cfg_scale:g}", "pooling": pack.pooling,
+        "samples": pack.samples, "width": pack.hidden, "rank of M": _span(int(ranks.min()), int(ranks.max()), "d"),
+        "trace(R)/D": _span(float(traces.min()), float(traces.max()), ".3f"), "alpha": f"{pack.fit_alpha:g}",
+        "held-out PSNR dB by alpha": " / ".join(f"{a}: {v:.2f}" for a, v in grid.items()),
+        "held-out PSNR dB of the host": "" if not choice else f"{choice['host_psnr_db']:.2f}",
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -328,24 +359,33 @@ class TCCConfig:
     """Options of the TCC compensator.
 
     Attributes:
-        alpha: correction strength: ``out = B + alpha * (corr - B)``; 0 is the host's plain reuse, 1 the fitted
-            map itself. Default 1.75 (the published DiT FORA / L2C scripts; the code's defaults are 0.5 / 0.25).
+        alpha: correction strength: ``out = B + alpha * (corr - B)``; 1 is the fitted map itself, and ``alpha <= 0``
+            corrects nothing (the host's plain reuse), as the published sampler treats it. Default None: the alpha
+            the pack was fitted with (its trajectory-consistent replay); another positive alpha is refused unless
+            ``any_alpha`` is set. The published DiT FORA / L2C scripts use 1.75.
+        any_alpha: use ``alpha`` although the pack was fitted at another one (method strings: ``tcc:any_alpha``).
+            Default False.
         pack: the fitted maps: a :class:`TCCPack`, a pack file (method strings: ``tcc:pack=FILE``), or None: the
             run's default pack for its model, steps, cfg and host (``data/tcc/...``, resolved when the engine is
             built; see :class:`PackSource`).
-        pooling: the fit's points the pack must have been fitted with: ``"class"`` (published) or our extensions
-            ``"sample"`` / ``"token"`` (``tcc:pooling=token`` picks the default pack ``..._<host>_token``); None
-            (default): the published pack by default, any pooling for an explicit ``pack``.
+        pooling: the fit's points the pack must have been fitted with: ``"class"`` (the published DiT scripts),
+            ``"sample"`` (the published PixArt / ToCa collector) or ``"token"`` (``tcc:pooling=sample`` picks the
+            default pack ``..._<host>_sample``); None (default): the class-pooled pack by default, any pooling for
+            an explicit ``pack``.
     """
 
-    alpha: float = PUBLISHED_ALPHA
+    alpha: float | None = None
+    any_alpha: bool = False
     pack: TCCPack | str | None = None
     pooling: str | None = None
 
+    FLAGS: ClassVar[dict[str, dict]] = {"any_alpha": {"any_alpha": True}}
+
     def __post_init__(self) -> None:
-        if not np.isfinite(float(self.alpha)):
-            raise InvalidArgumentError(f"TCC alpha must be a finite number (got {self.alpha})")
-        self.alpha = float(self.alpha)
+        if self.alpha is not None:
+            if not np.isfinite(float(self.alpha)):
+                raise InvalidArgumentError(f"TCC alpha must be a finite number (got {self.alpha})")
+            self.alpha = float(self.alpha)
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise InvalidArgumentError(f"TCC pooling must be one of {', '.join(POOLINGS)} (got {self.pooling!r})")
 
@@ -374,6 +414,15 @@ class TCCCompensator(Compensator):
                 "run's pack) or pass TCCConfig(pack=TCCPack.load(FILE))"
             )
         self.pack: TCCPack = self.config.pack
+        fit, alpha = float(self.pack.fit_alpha), self.config.alpha
+        if alpha is not None and alpha > 0 and alpha != fit and not self.config.any_alpha:
+            raise TCCPackError(
+                f"this TCC pack was fitted at alpha {fit:g} (its replay applies the earlier targets' maps at that "
+                f"alpha), not {alpha:g}: refit it with `goc tcc-pack --alpha {alpha:g}`, or write tcc:any_alpha to "
+                "use it anyway"
+            )
+        self.alpha: float = fit if alpha is None else alpha
+        """The correction strength of this run; ``<= 0`` corrects nothing."""
         self._on: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
 
     def computed(self, key: UnitKey, step: int, value: torch.Tensor) -> None:
@@ -381,7 +430,7 @@ class TCCCompensator(Compensator):
 
     def extra_macs(self, schedule, tokens: int) -> int:
         """``tokens * D^2`` per corrected unit (the ``(B - mu_b) @ R`` matmul) per image and run."""
-        corrected = sum(int((~schedule.mask[s]).sum()) for s in self.pack.targets if self.config.alpha != 0.0)
+        corrected = sum(int((~schedule.mask[s]).sum()) for s in self.pack.targets if self.alpha > 0)
         return corrected * tokens * self.pack.hidden**2
 
     def _maps(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -395,11 +444,11 @@ class TCCCompensator(Compensator):
     def reuse(self, key: UnitKey, step: int) -> torch.Tensor:
         stale = self.state[key][-1]
         k = self.pack.index(step)
-        if k is None or self.config.alpha == 0.0:
+        if k is None or self.alpha <= 0:
             return stale
         r, s, mu_a, mu_b = (t[k, key[0], key[1]] for t in self._maps(stale))
         corr = mu_a + s * ((stale - mu_b) @ r)
-        out = stale + self.config.alpha * (corr - stale)
+        out = stale + self.alpha * (corr - stale)
         self.note_correction(step, key)
         self.state[key] = [out]
         return out

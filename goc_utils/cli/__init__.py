@@ -10,7 +10,7 @@ module                    commands
 :mod:`.sample`            ``sample``, ``info``
 :mod:`.train`             ``train-tiny``, ``train-router``, ``train-classifier``, ``train-fashion``
 :mod:`.study`             ``tiny-report``, ``notebooks``, ``bench``, ``report``
-:mod:`.priors`            ``priors``, ``inflections``, ``tcc-pack``
+:mod:`.priors`            ``priors``, ``inflections``, ``tcc-pack``, ``tcc-packs``
 :mod:`.evaluate`          ``eval-sample``, ``fid``, ``eval``, ``compare``, ``verdicts``
 :mod:`.export`            ``export-diffusers``
 ========================  =========================================
@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "priors": ("priors", "extract block-feature priors (streaming statistics of un-cached sampling)"),
     "inflections": ("priors", "inflection-aware GOC steps and weight from a priors file"),
     "tcc-pack": ("priors", "fit TCC's calibrated maps (a pack) for a host schedule from same-noise sampling"),
+    "tcc-packs": ("priors", "list a model's committed TCC packs: rank of M, trace(R)/D, alpha (and a table)"),
     "eval-sample": ("evaluate", "sample N images of one method to an ADM npz (resumable, torchrun)"),
     "fid": ("evaluate", "IS, FID, sFID, precision, recall of a sample npz vs a reference npz"),
     "eval": ("evaluate", "sample every method and score it -> results table"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,15 @@ import torch
 from goc_utils.cache import build_schedule
 from goc_utils.cache.l2c import default_router
 from goc_utils.cache.options import parse_int_list
-from goc_utils.cache.tcc import POOLINGS, PUBLISHED_ALPHA, SVD_DRIVERS, VARIANTS, default_pack_path
+from goc_utils.cache.tcc import (
+    POOLINGS,
+    PUBLISHED_ALPHA,
+    SVD_DRIVERS,
+    VARIANTS,
+    TCCPack,
+    default_pack_path,
+    pack_summary,
+)
 from goc_utils.cli.common import (
     add_model_arguments,
     add_router_arguments,
@@ -25,13 +35,23 @@ from goc_utils.cli.common import (
     weight,
 )
 from goc_utils.errors import InvalidArgumentError, shorten
+from goc_utils.evaluation.tables import markdown_table, write_table
+from goc_utils.evaluation.tcc_alpha import HOLDOUT_SEED, choose_tcc_alpha
 from goc_utils.files import input_file, output_lock
+from goc_utils.lists import number_list
 from goc_utils.model.checkpoints import load_model, resolve_device
+from goc_utils.model.presets import preset_info
 from goc_utils.model.sampler import parse_classes
+from goc_utils.model.vae import load_vae, vae_spec
 from goc_utils.priors.auto import GRANULARITIES, auto_goc
 from goc_utils.priors.extraction import extract_priors
 from goc_utils.priors.stats import GRAM_SOURCES, MISSING, PriorsError, PriorStats, default_priors_path
 from goc_utils.priors.tcc_fit import fit_tcc_pack
+
+
+def alpha_list(text: str) -> list[float]:
+    """``--alpha``: one alpha or a comma-separated grid to choose from."""
+    return number_list(text, float, "alpha list", "1.75 or 0.25,0.5,1,1.75")
 
 
 def _model_and_classes(args: argparse.Namespace, device: str):
@@ -183,36 +203,76 @@ def cmd_tcc_pack(args: argparse.Namespace) -> int:
     host = args.host.split(":")[0].split("@")[0]
     out = args.out or default_pack_path(args.model, args.steps, args.cfg_scale, host, args.pooling)
     out = check_writable(Path(out), "--out")
+    if any(a <= 0 for a in args.alpha):
+        raise InvalidArgumentError(f"--alpha must be > 0 (got {args.alpha}); TCC with alpha <= 0 corrects nothing")
+    if args.holdout_per_class < 1:
+        raise InvalidArgumentError(f"--holdout-per-class must be >= 1 (got {args.holdout_per_class})")
     device = resolve_device(args.device)
     with output_lock(out):
         model, classes = _model_and_classes(args, device)
+        fit = {
+            "classes": classes, "per_class": args.per_class, "steps": args.steps, "cfg_scale": args.cfg_scale,
+            "seed": args.seed, "targets": args.target_steps, "pooling": args.pooling, "variant": args.variant,
+            "svd": args.svd, "batch_size": args.batch_size,
+            "router": args.router or default_router(args.model, args.steps), "thres": args.router_thres,
+        }  # fmt: skip
         started = time.perf_counter()
-        pack = fit_tcc_pack(
-            model,
-            args.model,
-            args.host,
-            classes,
-            args.per_class,
-            steps=args.steps,
-            cfg_scale=args.cfg_scale,
-            seed=args.seed,
-            targets=args.target_steps,
-            alpha=args.alpha,
-            pooling=args.pooling,
-            variant=args.variant,
-            svd=args.svd,
-            batch_size=args.batch_size,
-            router=args.router or default_router(args.model, args.steps),
-            thres=args.router_thres,
-        )
+        if len(args.alpha) == 1:
+            pack = fit_tcc_pack(model, args.model, args.host, alpha=args.alpha[0], **fit)
+        else:
+            info = preset_info(args.model)
+            vae = load_vae(vae_spec(None, args.ckpt, args.model), device) if info.latent else None
+            choice = choose_tcc_alpha(
+                model, args.model, args.host, args.alpha, fit, vae, args.holdout_per_class, args.holdout_seed,
+                args.batch_size,
+            )  # fmt: skip
+            held = len(classes) * args.holdout_per_class
+            pack = replace(choice.pack, alpha_choice={
+                "holdout_seed": args.holdout_seed, "holdout_samples": held, "host_psnr_db": round(choice.host_psnr, 2),
+                "psnr_db": {f"{a:g}": round(v, 2) for a, v in choice.psnr.items()},
+            })  # fmt: skip
+            print(f"alpha on {held} held-out samples (noise seed {args.holdout_seed}), PSNR vs un-cached: "
+                  + ", ".join(f"{a:g}: {v:.2f} dB" for a, v in choice.psnr.items())
+                  + f" (plain {args.host}: {choice.host_psnr:.2f} dB); chosen {choice.alpha:g}")  # fmt: skip
         pack.save(out)
-    ranks = pack.rank.flatten().tolist()
+    ranks, traces = pack.rank.flatten(), pack.trace_ratio().flatten()
     print(
         f"TCC pack for {args.host} ({args.model}, DDIM-{args.steps}, cfg {args.cfg_scale:g}, {args.pooling} pooling, "
-        f"{pack.samples} samples) at steps {','.join(map(str, pack.targets))}; rank of M {min(ranks)}..{max(ranks)} "
-        f"of {pack.hidden}; {time.perf_counter() - started:.1f} s -> {out}"
+        f"{pack.samples} samples, alpha {pack.fit_alpha:g}) at steps {','.join(map(str, pack.targets))}; "
+        f"rank of M {int(ranks.min())}..{int(ranks.max())} of {pack.hidden}, trace(R)/D "
+        f"{float(traces.min()):.3f}..{float(traces.max()):.3f}; {time.perf_counter() - started:.1f} s -> {out}"
     )
+    deficient = int((ranks < pack.hidden).sum())
+    if deficient:
+        print(
+            f"goc tcc-pack: warning: M is below full rank ({pack.hidden}) in {deficient} of {len(ranks)} maps, so R is "
+            "partly the SVD's choice there; fit more points than the width (--pooling sample with more samples than "
+            "it, or --pooling token)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def cmd_tcc_packs(args: argparse.Namespace) -> int:
+    slug = args.model.replace("/", "-")
+    folder = default_pack_path(args.model, 20, 1.0, "x").parent
+    files = sorted(folder.glob(f"{slug}_*.safetensors"))
+    if not files:
+        raise InvalidArgumentError(f"no TCC pack of {args.model} in {shorten(folder)}; fit one with `goc tcc-pack`")
+    table = check_writable(Path(args.table + ".csv"), "--table") if args.table else None
+    rows = [pack_summary(TCCPack.load(f), f.name) for f in files]
+    print(markdown_table(rows), end="")
+    if table is not None:
+        print(f"-> {write_table(rows, table.stem, table.parent)}")
+    return 0
+
+
+def add_tcc_packs(p: argparse.ArgumentParser) -> None:
+    """The committed TCC packs of a model (data/tcc/): host, cfg, pooling, samples, the rank of M, trace(R)/D and how
+    alpha was chosen."""
+    p.add_argument("--model", default="tiny-fashion", help="preset whose packs to list (default tiny-fashion)")
+    p.add_argument("--table", default=None, help="also write PREFIX.csv and PREFIX.md (e.g. figures/00_tcc_packs)")
+    p.set_defaults(func=cmd_tcc_packs)
 
 
 def add_tcc_pack(p: argparse.ArgumentParser) -> None:
@@ -232,9 +292,32 @@ def add_tcc_pack(p: argparse.ArgumentParser) -> None:
         help="corrected steps, e.g. 1,3,5,7 (default: the host's reuse steps in 1..7, the published DDIM-20 window)",
     )
     p.add_argument(
-        "--alpha", type=number, default=PUBLISHED_ALPHA, help="strength of earlier targets' corrections in the replay"
+        "--alpha",
+        type=alpha_list,
+        default=[PUBLISHED_ALPHA],
+        help="the alpha the pack is used with (its replay applies the earlier targets' maps at it; default 1.75, "
+        "the published DiT scripts'); several (0.25,0.5,1,1.75): fit one pack per alpha and keep the best on "
+        "held-out noise",
     )
-    p.add_argument("--pooling", choices=POOLINGS, default="class", help="fit points (default class, as published)")
+    p.add_argument(
+        "--holdout-per-class",
+        type=int,
+        default=10,
+        help="held-out samples per class that choose among several --alpha (default 10)",
+    )
+    p.add_argument(
+        "--holdout-seed",
+        type=int,
+        default=HOLDOUT_SEED,
+        help=f"noise seed of the held-out samples (default {HOLDOUT_SEED}: neither the fit's nor the evaluation's)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="class",
+        help="fit points: class (one mean per class: the published DiT scripts, the default), sample (one token "
+        "mean per sample: the published PixArt / ToCa collector) or token (every token)",
+    )
     p.add_argument("--variant", choices=VARIANTS, default="full", help="map family (default full: similarity)")
     p.add_argument("--svd", choices=SVD_DRIVERS, default="gesdd", help="LAPACK driver of the Procrustes SVD")
     p.add_argument("--batch-size", type=int, default=64, help="samples per sampling batch (default 64)")

@@ -130,7 +130,7 @@ def fit_tcc_pack(
             batch_noise = noise[start : start + batch_size].to(device)
             fresh = _outputs(model, none_schedule(steps, depth), ReuseCompensator(), batch_labels, batch_noise,
                              target, steps, cfg_scale)  # fmt: skip
-            comp = TCCCompensator(TCCConfig(alpha, partial))
+            comp = TCCCompensator(TCCConfig(alpha=alpha, pack=partial))
             stale = _outputs(model, schedule, comp, batch_labels, batch_noise, target, steps, cfg_scale)
             y = torch.tensor(batch_labels)
             for key, unit_stats in stats.items():

@@ -285,6 +285,23 @@ def _peer_verdicts(f: _Folder) -> list[str]:
     return _verdicts(f, "07_verdicts", heading, pairs, define=f.rows("05_verdicts") is None)
 
 
+def _tcc_packs(f: _Folder) -> list[str]:
+    rows = f.rows("00_tcc_packs")
+    if rows is None:
+        return []
+    return [
+        "## The TCC packs (`make tcc-packs`)",
+        f"{f.marker('00_tcc_packs')}\nThe committed packs of the `+tcc` rows above (`goc tcc-packs`): TCC's maps "
+        "fitted per target step and unit from same-noise un-cached and cached runs. `class` pooling is the published "
+        "DiT scripts' fit (one point per class: with fewer classes than the width, M is rank-deficient and R is "
+        "mostly the SVD's choice, so trace(R)/D is far below the identity's); `sample` pooling is the published "
+        "PixArt / ToCa collector's (one point per sample: full rank); `token` pooling is ours. Where the alpha was "
+        "chosen on held-out noise (`tcc-pack --alpha` with several values), its held-out PSNR against the "
+        "un-cached images is listed per alpha, next to plain reuse's.",
+        f"{f.marker('00_tcc_packs')}\n{markdown_table(rows).rstrip()}",
+    ]
+
+
 def _setting(f: _Folder, name: str) -> str:
     rows = f.rows(name) or []
     return f"{_distinct(rows, 'samples')} samples per point, cfg {_distinct(rows, 'cfg_scale')}"
@@ -412,13 +429,14 @@ def _index(f: _Folder) -> list[str]:
 
 
 SECTIONS: tuple[Callable[[_Folder], list[str]], ...] = (
-    _tier_section, _main_verdicts, _results, _quality_speed, _same_noise, _peers, _peer_verdicts, _ablations, _index
+    _tier_section, _main_verdicts, _results, _quality_speed, _same_noise, _peers, _peer_verdicts, _tcc_packs,
+    _ablations, _index,
 )  # fmt: skip
 """The report's sections in order; each returns its markdown blocks, none when its CSVs are missing."""
 
 CSV_NAMES = ("00_fashion_agreement", "00_fashion_tier", "00_tiny_agreement", "04_methods", "05_verdicts", "05_eval",
              "05_eval_tiny", "05_fid_table", "07_diffusers_peers", "07_verdicts", "08_weight_sweep", "08_inflections",
-             "08_cache_ratio", "08_replay_vs_measured")  # fmt: skip
+             "08_cache_ratio", "08_replay_vs_measured", "00_tcc_packs")  # fmt: skip
 """Every CSV a report reads."""
 
 
