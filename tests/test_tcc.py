@@ -382,3 +382,23 @@ def test_goc_tcc_packs_lists_the_rank_and_trace_of_the_committed_packs(tmp_path,
     assert rows[0].startswith("pack,host,cfg,pooling,samples,width,rank of M,trace(R)/D,alpha") and len(rows) == 5
     assert main(["tcc-packs", "--model", "DiT-XL/2"]) == 2
     assert "no TCC pack of DiT-XL/2" in capsys.readouterr().err
+
+
+def test_goc_sample_bench_and_notebook_04_print_one_speedup_with_tccs_matmuls(capsys, tmp_path):
+    from goc_utils.cli import main
+    from goc_utils.evaluation.bench import same_noise_runs
+    from goc_utils.model.checkpoints import load_model
+    from goc_utils.study.nb04_fora_l2c_goc import method_table
+
+    argv = ["sample", "--steps", "20", "--classes", "1", "--cfg-scale", "1.5", "--out", str(tmp_path / "g.png")]
+    assert main([*argv, "--method", "fora-50+tcc"]) == 0
+    printed = capsys.readouterr().out.split("theoretical speedup ")[1].split("x")[0]
+    bench = ["bench", "--steps", "20", "--cfg-scale", "1.5", "--repeats", "1", "--methods", "fora-50,fora-50+tcc"]
+    assert main(bench) == 0
+    bench = capsys.readouterr().out
+    assert f"| {printed}x |" in bench.split("| fora-50+tcc |")[1].splitlines()[0]
+    model = load_model("tiny-digits")
+    results, errors, costs = same_noise_runs(model, ["fora-50+tcc"], [1], steps=20, cfg_scale=1.5,
+                                             packs=PackSource("tiny-digits", 1.5))  # fmt: skip
+    row = method_table(results, errors, costs)[1]
+    assert row["theoretical speedup"] == f"{printed}x" and float(printed) < 1.9  # fora-50 alone: 1.937x

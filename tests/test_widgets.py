@@ -119,3 +119,10 @@ def test_the_latent_tier_updates_live_with_the_vae_decode_in_the_loop():
     assert explorer.state["cache_ratio"] == pytest.approx(0.6) and explorer.state["images"].shape == (2, 32, 32, 1)
     assert explorer.state["rmse"] > 0 and explorer.state["step_rmse"].shape == (10,)
     assert not np.array_equal(explorer.state["images"], explorer.reference.images)
+
+
+def test_the_explorer_offers_only_compensators_that_run_without_a_fitted_pack():
+    from goc_utils.study.nb06_threshold_explorer import standalone_compensators
+
+    offered = standalone_compensators()
+    assert {"none", "goc", "taylor"} <= set(offered) and "tcc" not in offered

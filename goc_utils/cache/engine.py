@@ -18,8 +18,9 @@ from collections.abc import Callable
 import torch
 
 from goc_utils.cache.compensator import Compensator, ReuseCompensator
-from goc_utils.cache.schedule import CacheSchedule
+from goc_utils.cache.schedule import CacheSchedule, theoretical_speedup
 from goc_utils.model.dit import DiT
+from goc_utils.model.macs import MACs
 
 
 class CacheEngine:
@@ -27,8 +28,8 @@ class CacheEngine:
 
     Example:
         >>> from goc_utils.cache import build_compensator, build_schedule
-        >>> from goc_utils.model.dit import load_model
-        >>> from goc_utils.evaluation.sampling import generate
+        >>> from goc_utils.model.checkpoints import load_model
+        >>> from goc_utils.model.sampler import generate
         >>> model = load_model("tiny-digits")
         >>> engine = CacheEngine(model, build_schedule("fora-50", 20, model.depth),
         ...                      build_compensator("goc", weight=1.2, correction_steps=(3, 5, 7, 9, 11, 13, 15, 19)))
@@ -47,6 +48,20 @@ class CacheEngine:
         self._recompute = None
         self.on_unit: Callable[[int, int, int, torch.Tensor, bool], None] | None = None
         """Optional observer ``on_unit(step, block, unit, output, computed)`` (priors, per-unit errors)."""
+
+    def cost(self, macs: MACs) -> dict[str, float]:
+        """What this run's method costs, the compensator's own work included: the one place every printed or tabled
+        speedup comes from.
+
+        Returns ``cache_ratio`` (reused share of unit-steps), ``cache_ratio_macs`` (skipped share of branch MACs) and
+        ``macs_speedup`` (un-cached MACs over this run's, counting the compensator's ``extra_macs``: TCC's matmuls).
+        """
+        extra = self.compensator.extra_macs(self.schedule, self.model.num_tokens)
+        return {
+            "cache_ratio": self.schedule.cache_ratio,
+            "cache_ratio_macs": self.schedule.cache_ratio_macs(macs.units),
+            "macs_speedup": theoretical_speedup(macs, self.schedule, extra),
+        }
 
     def reset(self) -> None:
         """Clear the compensator state (done automatically at step 0)."""

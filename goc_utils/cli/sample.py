@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from goc_utils.cache import COMPENSATORS, SCHEDULES, CacheMethod, PackSource
-from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.cli.common import (
     add_model_arguments,
     add_priors_argument,
@@ -125,15 +124,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     save_image_grid(result.images, out, nrow=nrow, upscale=upscale)
     if npz is not None:
         save_samples_npz(npz, result)
-    schedule, macs = engine.schedule, model_macs(model)
+    schedule, cost = engine.schedule, engine.cost(model_macs(model))
     config = getattr(engine.compensator, "config", None)
     if method.compensator == "goc" and isinstance(config.weight, float):
         steps = "every reused step" if config.correction_steps is None else ",".join(map(str, config.correction_steps))
         print(f"GOC: w = {config.weight:.4g}, correction steps {steps}, {config.coupling} coupling")
     print(
-        f"cache {method.label()} ({schedule.name}): {100 * schedule.cache_ratio:.1f}% of unit-steps reused, "
-        f"{100 * schedule.cache_ratio_macs(macs.units):.1f}% of branch MACs, "
-        f"theoretical speedup {theoretical_speedup(macs, schedule):.3f}x"
+        f"cache {method.label()} ({schedule.name}): {100 * cost['cache_ratio']:.1f}% of unit-steps reused, "
+        f"{100 * cost['cache_ratio_macs']:.1f}% of branch MACs, theoretical speedup {cost['macs_speedup']:.3f}x"
     )
     print(
         f"sampled {len(labels)} images ({args.model}, {args.sampler}-{args.steps}, cfg {args.cfg_scale}, "

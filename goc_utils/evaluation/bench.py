@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.method import CacheMethod
-from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.cache.tcc import PackSource
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.tables import markdown_table
@@ -76,13 +75,7 @@ def engine_cost(engine: CacheEngine | HookRunner, macs: MACs, run=None) -> dict:
     diffusers' own caches, measured by counting what ``run(forward)`` (one sampling run) really computes."""
     if isinstance(engine, HookRunner):
         return engine.measure(run, macs)
-    schedule = engine.schedule
-    extra = engine.compensator.extra_macs(schedule, engine.model.num_tokens)
-    return {
-        "cache_ratio": schedule.cache_ratio,
-        "cache_ratio_macs": schedule.cache_ratio_macs(macs.units),
-        "macs_speedup": theoretical_speedup(macs, schedule, extra),
-    }
+    return engine.cost(macs)
 
 
 def time_engines(
@@ -235,15 +228,18 @@ def same_noise_runs(
     priors=None,
     vae=None,
     packs: PackSource | None = None,
-) -> tuple[dict[str, SampleResult], dict[str, np.ndarray]]:
-    """Run every method from the same noise; return ``(results, per-step RMSE vs the un-cached run)``.
+) -> tuple[dict[str, SampleResult], dict[str, np.ndarray], dict[str, dict]]:
+    """Run every method from the same noise; return ``(results, per-step RMSE vs the un-cached run, costs)``.
 
     ``results[method]`` is a :class:`~goc_utils.evaluation.sampling.SampleResult`; the per-step error of
-    method m is the RMSE between its sample after step s and the un-cached sample after step s.
+    method m is the RMSE between its sample after step s and the un-cached sample after step s; ``costs[method]``
+    is its engine's :meth:`~goc_utils.cache.engine.CacheEngine.cost`.
     """
-    results, trajectories = {}, {}
+    results, trajectories, costs = {}, {}, {}
+    macs = model_macs(model)
     for text in ["none", *[m for m in methods if m != "none"]]:
         engine = CacheMethod.parse(text, router=router).engine(model, steps, priors, packs)
+        costs[text] = engine.cost(macs)
         states: list[torch.Tensor] = []
         results[text] = generate(
             model,
@@ -258,4 +254,4 @@ def same_noise_runs(
         trajectories[text] = torch.stack(states)
     reference = trajectories["none"]
     errors = {m: ((t - reference) ** 2).flatten(1).mean(1).sqrt().numpy() for m, t in trajectories.items()}
-    return results, errors
+    return results, errors, costs

@@ -241,9 +241,15 @@ def apply(transformer: nn.Module, options: dict, steps: int) -> None:
     """Enable cache-dit's DBCache with ``options`` on ``transformer`` (transformer-only mode).
 
     Example:
-        >>> apply(transformer, {"fn": 1, "threshold": 0.1, "warmup": 4}, steps=20)
+        >>> from diffusers import DiTTransformer2DModel
+        >>> transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        ...                                     out_channels=8, num_layers=3, sample_size=8, num_embeds_ada_norm=1000)
+        >>> keys = list(transformer.state_dict())
+        >>> apply(transformer, {"fn": 1, "bn": 0, "threshold": 0.1, "warmup": 4}, steps=20)
         >>> refresh(transformer, 20)  # before every run
         >>> remove(transformer)
+        >>> list(transformer.state_dict()) == keys  # the plain transformer again, key for key
+        True
     """
     cache, calibrator = configs(options, steps)
     transformer._goc_module_order = list(transformer._modules)

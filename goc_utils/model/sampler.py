@@ -123,7 +123,7 @@ def generate(
     ``(N, C, H, W)`` replaces the seeded draw (per-sample seeding by the caller).
 
     Example:
-        >>> from goc_utils.model.dit import load_model
+        >>> from goc_utils.model.checkpoints import load_model
         >>> result = generate(load_model("tiny-digits"), [3, 5], seed=0, steps=10)
         >>> result.images.shape
         (2, 8, 8, 1)

@@ -75,7 +75,10 @@ def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
     (unless ``HF_HUB_OFFLINE=1``).
 
     Example:
-        >>> vae = load_vae("/path/to/sd-vae-ft-ema")  # doctest: +SKIP
+        >>> from goc_utils.paths import DATA_DIR
+        >>> vae = load_vae(str(DATA_DIR / "tiny_fashion_vae"))  # a local diffusers AutoencoderKL folder
+        >>> vae.config.latent_channels, vae.config.scaling_factor
+        (4, 0.39263)
     """
     from diffusers import AutoencoderKL  # lazy: heavy, and only latent presets (DiT-XL/2) need it
     from diffusers.utils import logging as diffusers_logging

@@ -148,8 +148,10 @@ def auto_goc(
     Errors are MACs-weighted (an MLP branch counts by its MACs relative to an attention branch).
 
     Example:
-        >>> stats = PriorStats.load("data/priors/tiny-digits_ddim20_cfg4.safetensors")
         >>> from goc_utils.cache import build_schedule
+        >>> from goc_utils.paths import DATA_DIR
+        >>> from goc_utils.priors.stats import PriorStats
+        >>> stats = PriorStats.load(DATA_DIR / "priors" / "tiny-digits_ddim20_cfg4.safetensors")
         >>> auto = auto_goc(stats, build_schedule("fora-50", 20, stats.depth))
         >>> auto.error_auto < auto.error_plain
         True

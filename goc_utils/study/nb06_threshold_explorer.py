@@ -32,11 +32,11 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from PIL import Image
 
-from goc_utils.cache import COMPENSATORS
+from goc_utils.cache import COMPENSATORS, build_compensator
 from goc_utils.cache.goc import COUPLINGS
 from goc_utils.cache.l2c import default_router
 from goc_utils.cache.method import CacheMethod
-from goc_utils.cache.schedule import build_schedule, theoretical_speedup
+from goc_utils.cache.schedule import build_schedule
 from goc_utils.errors import GocError
 from goc_utils.model.macs import model_macs
 from goc_utils.model.sampler import generate, parse_classes
@@ -69,12 +69,26 @@ def _published_steps(name: str, steps: int, depth: int) -> str:
     return ",".join(str(s) for s in published) if published else ""
 
 
+def standalone_compensators() -> list[str]:
+    """The registered compensators that run from their defaults alone: not TCC, whose pack is fitted for one host
+    schedule (``fora-50``, ``l2c``) that the explorer's free FORA / L2C knobs would not match."""
+    names = []
+    for name in COMPENSATORS:
+        try:
+            build_compensator(name)
+        except GocError:
+            continue
+        names.append(name)
+    return names
+
+
 class ThresholdExplorer:
     """Sliders and toggles over a caching method, re-sampling the same noise on every change.
 
     Controls: presets; schedule (FORA / L2C), FORA interval and step range, L2C router threshold, compensator (every
-    registered one), GOC weight (or ``auto`` from priors), correction steps (list, ``auto`` or empty = every reused
-    step) and coupling (``block``: published; ``unit``: each unit on its own). ``state`` holds the latest
+    registered one that runs without a fitted pack: :func:`standalone_compensators`), GOC weight (or ``auto`` from
+    priors), correction steps (list, ``auto`` or empty = every reused step) and coupling (``block``: published;
+    ``unit``: each unit on its own). ``state`` holds the latest
     ``cache_ratio``, ``cache_ratio_macs``, ``speedup``, ``rmse`` (final samples vs un-cached), ``images`` (uint8),
     ``unit_map`` (``(steps, depth, 2)``: 0 computed, 1 reused, 2 reused and corrected), ``step_rmse`` (per step)
     and ``error`` (a message when the settings are invalid).
@@ -133,7 +147,7 @@ class ThresholdExplorer:
         self.step_range = w.IntRangeSlider(value=(0, steps), min=0, max=steps, description="FORA range", **slider)
         self.thres = w.FloatSlider(value=0.1, min=0.0, max=1.0, step=0.01, description="L2C threshold", **slider)
         self.compensator = w.ToggleButtons(
-            options=list(COMPENSATORS), value="goc", description="compensator", style=style
+            options=standalone_compensators(), value="goc", description="compensator", style=style
         )
         self.weight = w.FloatSlider(value=1.2, min=0.0, max=2.0, step=0.05, description="GOC weight w", **slider)
         self.auto_weight = w.Checkbox(value=False, description="w from priors (auto)", disabled=priors is None)
@@ -241,10 +255,11 @@ class ThresholdExplorer:
         step_rmse = np.array(
             [float(((a - b) ** 2).mean().sqrt()) for a, b in zip(trajectory, self._reference_steps, strict=True)]
         )
+        cost = engine.cost(self.macs)
         self.state = {
-            "cache_ratio": schedule.cache_ratio,
-            "cache_ratio_macs": schedule.cache_ratio_macs(self.macs.units),
-            "speedup": theoretical_speedup(self.macs, schedule),
+            "cache_ratio": cost["cache_ratio"],
+            "cache_ratio_macs": cost["cache_ratio_macs"],
+            "speedup": cost["macs_speedup"],
             "rmse": float(((result.final - self.reference.final) ** 2).mean().sqrt()),
             "images": result.images,
             "unit_map": unit_map,

@@ -136,7 +136,11 @@ def train_dit(
     preset's committed weights. Returns the path of the exported EMA safetensors file.
 
     Example:
-        >>> train_dit("tiny-digits", DiTTrainConfig(steps=2, batch_size=4), progress=False)  # doctest: +SKIP
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> config = DiTTrainConfig(steps=2, batch_size=4)
+        >>> train_dit("tiny-digits", config, folder / "run", folder / "dit.safetensors", progress=False).name
+        'dit.safetensors'
     """
     config = config or default_train_config(preset)
     if preset not in TRAINABLE_PRESETS:

@@ -57,7 +57,6 @@ from diffusers.hooks import (
 from diffusers.models.cache_utils import CacheMixin
 
 from goc_utils.cache.method import CacheMethod
-from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.cache.tcc import PackSource
 from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.integrations import cachedit
@@ -261,7 +260,7 @@ class HookRunner:
             self._ratios = self.options.get("mag_ratios")
         else:
             method = CacheMethod.parse(text, router=router, thres=thres)
-            shape = SimpleNamespace(depth=model.depth, hidden_size=model.hidden_size)
+            shape = SimpleNamespace(depth=model.depth, hidden_size=model.hidden_size, num_tokens=model.num_tokens)
             self.engine = method.engine(shape, steps, priors, packs)
             self.schedule, self.compensator = self.engine.schedule, self.engine.compensator
             self.spec = None
@@ -380,14 +379,8 @@ class HookRunner:
 
     def measure(self, run: Callable[[Callable], None], macs) -> dict:
         """The MACs columns, from counting what one run (``run(forward)``) really computes."""
-        if self.schedule is not None:  # ours: exactly the schedule (tests check the hooks agree)
-            return {
-                "cache_ratio": self.schedule.cache_ratio,
-                "cache_ratio_macs": self.schedule.cache_ratio_macs(macs.units),
-                "macs_speedup": theoretical_speedup(
-                    macs, self.schedule, self.compensator.extra_macs(self.schedule, self.model.num_tokens)
-                ),
-            }
+        if self.engine is not None:  # ours: exactly the schedule (tests check the hooks agree)
+            return self.engine.cost(macs)
         self.prepare()
         self.counter = UnitCounter(self.transformer, self.steps)
         try:
