@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from goc_utils.cache.options import config_options
+from goc_utils.cache.plugins import load_plugins
 from goc_utils.errors import InvalidArgumentError
 
 UnitKey = tuple[int, int]
@@ -144,6 +145,8 @@ def build_compensator(name: str, **options) -> Compensator:
         >>> build_compensator("goc", weight=1.2, correction_steps=(3, 5, 7, 9)).name
         'goc'
     """
+    if name not in COMPENSATORS:
+        load_plugins()
     if name not in COMPENSATORS:
         raise InvalidArgumentError(f"unknown compensator {name!r}; choose one of: {', '.join(COMPENSATORS)}")
     spec = COMPENSATORS[name]

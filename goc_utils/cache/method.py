@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from goc_utils.cache.compensator import COMPENSATORS, build_compensator
 from goc_utils.cache.engine import CacheEngine
 from goc_utils.cache.options import parse_options
+from goc_utils.cache.plugins import load_plugins
 from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule
 from goc_utils.cache.tcc import PackSource, TCCPack, TCCPackError
 from goc_utils.errors import InvalidArgumentError, shorten
@@ -128,6 +129,8 @@ class CacheMethod:
         schedule, *schedule_parts = parts[0].split(":")
         schedule, _, at_thres = schedule.partition("@")
         compensator, *compensator_parts = (parts[1] if len(parts) == 2 else "none").split(":")
+        if schedule not in SCHEDULES or compensator not in COMPENSATORS:
+            load_plugins()  # a name from another installed package (entry points), imported on first use
         if schedule not in SCHEDULES or compensator not in COMPENSATORS:
             raise InvalidArgumentError(
                 f"unknown method {shown}; schedules: {', '.join(SCHEDULES)}; compensators: {', '.join(COMPENSATORS)}"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from goc_utils.cache.options import builder_options
+from goc_utils.cache.plugins import load_plugins
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.model.macs import MACs
 
@@ -146,6 +147,8 @@ def build_schedule(name: str, steps: int, depth: int, **options) -> CacheSchedul
         >>> build_schedule("fora", steps=20, depth=12, interval=2).cache_ratio
         0.5
     """
+    if name not in SCHEDULES:
+        load_plugins()
     if name not in SCHEDULES:
         raise ScheduleError(f"unknown cache schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
     if not 1 <= int(steps) <= MAX_STEPS:

@@ -36,6 +36,7 @@ from goc_utils.cache import COMPENSATORS, build_compensator
 from goc_utils.cache.goc import COUPLINGS
 from goc_utils.cache.l2c import default_router
 from goc_utils.cache.method import CacheMethod
+from goc_utils.cache.plugins import load_plugins
 from goc_utils.cache.schedule import build_schedule
 from goc_utils.errors import GocError
 from goc_utils.model.macs import model_macs
@@ -72,8 +73,9 @@ def _published_steps(name: str, steps: int, depth: int) -> str:
 def standalone_compensators() -> list[str]:
     """The registered compensators that run from their defaults alone: not TCC, whose pack is fitted for one host
     schedule (``fora-50``, ``l2c``) that the explorer's free FORA / L2C knobs would not match."""
+    load_plugins()
     names = []
-    for name in COMPENSATORS:
+    for name in list(COMPENSATORS):
         try:
             build_compensator(name)
         except GocError:
