@@ -121,6 +121,25 @@ class _Folder:
         with path.open(newline="") as handle:
             return list(csv.DictReader(handle))
 
+    def label(self, method: str) -> str:
+        """:func:`method_label`, and for a ``+tcc`` method the rank of its pack's maps (from ``00_tcc_packs.csv``):
+        ``fora-50+tcc`` (rank 9 of 128)."""
+        host, plus, compensator = method.partition("+")
+        packs = self.rows("00_tcc_packs")
+        if not plus or not compensator.startswith("tcc") or packs is None:
+            return method_label(method)
+        pooling = next((o.split("=")[1] for o in compensator.split(":") if o.startswith("pooling=")), "class")
+        ranks = {(r["rank of M"], r["width"]) for r in packs if r["host"] == host and r["pooling"] == pooling}
+        if len(ranks) != 1:
+            return method_label(method)
+        rank, width = ranks.pop()
+        return f"{method_label(method)} (rank {rank} of {width})"
+
+    def tcc_marker(self, name: str, methods: Sequence[str]) -> str:
+        """:meth:`marker` of ``name``, naming ``00_tcc_packs`` too where a ``+tcc`` label quotes its rank."""
+        ranked = self.has("00_tcc_packs.csv") and any("+tcc" in m for m in methods)
+        return self.marker(name, "00_tcc_packs") if ranked else self.marker(name)
+
     def has(self, file: str) -> bool:
         return (self.folder / file).is_file()
 
@@ -188,7 +207,7 @@ def _verdicts(f: _Folder, name: str, heading: str, pairs: str, define: bool) -> 
         return []
     pairs_by_cfg: dict[tuple[str, str], dict[str, str]] = {}
     for r in rows:  # one line per pair, two columns per cfg
-        line = pairs_by_cfg.setdefault((r["A"], r["B"]), {"A": method_label(r["A"]), "B": method_label(r["B"])})
+        line = pairs_by_cfg.setdefault((r["A"], r["B"]), {"A": f.label(r["A"]), "B": f.label(r["B"])})
         line[f"PSNR A - B, cfg {r['cfg']}"] = _signed(r["PSNR A-B dB"], r["PSNR std"], r["PSNR resolved"], " dB")
         line[f"FID A - B, cfg {r['cfg']}"] = _signed(r["FID A-B"], r["FID std"], r["FID resolved"])
     columns = list(dict.fromkeys(k for line in pairs_by_cfg.values() for k in line))
@@ -197,7 +216,7 @@ def _verdicts(f: _Folder, name: str, heading: str, pairs: str, define: bool) -> 
         heading,
         f"{f.marker(name)}\n{PAIRED + ' ' if define else ''}{pairs}, {_distinct(rows, 'samples')} samples per method, "
         f"cfg {_distinct(rows, 'cfg')} (`goc verdicts`; {f.link(f'{name}.md')} adds each side's PSNR and FID):",
-        f"{f.marker(name)}\n{markdown_table(table).rstrip()}",
+        f"{f.tcc_marker(name, [r[k] for r in rows for k in ('A', 'B')])}\n{markdown_table(table).rstrip()}",
     ]
 
 
@@ -214,7 +233,7 @@ def _results(f: _Folder) -> list[str]:
     cfgs = list(dict.fromkeys(r["cfg_scale"] for r in rows))
     by_method: dict[str, dict[str, str]] = {}
     for r in rows:
-        line = by_method.setdefault(r["method"], {"method": method_label(r["method"]),
+        line = by_method.setdefault(r["method"], {"method": f.label(r["method"]),
                                                   "MACs speedup": f"{r['macs_speedup']}x"})  # fmt: skip
         line[f"FID (std), cfg {r['cfg_scale']}"] = f"{r['fid']} ({r['fid_std']})"
         line[f"PSNR vs none, cfg {r['cfg_scale']}"] = f"{r['psnr_vs_none']} dB"
@@ -226,7 +245,7 @@ def _results(f: _Folder) -> list[str]:
         f"{_distinct(rows, 'cfg_scale')} with per-sample seeds, so that every method sees the same noise; FID "
         f"(bootstrap std) on {f.tier.features}, PSNR against the un-cached samples of the same noise. The full table "
         f"adds IS, sFID, precision, recall, SSIM, class agreement and latency: {f.link(f'{name}.md')}.",
-        f"{f.marker(name)}\n{markdown_table(table).rstrip()}",
+        f"{f.tcc_marker(name, list(by_method))}\n{markdown_table(table).rstrip()}",
     ]
 
 
@@ -262,7 +281,7 @@ def _peers(f: _Folder) -> list[str]:
     rows = f.rows("07_diffusers_peers")
     if rows is None:
         return []
-    table = [{"method": method_label(r["method"]), "MACs speedup (measured)": f"{r['macs_speedup']}x",
+    table = [{"method": f.label(r["method"]), "MACs speedup (measured)": f"{r['macs_speedup']}x",
               "FID (bootstrap std)": f"{r['fid']} ({r['fid_std']})", "PSNR vs un-cached": f"{r['psnr_vs_none']} dB",
               "latency speedup (CPU)": f"{r['measured_speedup']}x"} for r in rows]  # fmt: skip
     caption = "FID and PSNR against the un-cached samples vs the measured MACs speedup, for every row below."
@@ -275,7 +294,7 @@ def _peers(f: _Folder) -> list[str]:
         "(it depends on the sample count: compare rows of one table only). The MACs speedup is measured from the "
         "units each cache computed, the latency speedup from timing one batch on a CPU. Full table: "
         f"{f.link('07_diffusers_peers.md')}.",
-        f"{f.marker('07_diffusers_peers')}\n{markdown_table(table).rstrip()}",
+        f"{f.tcc_marker('07_diffusers_peers', [r['method'] for r in rows])}\n{markdown_table(table).rstrip()}",
     ]
 
 
