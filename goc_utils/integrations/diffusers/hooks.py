@@ -47,7 +47,7 @@ UNIT_MODULES = ("attn1", "ff")
 """The two gated branches of a diffusers ``BasicTransformerBlock``: unit 0 and unit 1."""
 
 
-class UnitRouter:
+class UnitDispatch:
     """State shared by a transformer's unit hooks: where a branch call goes.
 
     ``unit_fn`` (a :data:`~goc_utils.model.dit.UnitFn`) receives every branch call while set; with it
@@ -65,22 +65,22 @@ class UnitRouter:
 
 
 class UnitHook(ModelHook):
-    """Hands one branch (``attn1`` or ``ff`` of block ``block``) to the router's ``unit_fn``."""
+    """Hands one branch (``attn1`` or ``ff`` of block ``block``) to the dispatch's ``unit_fn``."""
 
-    def __init__(self, router: UnitRouter, block: int, unit: int) -> None:
+    def __init__(self, dispatch: UnitDispatch, block: int, unit: int) -> None:
         super().__init__()
-        self.router, self.block, self.unit = router, block, unit
+        self.dispatch, self.block, self.unit = dispatch, block, unit
 
     def new_forward(self, module: nn.Module, *args, **kwargs):
-        original, router, block, unit = self.fn_ref.original_forward, self.router, self.block, self.unit
+        original, dispatch, block, unit = self.fn_ref.original_forward, self.dispatch, self.block, self.unit
 
         def compute():
-            if router.on_compute is not None:
-                router.on_compute(block, unit, _batch(args, kwargs))
+            if dispatch.on_compute is not None:
+                dispatch.on_compute(block, unit, _batch(args, kwargs))
             return original(*args, **kwargs)
 
-        if router.unit_fn is not None:
-            return router.unit_fn(block, unit, compute)
+        if dispatch.unit_fn is not None:
+            return dispatch.unit_fn(block, unit, compute)
         return compute()
 
 
@@ -92,16 +92,16 @@ def _batch(args: tuple, kwargs: dict) -> int:
 class CountHook(ModelHook):
     """Reports that a block (``block`` >= 0) or the patch embedding (``block`` = -1) really runs."""
 
-    def __init__(self, router: UnitRouter, block: int) -> None:
+    def __init__(self, dispatch: UnitDispatch, block: int) -> None:
         super().__init__()
-        self.router, self.block = router, block
+        self.dispatch, self.block = dispatch, block
 
     def pre_forward(self, module: nn.Module, *args, **kwargs):
         if self.block < 0:
-            if self.router.on_embed is not None:
-                self.router.on_embed(_batch(args, kwargs))
-        elif self.router.on_block is not None:
-            self.router.on_block(self.block, _batch(args, kwargs))
+            if self.dispatch.on_embed is not None:
+                self.dispatch.on_embed(_batch(args, kwargs))
+        elif self.dispatch.on_block is not None:
+            self.dispatch.on_block(self.block, _batch(args, kwargs))
         return args, kwargs
 
 
@@ -110,9 +110,9 @@ class StepHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, engine: CacheEngine, router: UnitRouter) -> None:
+    def __init__(self, engine: CacheEngine, dispatch: UnitDispatch) -> None:
         super().__init__()
-        self.engine, self.router = engine, router
+        self.engine, self.dispatch = engine, dispatch
         self.calls, self.last_t = 0, None
 
     def reset_state(self, module: nn.Module) -> nn.Module:
@@ -148,14 +148,14 @@ class StepHook(ModelHook):
         if engine.plain:
             return self.fn_ref.original_forward(*args, **kwargs)
         engine.begin_step(step)
-        self.router.unit_fn = engine.unit
+        self.dispatch.unit_fn = engine.unit
         try:
             out = self.fn_ref.original_forward(*args, **kwargs)
         except BaseException:
             self.calls, self.last_t = 0, None  # an interrupted run starts afresh next time
             raise
         finally:
-            self.router.unit_fn = None
+            self.dispatch.unit_fn = None
         engine.end_step()
         return out
 
@@ -170,24 +170,24 @@ def _blocks(transformer: nn.Module) -> nn.ModuleList:
     return blocks
 
 
-def unit_router(transformer: nn.Module) -> UnitRouter:
-    """The transformer's :class:`UnitRouter`, registering the unit hooks on first use."""
-    router = getattr(transformer, "_goc_router", None)
-    if router is not None:
-        return router
-    router = UnitRouter()
+def unit_dispatch(transformer: nn.Module) -> UnitDispatch:
+    """The transformer's :class:`UnitDispatch`, registering the unit hooks on first use."""
+    dispatch = getattr(transformer, "_goc_dispatch", None)
+    if dispatch is not None:
+        return dispatch
+    dispatch = UnitDispatch()
     for index, block in enumerate(_blocks(transformer)):
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(CountHook(router, index), UNIT_HOOK)
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(CountHook(dispatch, index), UNIT_HOOK)
         for unit, name in enumerate(UNIT_MODULES):
             HookRegistry.check_if_exists_or_initialize(getattr(block, name)).register_hook(
-                UnitHook(router, index, unit), UNIT_HOOK
+                UnitHook(dispatch, index, unit), UNIT_HOOK
             )
     if isinstance(getattr(transformer, "pos_embed", None), nn.Module):
         embed = HookRegistry.check_if_exists_or_initialize(transformer.pos_embed)
-        embed.register_hook(CountHook(router, -1), UNIT_HOOK)
+        embed.register_hook(CountHook(dispatch, -1), UNIT_HOOK)
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
-    transformer._goc_router = router
-    return router
+    transformer._goc_dispatch = dispatch
+    return dispatch
 
 
 def apply_cache(
@@ -218,7 +218,7 @@ def attach_engine(transformer: nn.Module, engine: CacheEngine) -> None:
         raise InvalidArgumentError(f"the engine's schedule has {engine.schedule.depth} blocks; the transformer {depth}")
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.remove_hook(STEP_HOOK, recurse=False)
-    registry.register_hook(StepHook(engine, unit_router(transformer)), STEP_HOOK)
+    registry.register_hook(StepHook(engine, unit_dispatch(transformer)), STEP_HOOK)
     transformer._goc_engine = engine
 
 
@@ -236,7 +236,7 @@ def remove_cache(transformer: nn.Module) -> None:
         if child_registry is not None:
             child_registry.remove_hook(UNIT_HOOK, recurse=False)
     registry.invalidate_child_registries_cache()
-    for attr in ("_goc_router", "_goc_engine"):
+    for attr in ("_goc_dispatch", "_goc_engine"):
         if hasattr(transformer, attr):
             delattr(transformer, attr)
 
@@ -252,16 +252,16 @@ class UnitCounter:
     """
 
     def __init__(self, transformer: nn.Module, steps: int) -> None:
-        self.router = unit_router(transformer)
+        self.dispatch = unit_dispatch(transformer)
         self.depth = len(_blocks(transformer))
         self.units = np.zeros((steps, self.depth, 2))
         self.blocks = np.zeros((steps, self.depth))
         self.outside = np.zeros(steps)
         self.runs = np.zeros(steps, dtype=np.int64)
         self.step, self.full = 0, 1
-        self.router.on_compute = self._unit
-        self.router.on_block = self._block
-        self.router.on_embed = self._embed
+        self.dispatch.on_compute = self._unit
+        self.dispatch.on_block = self._block
+        self.dispatch.on_embed = self._embed
 
     def call(self, step: int, batch: int) -> None:
         """The next transformer call is step ``step`` on a batch of ``batch``."""
@@ -303,7 +303,7 @@ class UnitCounter:
         }
 
     def close(self) -> None:
-        self.router.on_compute = self.router.on_block = self.router.on_embed = None
+        self.dispatch.on_compute = self.dispatch.on_block = self.dispatch.on_embed = None
 
 
 class DiffusersDiT(nn.Module):
@@ -330,7 +330,7 @@ class DiffusersDiT(nn.Module):
         self.num_classes = int(config.num_embeds_ada_norm)
         self.mlp_ratio = 4.0
         self.blocks = transformer.transformer_blocks
-        unit_router(transformer)
+        unit_dispatch(transformer)
 
     @property
     def num_tokens(self) -> int:
@@ -345,12 +345,12 @@ class DiffusersDiT(nn.Module):
         return SimpleNamespace(frequency_embedding_size=256)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, unit_fn=None) -> torch.Tensor:
-        router = unit_router(self.transformer)
-        router.unit_fn = unit_fn
+        dispatch = unit_dispatch(self.transformer)
+        dispatch.unit_fn = unit_fn
         try:
             return self.transformer(x, timestep=t, class_labels=y).sample
         finally:
-            router.unit_fn = None
+            dispatch.unit_fn = None
 
 
 __all__ = ["apply_cache", "remove_cache"]

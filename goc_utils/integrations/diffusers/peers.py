@@ -60,7 +60,7 @@ from goc_utils.cache.method import CacheMethod
 from goc_utils.cache.tcc import PackSource
 from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.integrations import cachedit
-from goc_utils.integrations.diffusers.hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_router
+from goc_utils.integrations.diffusers.hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_dispatch
 from goc_utils.integrations.diffusers.transformer import to_transformer
 from goc_utils.lists import key_values
 
@@ -289,7 +289,7 @@ class HookRunner:
 
     def activate(self) -> None:
         """Make this runner's hooks the transformer's (state reset); called at every run's first step."""
-        unit_router(self.transformer)  # our unit hooks stay innermost: they see only what really runs
+        unit_dispatch(self.transformer)  # our unit hooks stay innermost: they see only what really runs
         active = getattr(self.transformer, "_goc_runner", None)
         registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
         if active is not self:
