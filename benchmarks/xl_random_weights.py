@@ -24,6 +24,7 @@ import torch
 
 from goc_utils.model.presets import count_parameters, create_model
 from goc_utils.model.sampler import generate
+from goc_utils.model.vae import SD_VAE_CONFIG
 
 
 def _sync(device: str) -> None:
@@ -69,17 +70,7 @@ def main() -> None:
             del model
             from diffusers import AutoencoderKL
 
-            vae = AutoencoderKL(  # the sd-vae-ft-ema architecture, random weights
-                in_channels=3,
-                out_channels=3,
-                latent_channels=4,
-                layers_per_block=2,
-                norm_num_groups=32,
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(128, 256, 512, 512),
-                sample_size=256,
-            )
+            vae = AutoencoderKL(**SD_VAE_CONFIG)  # the sd-vae-ft-ema architecture, random weights
             vae.save_pretrained(Path(tmp) / "vae")
             cmd = [
                 sys.executable,

@@ -19,6 +19,7 @@ from goc_utils import paths
 from goc_utils.cli import COMMANDS, build_parser, main
 from goc_utils.evaluation.metrics.inception import random_inception
 from goc_utils.model.presets import create_model
+from goc_utils.model.vae import SD_VAE_CONFIG
 from goc_utils.paths import PROJECT_ROOT
 from tests.conftest import run_bad_input
 
@@ -158,18 +159,7 @@ def stand_ins(tmp_path_factory) -> dict[str, str]:
     torch.save(state, folder / "DiT-XL-2-256x256.pt")  # DiT's official format: a plain state dict
     del state
     torch.manual_seed(0)
-    AutoencoderKL(  # sd-vae-ft-ema's configuration, random weights
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        layers_per_block=2,
-        norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        sample_size=256,
-        scaling_factor=0.18215,
-    ).save_pretrained(folder / "sd-vae-ft-ema")
+    AutoencoderKL(**SD_VAE_CONFIG).save_pretrained(folder / "sd-vae-ft-ema")  # sd-vae-ft-ema's shape, random
     logits = torch.randn(STEPS, 56, generator=generator) * 2 - 2  # about half the units reused at threshold 0.1
     router = {"routers": {f"{k}.prob": row for k, row in enumerate(logits)}, "opt": {}, "args": argparse.Namespace()}
     torch.save(router, folder / "DDIM20_router.pt")  # L2C's format, pickled Namespace included

@@ -23,6 +23,14 @@ from goc_utils.model.presets import preset_info
 
 VAE_HUB_IDS = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
 
+SD_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512), "sample_size": 256, "scaling_factor": 0.18215,
+}  # fmt: skip
+"""``AutoencoderKL`` arguments of ``sd-vae-ft-ema`` / ``-mse`` (DiT-XL/2's VAE): random-weight stand-ins of that
+shape for benchmarks and tests (``AutoencoderKL(**SD_VAE_CONFIG)``)."""
+
 
 def local_vae_dir(hub_id: str) -> Path:
     """Where the project looks for a hand-placed copy of a hub VAE: ``data/vae/<name>``."""

@@ -140,6 +140,16 @@ class _Folder:
         ranked = self.has("00_tcc_packs.csv") and any("+tcc" in m for m in methods)
         return self.marker(name, "00_tcc_packs") if ranked else self.marker(name)
 
+    def section(self, heading: str, name: str, sentence: str, table: Sequence[dict], image: str = "",
+                alt: str = "") -> list[str]:  # fmt: skip
+        """A heading, one sentence about ``name``'s table, the table (each under its numbers marker), and a figure."""
+        return [
+            heading,
+            f"{self.marker(name)}\n{sentence}",
+            f"{self.marker(name)}\n{markdown_table(table).rstrip()}",
+            *(self.image(image, alt) if image else []),
+        ]
+
     def has(self, file: str) -> bool:
         return (self.folder / file).is_file()
 
@@ -308,17 +318,16 @@ def _tcc_packs(f: _Folder) -> list[str]:
     rows = f.rows("00_tcc_packs")
     if rows is None:
         return []
-    return [
-        "## The TCC packs (`make tcc-packs`)",
-        f"{f.marker('00_tcc_packs')}\nThe committed packs of the `+tcc` rows above (`goc tcc-packs`): TCC's maps "
-        "fitted per target step and unit from same-noise un-cached and cached runs. `class` pooling is the published "
-        "DiT scripts' fit (one point per class: with fewer classes than the width, M is rank-deficient and R is "
-        "mostly the SVD's choice, so trace(R)/D is far below the identity's); `sample` pooling is the published "
-        "PixArt / ToCa collector's (one point per sample: full rank); `token` pooling is ours. Where the alpha was "
-        "chosen on held-out noise (`tcc-pack --alpha` with several values), its held-out PSNR against the "
-        "un-cached images is listed per alpha, next to plain reuse's.",
-        f"{f.marker('00_tcc_packs')}\n{markdown_table(rows).rstrip()}",
-    ]
+    sentence = (
+        "The committed packs of the `+tcc` rows above (`goc tcc-packs`): TCC's maps fitted per target step and unit "
+        "from same-noise un-cached and cached runs. `class` pooling is the published DiT scripts' fit (one point per "
+        "class: with fewer classes than the width, M is rank-deficient and R is mostly the SVD's choice, so "
+        "trace(R)/D is far below the identity's); `sample` pooling is the published PixArt / ToCa collector's (one "
+        "point per sample: full rank); `token` pooling is ours. Where the alpha was chosen on held-out noise "
+        "(`tcc-pack --alpha` with several values), its held-out PSNR against the un-cached images is listed per "
+        "alpha, next to plain reuse's."
+    )
+    return f.section("## The TCC packs (`make tcc-packs`)", "00_tcc_packs", sentence, rows)
 
 
 def _setting(f: _Folder, name: str) -> str:
@@ -340,13 +349,12 @@ def _weight_sweep(f: _Folder) -> list[str]:
         hosts += [] if host in hosts else [host]
         grid.setdefault(w, {"w": w})[f"`{host}+goc`"] = f"{r['psnr_vs_none']} dB"
     table = [{"w": line["w"], **{f"`{h}+goc`": line.get(f"`{h}+goc`", "") for h in hosts}} for line in grid.values()]
-    return [
-        "### The weight w",
-        f"{f.marker('08_weight_sweep')}\nPSNR against the un-cached samples as GOC's w varies at the published "
-        f"correction steps, {_setting(f, '08_weight_sweep')} ({f.link('08_weight_sweep.md')}):",
-        f"{f.marker('08_weight_sweep')}\n{markdown_table(table).rstrip()}",
-        *f.image("08_weight_sweep.png", "PSNR against GOC's w"),
-    ]
+    sentence = (
+        "PSNR against the un-cached samples as GOC's w varies at the published correction steps, "
+        f"{_setting(f, '08_weight_sweep')} ({f.link('08_weight_sweep.md')}):"
+    )
+    return f.section("### The weight w", "08_weight_sweep", sentence, table, "08_weight_sweep.png",
+                     "PSNR against GOC's w")  # fmt: skip
 
 
 def _inflections(f: _Folder) -> list[str]:
@@ -373,14 +381,12 @@ def _inflections(f: _Folder) -> list[str]:
             lines.setdefault(key, {"correction steps": key})[f"`{host}+goc`"] = f"{psnr} dB"
     columns = ["correction steps"] + [f"`{host}+goc`" for host in variants]
     table = [{k: line.get(k, "") for k in columns} for line in lines.values()]
-    return [
-        "### Inflection steps, measured",
-        f"{f.marker('08_inflections')}\nPSNR against the un-cached samples with GOC at the paper's w when one "
-        f"published correction step is left out or one skipped step is added, {_setting(f, '08_inflections')} "
-        f"({f.link('08_inflections.md')}):",
-        f"{f.marker('08_inflections')}\n{markdown_table(table).rstrip()}",
-        *f.image("08_inflections.png", "PSNR change when a published step is left out or a skipped step added"),
-    ]
+    sentence = (
+        "PSNR against the un-cached samples with GOC at the paper's w when one published correction step is left "
+        f"out or one skipped step is added, {_setting(f, '08_inflections')} ({f.link('08_inflections.md')}):"
+    )
+    return f.section("### Inflection steps, measured", "08_inflections", sentence, table, "08_inflections.png",
+                     "PSNR change when a published step is left out or a skipped step added")  # fmt: skip
 
 
 def _cache_ratio(f: _Folder) -> list[str]:
@@ -401,14 +407,13 @@ def _cache_ratio(f: _Folder) -> list[str]:
     table = [{k: line.get(k, "") for k in columns} for line in lines.values()]
     none = next((r for r in rows if r["method"] == "none"), None)
     reference = "" if none is None else f"; the un-cached FID is {none['fid']} ({none['fid_std']})"
-    return [
-        "### Cache ratio",
-        f"{f.marker('08_cache_ratio')}\nPlain reuse and its compensators as reuse grows (FORA at three intervals, the "
-        f"L2C router at three thresholds), {_setting(f, '08_cache_ratio')}; each cell is PSNR against the "
-        f"un-cached samples / FID (bootstrap std){reference} ({f.link('08_cache_ratio.md')}):",
-        f"{f.marker('08_cache_ratio')}\n{markdown_table(table).rstrip()}",
-        *f.image("08_cache_ratio.png", "FID and PSNR against the share of reused MACs"),
-    ]
+    sentence = (
+        "Plain reuse and its compensators as reuse grows (FORA at three intervals, the L2C router at three "
+        f"thresholds), {_setting(f, '08_cache_ratio')}; each cell is PSNR against the un-cached samples / FID "
+        f"(bootstrap std){reference} ({f.link('08_cache_ratio.md')}):"
+    )
+    return f.section("### Cache ratio", "08_cache_ratio", sentence, table, "08_cache_ratio.png",
+                     "FID and PSNR against the share of reused MACs")  # fmt: skip
 
 
 def _replay(f: _Folder) -> list[str]:
