@@ -150,3 +150,11 @@ def test_goc_report_writes_and_checks_the_report_of_the_folder_it_is_given(tmp_p
     assert (paths.model_figures_dir("tiny-digits") / REPORT_NAME).read_bytes() == committed
     assert main(["report", "--model", "tiny-digits", "--figures-dir", str(tmp_path / "empty")]) == 2
     assert "holds none of the result tables" in capsys.readouterr().err
+
+
+def test_the_report_never_links_this_machines_timings(tmp_path):
+    """Notebook 05 writes its latency table beside the figures, git-ignored: a report that linked it would differ
+    between a machine that ran `make study` and a fresh clone, and link a file the clone lacks."""
+    folder = figures_copy("tiny-fashion", tmp_path)
+    (folder / "05_fid_table_latency.md").write_text("| method | latency |\n|---|---|\n| none | 0.1 s |\n")
+    assert build_report("tiny-fashion", folder) == build_report("tiny-fashion")

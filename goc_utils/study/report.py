@@ -25,6 +25,9 @@ from goc_utils.files import atomic_write_text
 from goc_utils.study.viz import peer_label
 
 REPORT_NAME = "README.md"
+MACHINE_TIMINGS = "_latency"
+"""Stem suffix of the tables of this machine's timings (``05_fid_table_latency.md``): git-ignored
+(``figures/*_latency.*``), so the report never links them."""
 """The report's file name in its figures folder."""
 
 
@@ -442,7 +445,8 @@ def _ablations(f: _Folder) -> list[str]:
 
 def _index(f: _Folder) -> list[str]:
     files = sorted(p.name for p in f.folder.iterdir()
-                   if p.suffix in (".png", ".md") and p.name != REPORT_NAME and not p.name.startswith("."))  # fmt: skip
+                   if p.suffix in (".png", ".md") and p.name != REPORT_NAME and not p.name.startswith(".")
+                   and not p.stem.endswith(MACHINE_TIMINGS))  # fmt: skip
     groups: dict[str, list[str]] = {}
     for name in files:
         groups.setdefault(name[:2] if name[:2].isdigit() else "other", []).append(f"[`{name}`]({name})")
