@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from goc_utils.errors import GocError
+from goc_utils.files import state_dict_sha256
 
 DIGITS_LEVELS = 16.0
 
@@ -120,12 +121,27 @@ def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
             )
     images = _read_idx(images_path, 2051)
     labels = _read_idx(labels_path, 2049)
+    if len(images) == 0:  # a judge trained on nothing would report accuracy NaN
+        raise DatasetMissingError(
+            f"{images_path} holds no images (an empty {split} split); point ${FASHION_MNIST_ENV} at the original files"
+        )
     if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max(initial=0) > 9:
         raise DatasetMissingError(
             f"{folder} does not hold Fashion-MNIST's {split} split (images {images.shape}, labels {labels.shape}); "
             f"point ${FASHION_MNIST_ENV} at the original files"
         )
     return images, labels
+
+
+def dataset_sha256(name: str) -> str:
+    """Hex sha256 of an embedded data set's images and labels as read: ``digits``, ``fashion-train`` or
+    ``fashion-test``. Training runs record it, so that a resume on other data (another ``$GOC_FASHION_MNIST_DIR``)
+    is refused."""
+    if name == "digits":
+        images, labels = load_digits_tensors()
+    else:
+        images, labels = (torch.from_numpy(a) for a in load_fashion_mnist(name.removeprefix("fashion-")))
+    return state_dict_sha256({"images": images, "labels": labels})
 
 
 def pad_fashion(images: np.ndarray) -> np.ndarray:

@@ -12,8 +12,11 @@ import fcntl
 import glob
 import hashlib
 import io
+import json
 import os
+import re
 import shutil
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -21,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from goc_utils.errors import GocError, InvalidArgumentError, shorten
+from goc_utils.errors import GocError, InvalidArgumentError, first_line, shorten
 from goc_utils.paths import link_problem
 
 
@@ -136,31 +140,149 @@ def atomic_torch_save(obj: object, path: str | Path) -> Path:
 def atomic_save_safetensors(
     tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
 ) -> Path:
-    """A ``safetensors`` file (contiguous CPU copies of ``tensors``) written atomically."""
+    """A ``safetensors`` file (contiguous CPU copies of ``tensors``) written atomically (a full disk is one
+    :class:`DiskFullError` line, as for every writer here)."""
     with atomic_write(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # its I/O errors name the OS error only in their text: "(os error 28)"
+            code = _OS_ERROR.search(str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), first_line(exc)) from None
     return Path(path)
 
 
-def save_training_state(path: str | Path, counter: str, value: int, generator: torch.Generator, **parts) -> Path:
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def read_torch_file(
+    path: str | Path, what: str, fix: str, kinds: Mapping[str, type | tuple[type, ...]], kind: str
+) -> dict:
+    """The dict that ``torch.save`` wrote to ``path``, read with ``weights_only=True`` (a pickle never runs code), else
+    one line (:class:`InvalidArgumentError`) naming ``what``, the path and ``fix``: the path is not a regular file
+    (:func:`input_file`), cannot be read (garbage, a truncated file, a safetensors file), or is not a dict holding
+    every key of ``kinds`` with a value of that type (``kind`` says what it should be: ``"a checkpoint of `goc
+    train-router`"``). The one check of the resume files and caches that training reads.
+
+    Example:
+        >>> read_torch_file("/nonexistent.pt", "training checkpoint", "delete it", {"step": int}, "a checkpoint")
+        Traceback (most recent call last):
+        ...
+        goc_utils.errors.InvalidArgumentError: training checkpoint '/nonexistent.pt' does not exist; delete it
+    """
+    path = input_file(path, what, fix)
+    name = repr(shorten(path))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch adds multi-line advice to refused pickles; our line says it
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a torn or foreign file
+        raise InvalidArgumentError(f"cannot read {what} {name} ({_load_failure(exc)}); {fix}") from None
+    if not isinstance(state, dict) or any(
+        not isinstance(state.get(key), wanted) or (wanted is int and isinstance(state.get(key), bool))
+        for key, wanted in kinds.items()
+    ):
+        raise InvalidArgumentError(f"{what} {name} is not {kind}; {fix}")
+    return state
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load`` refused a file, in a few words (torch puts pages of advice before the reason)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        return f"not plain tensors and numbers: {first_line(text.split('WeightsUnpickler error:', 1)[1], 60)}"
+    return "empty or truncated" if isinstance(exc, EOFError) else first_line(exc, 90)
+
+
+def save_training_state(
+    path: str | Path, counter: str, value: int, generator: torch.Generator, settings: Mapping | None = None, **parts
+) -> Path:
     """A resumable checkpoint, atomically: each part's ``state_dict()`` (modules, optimisers), the random
-    generator of the batches, torch's global RNG and ``{counter: value}`` (steps or epochs done)."""
+    generator of the batches, torch's global RNG, ``{counter: value}`` (steps or epochs done) and the run's
+    ``settings`` (what shapes its result: seed, data, learning rate ...; JSON values) that a resume must repeat."""
     state = {name: part.state_dict() for name, part in parts.items()}
     state.update({counter: value, "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
+    if settings is not None:
+        state["settings"] = _plain(settings)
     return atomic_torch_save(state, path)
 
 
-def restore_training_state(path: str | Path, counter: str, generator: torch.Generator, **parts) -> int:
-    """Load a :func:`save_training_state` checkpoint into ``parts`` and the RNGs; returns ``counter``'s value
-    (0 when there is no checkpoint, and then nothing is touched)."""
-    if not Path(path).is_file():
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for name, part in parts.items():
-        part.load_state_dict(state[name])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state[counter])
+def _plain(settings: Mapping) -> dict:
+    """``settings`` as JSON gives them back (tuples become lists), so that stored and new values compare equal."""
+    return json.loads(json.dumps(dict(settings)))
+
+
+RESTART = "delete it to start over"
+
+
+def read_training_state(
+    path: str | Path,
+    counter: str,
+    parts: Iterable[str],
+    settings: Mapping | None = None,
+    total: int | None = None,
+    fix: str = RESTART,
+) -> dict | None:
+    """The checked state of a :func:`save_training_state` checkpoint, or None when there is none; read before any
+    work, so that a refusal comes first. One line naming ``fix`` when it is not such a checkpoint (garbage, truncated,
+    another file), when a recorded setting differs from ``settings`` (the first one is named; a checkpoint that
+    recorded none, or not this one, is from an earlier version: unknown, accepted) or when it has done more than
+    ``total`` (steps or epochs)."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return None
+    kinds = {counter: int, "generator": torch.Tensor, "torch_rng": torch.Tensor} | {name: dict for name in parts}
+    state = read_torch_file(path, "training checkpoint", fix, kinds, "a checkpoint of this training")
+    where = f"training checkpoint {shorten(path)!r}"
+    stored = state.get("settings", {})
+    if state[counter] < 0 or not isinstance(stored, dict):
+        raise InvalidArgumentError(f"{where} is damaged (its {counter} count or settings); {fix}")
+    for key, value in _plain(settings or {}).items():
+        if key in stored and stored[key] != value:
+            raise InvalidArgumentError(
+                f"{where} is from a run with {key}={shorten(stored[key], 60)} (this one: {shorten(value, 60)}); "
+                f"rerun with the same settings to resume, or {fix}"
+            )
+    if total is not None and state[counter] > total:
+        raise InvalidArgumentError(
+            f"{where} has done {state[counter]} {counter}s, more than this run's {total}; rerun with {state[counter]} "
+            f"or more to resume, or {fix}"
+        )
+    return state
+
+
+def apply_training_state(
+    path: str | Path, state: dict, counter: str, generator: torch.Generator, fix: str = RESTART, **parts
+) -> int:
+    """Load a :func:`read_training_state` state into ``parts`` and the RNGs; returns ``counter``'s value. One line
+    when a part does not take it (another model's weights, a damaged optimiser or random state)."""
+    try:
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+    except Exception as exc:  # noqa: BLE001 - multi-line errors of load_state_dict, set_state
+        reason = shorten(" ".join(str(exc).split()), 120)
+        where = f"training checkpoint {shorten(path)!r}"
+        raise InvalidArgumentError(f"{where} does not fit this run ({reason}); {fix}") from None
+    return state[counter]
+
+
+def restore_training_state(
+    path: str | Path,
+    counter: str,
+    generator: torch.Generator,
+    settings: Mapping | None = None,
+    total: int | None = None,
+    fix: str = RESTART,
+    **parts,
+) -> int:
+    """:func:`read_training_state` then :func:`apply_training_state`: load a :func:`save_training_state` checkpoint
+    into ``parts`` and the RNGs; returns ``counter``'s value (0 when there is no checkpoint, and then nothing is
+    touched)."""
+    state = read_training_state(path, counter, parts, settings, total, fix)
+    return 0 if state is None else apply_training_state(path, state, counter, generator, fix, **parts)
 
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:

@@ -29,9 +29,9 @@ def run_export_diffusers(args: argparse.Namespace) -> int:
     info = preset_info(args.model)
     pipeline = info.latent and (args.vae or info.vae not in (None, "ema"))
     check_export_target(out, "pipeline" if pipeline else "transformer")
-    check_output_dir(out, "--out")
+    vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), preset=args.model) if pipeline else None  # it must fit
     model = load_model(args.model, args.ckpt, args.image_size, "cpu")
-    vae = load_vae(vae_spec(args.vae, args.ckpt, args.model)) if pipeline else None
+    check_output_dir(out, "--out")  # created once every input is read
     names = FASHION_CLASSES if args.model == "tiny-fashion" else None
     export_diffusers(model, out, vae, names)
     kind = "DiTPipeline" if pipeline else "DiTTransformer2DModel"

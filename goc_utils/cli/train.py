@@ -10,7 +10,14 @@ import torch
 from goc_utils import paths
 from goc_utils.cache.l2c import router_mask
 from goc_utils.cache.schedule import CacheSchedule
-from goc_utils.cli.common import add_model_arguments, add_threads_argument, check_writable, number, seed
+from goc_utils.cli.common import (
+    add_model_arguments,
+    add_threads_argument,
+    check_output_dir,
+    check_writable,
+    number,
+    seed,
+)
 from goc_utils.datasets import load_digits_tensors, load_fashion_mnist, load_fashion_tensors
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.metrics.judges import write_reference
@@ -43,8 +50,9 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
     config = default_train_config(
         args.model, steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads
     )
-    out = train_dit(args.model, config, Path(args.run_dir) if args.run_dir else None,
-                    Path(args.out) if args.out else None)  # fmt: skip
+    out = check_writable(Path(args.out), "--out") if args.out else None
+    run_dir = check_output_dir(Path(args.run_dir), "--run-dir") if args.run_dir else None
+    out = train_dit(args.model, config, run_dir, out)
     print(f"EMA weights -> {out}")
     return 0
 
@@ -95,7 +103,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
             batches = posterior_batches(mean, std, scale, labels)
         elif images:
             image_size = args.image_size or preset_info(args.model).default_image_size
-            vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), device)
+            vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), device, args.model)
             batches = image_folder_batches(dataset, image_size, vae, device)
         else:
             batches = tensor_batches(*load_digits_tensors())
@@ -137,7 +145,7 @@ def add_train_router(p: argparse.ArgumentParser) -> None:
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise InvalidArgumentError(f"--epochs must be >= 1 (got {args.epochs})")
-    out = Path(args.out) if args.out else None
+    out = check_writable(Path(args.out), "--out") if args.out else None
     if args.model == "tiny-fashion":
         out, accuracy = train_fashion_classifier(epochs=args.epochs or 8, seed=args.seed, out=out)
         print(f"Fashion-MNIST judge: accuracy on the 10,000 test images {accuracy:.4f} -> {out}")

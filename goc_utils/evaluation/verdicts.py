@@ -8,7 +8,8 @@ twice the spread). The samples and their cached features are the ones ``goc eval
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from goc_utils.errors import InvalidArgumentError, shorten
@@ -17,6 +18,33 @@ from goc_utils.evaluation.metrics.adm import paired_fid_difference
 from goc_utils.evaluation.metrics.evaluate import reference_features
 from goc_utils.evaluation.metrics.features import FeatureExtractor, extract_cached
 from goc_utils.evaluation.metrics.fidelity import paired_psnr_difference
+from goc_utils.evaluation.sampling import MANIFEST_NAME, read_manifest
+
+SAME_NOISE_KEYS = ("model", "ckpt", "image_size", "vae", "steps", "sampler", "cfg_scale", "seed")
+"""The ``run.json`` settings that samples compared image by image must share: the same weights, noise and chain."""
+
+MAX_RESAMPLES = 100_000
+"""The most bootstrap resamples a verdict draws: a spread is settled long before (the default is 200)."""
+
+
+def check_same_noise(samples: Mapping[str, Path]) -> None:
+    """One line when the ``run.json`` manifests next to sample files (where present; ``{role: samples.npz}``)
+    disagree on a setting of :data:`SAME_NOISE_KEYS`, naming the setting and the two roles: their images are not of
+    the same noise and model, so a paired difference between them means nothing."""
+    manifests = {
+        role: read_manifest(path.parent)
+        for role, path in samples.items()
+        if (path.parent / MANIFEST_NAME).exists() or (path.parent / MANIFEST_NAME).is_symlink()
+    }
+    for key in SAME_NOISE_KEYS:
+        seen = [(role, manifest[key]) for role, manifest in manifests.items() if key in manifest]
+        other = next(((role, value) for role, value in seen if json.dumps(value) != json.dumps(seen[0][1])), None)
+        if other is not None:
+            (role_a, value_a), (role_b, value_b) = seen[0], other
+            raise InvalidArgumentError(
+                f"{role_a} was sampled with {key}={shorten(value_a, 60)} but {role_b} with {key}={shorten(value_b, 60)}"
+                " (their run.json); compare samples of the same noise and model: sample them with the same settings"
+            )
 
 
 def _samples(run: Path, cfg: float, method: str) -> Path:
@@ -43,8 +71,8 @@ def verdict_rows(
     Every sample file is checked before anything is computed."""
     run = Path(run)
     for cfg in cfg_scales:
-        for method in dict.fromkeys([m for pair in pairs for m in pair] + ["none"]):
-            _samples(run, cfg, method)
+        methods = dict.fromkeys([m for pair in pairs for m in pair] + ["none"])
+        check_same_noise({shorten(method, 60): _samples(run, cfg, method) for method in methods})
     ref = reference_features(ref_batch, extractor, progress=False).stats
     rows = []
     for cfg in cfg_scales:
@@ -65,4 +93,4 @@ def verdict_rows(
     return rows
 
 
-__all__ = ["verdict_rows"]
+__all__ = ["MAX_RESAMPLES", "SAME_NOISE_KEYS", "check_same_noise", "verdict_rows"]

@@ -136,6 +136,7 @@ def generate(
     elif tuple(noise.shape) != (len(labels), model.in_channels, model.input_size, model.input_size):
         raise InvalidArgumentError(f"noise has shape {tuple(noise.shape)}; expected one (C, H, W) draw per label")
     y = torch.tensor([int(c) for c in labels], device=device, dtype=torch.long)
+    plain = forward is None
     forward = forward or plain_forward(model)
     if cfg_scale != 1.0:
         z = torch.cat([noise, noise], dim=0)
@@ -146,6 +147,15 @@ def generate(
     with torch.no_grad():
         out = diffusion.sample_loop(denoiser, z, y, sampler=sampler, progress=progress, callback=callback)
     final = out[: len(labels)].float()
+    if not torch.isfinite(final).all():  # one check, after the chain: an extreme option blows it up silently
+        bad = int((~torch.isfinite(final)).flatten(1).any(1).sum())
+        cause = (
+            "the model's weights are the likely cause (check --ckpt)"
+            if plain
+            else "the caching method's options are the likely cause (an extreme value such as tcc:alpha=1e308 or "
+            "goc:w=1e300): use values in their usual range"
+        )
+        raise InvalidArgumentError(f"sampling gave NaN or infinite values in {bad} of {len(labels)} samples; {cause}")
     if vae is not None:
         pixels = decode_latents(vae, final.to(next(vae.parameters()).device, next(vae.parameters()).dtype))
     else:

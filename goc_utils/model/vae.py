@@ -9,6 +9,7 @@ copy and without network the error names the folder to put the files in.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -17,9 +18,9 @@ from urllib.parse import urlparse
 import torch
 
 from goc_utils import paths
-from goc_utils.errors import VAEError, first_line
+from goc_utils.errors import VAEError, first_line, shorten
 from goc_utils.model.diffusers_format import pipeline_vae_folder
-from goc_utils.model.presets import preset_info
+from goc_utils.model.presets import create_model, preset_info
 
 VAE_HUB_IDS = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
 
@@ -71,13 +72,50 @@ def vae_spec(spec: str | None, ckpt: str | Path | None = None, preset: str | Non
 def latent_scale(vae) -> float:
     """The VAE's latent scale from its config: latents are ``scale * encode(x)``, decoded from ``latents / scale``."""
     scale = getattr(vae.config, "scaling_factor", None)
-    if not isinstance(scale, int | float) or not scale > 0:
-        raise VAEError(f"the VAE's config has no positive scaling_factor (found {scale!r}); add one to config.json")
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
+        raise VAEError(
+            f"the VAE's config has no finite positive scaling_factor (found {shorten(repr(scale), 40)}); put the "
+            "number in its config.json"
+        )
     return float(scale)
 
 
-def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
-    """Load a VAE from ``"ema"`` / ``"mse"``, a local folder or a hub id; eval mode on ``device``.
+def vae_factor(vae) -> int:
+    """Pixels per latent cell along a side: ``2 ** (len(block_out_channels) - 1)`` (8 for sd-vae, 4 for the tier's)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def check_vae_fits(vae, preset: str, spec: str = "the VAE") -> None:
+    """One line (:class:`VAEError`) unless ``vae`` decodes the latents of ``preset``'s DiT into its images: as many
+    latent channels as the DiT's ``in_channels``, the preset's downsampling factor (another factor gives images of
+    another size than the DiT's ``input_size`` stands for) and a finite positive ``scaling_factor``. The DiT is
+    built on the meta device (no memory, no weights); its latents have the same shape at every image size."""
+    with torch.device("meta"):
+        dit = create_model(preset)
+    name, info = repr(shorten(spec)), preset_info(preset)
+    fix = "pass the VAE it was trained with (--vae)"
+    try:
+        channels, factor = int(vae.config.latent_channels), vae_factor(vae)
+    except (AttributeError, TypeError, ValueError) as exc:
+        reason = first_line(exc, 80)
+        raise VAEError(f"VAE {name}'s config lacks latent_channels or block_out_channels ({reason}); {fix}") from None
+    if channels != dit.in_channels:
+        raise VAEError(
+            f"VAE {name} has {channels} latent channels, but {preset}'s DiT makes {dit.in_channels}: it cannot decode "
+            f"its samples; {fix}"
+        )
+    if factor != info.vae_factor:
+        side, image = dit.input_size, dit.input_size * info.vae_factor
+        raise VAEError(
+            f"VAE {name} upsamples by {factor}, but {preset}'s DiT makes {side}x{side} latents of {image}x{image} "
+            f"images (factor {info.vae_factor}): its samples would be {side * factor}x{side * factor}; {fix}"
+        )
+    latent_scale(vae)
+
+
+def load_vae(spec: str = "ema", device: str | torch.device = "cpu", preset: str | None = None):
+    """Load a VAE from ``"ema"`` / ``"mse"``, a local folder or a hub id; eval mode on ``device``. With ``preset``,
+    checked against that preset's DiT once, here, before anything is sampled (:func:`check_vae_fits`).
 
     Lookup order for a hub id: ``data/vae/<name>/``, the Hugging Face cache, then the hub
     (unless ``HF_HUB_OFFLINE=1``).
@@ -88,6 +126,13 @@ def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
         >>> vae.config.latent_channels, vae.config.scaling_factor
         (4, 0.39263)
     """
+    vae = _read_vae(spec, device)
+    if preset is not None:
+        check_vae_fits(vae, preset, spec)
+    return vae
+
+
+def _read_vae(spec: str, device: str | torch.device):
     from diffusers import AutoencoderKL  # lazy: heavy, and only latent presets (DiT-XL/2) need it
     from diffusers.utils import logging as diffusers_logging
 
@@ -109,7 +154,7 @@ def load_vae(spec: str = "ema", device: str | torch.device = "cpu"):
         return vae.to(device).eval()
     local = local_vae_dir(hub_id)
     if (local / "config.json").is_file():
-        return load_vae(str(local), device)
+        return _read_vae(str(local), device)
     folder = str(local.relative_to(paths.PROJECT_ROOT)) if local.is_relative_to(paths.PROJECT_ROOT) else str(local)
     advice = (
         f"download it where there is network (hf download {hub_id} --local-dir {folder}) "

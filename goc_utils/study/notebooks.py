@@ -162,9 +162,10 @@ def run_notebooks(
     """Execute the notebooks in order; return ``(executed copy, seconds)`` per notebook.
 
     Figures go to ``figures_dir``, else to ``$GOC_FIGURES_DIR`` when set, else to the model's committed figures
-    (:func:`figures_dir_for`: ``figures/`` for tiny-fashion, ``figures/tiny-digits/``...; with ``smoke``:
-    ``runs/smoke/figures/``).
+    (:func:`figures_dir_for`: ``figures/`` for tiny-fashion, ``figures/tiny-digits/``...; in smoke mode, asked for by
+    ``smoke`` or by ``smoke: true`` in ``params`` (:func:`smoke_mode`): ``runs/smoke/figures/``).
     """
+    smoke = smoke_mode(smoke, params)
     model = preset_model(preset, params)
     notebooks = study_notebooks(only, include_long=smoke)
     params = for_selection(params or {}, notebooks)
@@ -197,6 +198,20 @@ def figures_dir_for(smoke: bool, figures_dir: str | Path | None = None, model: s
     if figures_dir is not None:  # absolute (the kernels run in notebooks/), links kept for check_output_dir to judge
         return Path(figures_dir).absolute()
     return paths.default_figures_dir(model, smoke)
+
+
+def smoke_mode(smoke: bool, params: dict | None = None) -> bool:
+    """Whether a run is in smoke mode, however it was asked for: ``--smoke`` (``smoke``) or ``smoke: true`` in the
+    params file (papermill hands the notebooks the file's value). Where figures go and which notebooks run follow
+    it. One line for a ``smoke`` value that is not true or false, or ``smoke: false`` with ``--smoke``."""
+    value = (params or {}).get("smoke", smoke)
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(
+            f"parameter 'smoke' is {shorten(value, 40)!r} ({type(value).__name__}); give true or false"
+        )
+    if smoke and not value:
+        raise InvalidArgumentError("--smoke and smoke: false in the params file disagree; drop one of them")
+    return value
 
 
 def preset_model(preset: str, params: dict | None = None) -> str:

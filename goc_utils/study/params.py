@@ -84,8 +84,8 @@ class StudyParams:
         return preset_info(self.model).latent
 
     def load_vae(self):
-        """The VAE for latent presets, None for pixel presets."""
-        return load_vae(self.vae_spec, self.torch_device) if self.latent else None
+        """The VAE for latent presets (checked against the model's DiT), None for pixel presets."""
+        return load_vae(self.vae_spec, self.torch_device, self.model) if self.latent else None
 
     @property
     def vae_spec(self) -> str:

@@ -13,19 +13,21 @@ import torch
 from tqdm.auto import tqdm
 
 from goc_utils import paths
-from goc_utils.datasets import from_uint8, load_fashion_tensors, to_uint8
+from goc_utils.datasets import from_uint8, load_fashion_mnist, load_fashion_tensors, to_uint8
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.eval import EvalSettings, eval_sample
 from goc_utils.evaluation.metrics.adm import fid_bootstrap_std
-from goc_utils.evaluation.metrics.batches import read_labels
+from goc_utils.evaluation.metrics.batches import batch_info, read_labels
 from goc_utils.evaluation.metrics.evaluate import reference_features, score_features
 from goc_utils.evaluation.metrics.features import Features, build_extractor, default_reference, extract_cached
 from goc_utils.evaluation.metrics.judges import predicted_classes, reference_images
+from goc_utils.evaluation.sampling import check_space
 from goc_utils.evaluation.tables import write_table
+from goc_utils.files import check_memory
 from goc_utils.model.checkpoints import load_model
 from goc_utils.model.judges import load_fashion_classifier
 from goc_utils.model.presets import preset_info
-from goc_utils.model.sampler import class_labels, generate
+from goc_utils.model.sampler import class_labels, generate, image_shape
 from goc_utils.model.vae import latent_scale, load_vae, vae_spec
 from goc_utils.study.viz import save_labelled_grid
 from goc_utils.training.judges import classifier_accuracy
@@ -50,6 +52,24 @@ REPORT_NAMES = {"tiny-digits": "tiny", "tiny-fashion": "fashion"}
 """Figure prefix of each tiny tier's report: ``figures/00_<prefix>_*``."""
 
 
+def report_inputs(
+    preset: str, per_class: int | None = None, ckpt: str | Path | None = None
+) -> tuple[torch.nn.Module, object | None, int]:
+    """``(model, VAE or None, per_class)`` of a :func:`tiny_report`, every one checked before anything is written:
+    the tier, the weights, the VAE against the DiT and the memory of one batch of ``per_class`` samples per class
+    (its images, noise and chain state; one line naming ``--per-class``)."""
+    if preset not in REPORT_NAMES:
+        raise InvalidArgumentError(f"the report covers the tiny tiers ({', '.join(REPORT_NAMES)}); got {preset!r}")
+    per_class = per_class or (100 if preset == "tiny-fashion" else 50)
+    model = load_model(preset, ckpt)
+    vae = load_vae(vae_spec(None, ckpt, preset), preset=preset) if preset_info(preset).latent else None
+    height, width, channels = image_shape(model, vae)
+    n = model.num_classes * per_class
+    check_memory(n * (height * width * channels + 24 * model.in_channels * model.input_size**2),
+                 f"--per-class {per_class} ({n:,} images)", "sample fewer per class")  # fmt: skip
+    return model, vae, per_class
+
+
 def tiny_report(
     preset: str = "tiny-digits",
     per_class: int | None = None,
@@ -67,16 +87,12 @@ def tiny_report(
     marked) and ``00_<prefix>_agreement.md/.csv`` to ``out_dir`` (default ``figures/``), prefix ``tiny`` for
     tiny-digits and ``fashion`` for tiny-fashion. Returns one :class:`AgreementRow` per scale.
     """
-    if preset not in REPORT_NAMES:
-        raise InvalidArgumentError(f"the report covers the tiny tiers ({', '.join(REPORT_NAMES)}); got {preset!r}")
-    prefix = REPORT_NAMES[preset]
-    per_class = per_class or (100 if preset == "tiny-fashion" else 50)
-    out_dir = Path(out_dir or paths.FIGURES_DIR)
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
-    model = load_model(preset, ckpt)
-    vae = load_vae(vae_spec(None, ckpt, preset)) if preset_info(preset).latent else None
+    model, vae, per_class = report_inputs(preset, per_class, ckpt)
+    prefix = REPORT_NAMES[preset]
+    out_dir = Path(out_dir or paths.FIGURES_DIR)
     labels = class_labels(range(model.num_classes), per_class)
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows, grid_source = [], None
     for cfg in tqdm(cfg_scales, desc=f"{preset} report"):
         started = time.perf_counter()
@@ -129,6 +145,26 @@ def fashion_vae_figure(vae, per_class: int = 2, out_dir: Path | None = None) -> 
     )  # fmt: skip
 
 
+FID_BATCH = 250
+"""Images per forward and per shard of the tier's un-cached FID samples."""
+
+FASHION_SAMPLES_DIR = paths.RUNS_DIR / "report" / "tiny-fashion"
+"""Where :func:`fashion_tier_report` keeps its un-cached samples."""
+
+
+def check_fashion_tier_report(fid_samples: Sequence[int], samples_dir: Path | None = None) -> None:
+    """Before anything is written: one line when an input of :func:`fashion_tier_report` is missing or unfit (the
+    test images, the tier's VAE, the judge, the reference batch) or when the samples of the largest of
+    ``fid_samples`` would not fit the disk under ``samples_dir`` or this machine's memory (naming ``--fid-samples``)."""
+    load_fashion_mnist("test")
+    vae = load_vae(vae_spec(None, None, "tiny-fashion"), preset="tiny-fashion")
+    load_fashion_classifier()
+    batch_info(default_reference("fashion"))
+    side, n = preset_info("tiny-fashion").default_image_size, max(fid_samples)
+    shape = (side, side, int(vae.config.out_channels))
+    check_space(Path(samples_dir or FASHION_SAMPLES_DIR), n, FID_BATCH, shape, what=f"--fid-samples {n:,}")
+
+
 def fashion_tier_report(
     fid_samples: Sequence[int] = (2000, 5000),
     fid_bootstrap: int = 20,
@@ -147,9 +183,10 @@ def fashion_tier_report(
       a rerun only re-scores them.
     """
     out_dir = Path(out_dir or paths.FIGURES_DIR)
-    samples_dir = Path(samples_dir or paths.RUNS_DIR / "report" / "tiny-fashion")
+    samples_dir = Path(samples_dir or FASHION_SAMPLES_DIR)
+    check_fashion_tier_report(fid_samples, samples_dir)
     torch.set_grad_enabled(False)
-    vae = load_vae(vae_spec(None, None, "tiny-fashion"))
+    vae = load_vae(vae_spec(None, None, "tiny-fashion"), preset="tiny-fashion")
     test_x, test_y = load_fashion_tensors("test")
     recon = reconstruction_psnr(vae, test_x)
     fashion_vae_figure(vae, out_dir=out_dir)
@@ -163,7 +200,7 @@ def fashion_tier_report(
         {"quantity": "judge accuracy, 10,000 test images", "value": f"{100 * accuracy:.1f}%"},
     ]
     settings = EvalSettings(model="tiny-fashion", ckpt=None if ckpt is None else str(ckpt), cfg_scale=1.5,
-                            vae=vae_spec(None, None, "tiny-fashion"), per_device_batch=250)  # fmt: skip
+                            vae=vae_spec(None, None, "tiny-fashion"), per_device_batch=FID_BATCH)  # fmt: skip
     npz = eval_sample(model, settings, "none", samples_dir, max(fid_samples), vae)  # per-sample seeds: nested subsets
     ref = reference_features(default_reference("fashion"), extractor)
     feats, labels = extract_cached(npz, extractor), read_labels(npz)

@@ -24,13 +24,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from goc_utils import paths
-from goc_utils.datasets import load_digits_tensors, load_fashion_tensors
+from goc_utils.datasets import dataset_sha256, load_digits_tensors, load_fashion_tensors
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.files import (
+    apply_training_state,
     atomic_save_safetensors,
     atomic_torch_save,
     file_sha256,
-    restore_training_state,
+    input_file,
+    read_torch_file,
+    read_training_state,
     save_training_state,
 )
 from goc_utils.model.diffusion import create_diffusion
@@ -86,25 +89,38 @@ BatchFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """``draw(indices, generator) -> x0`` model-space training inputs for the given example indices."""
 
 
+def vae_sha256(vae_dir: Path | None = None) -> str:
+    """Hex sha256 of the tier VAE's weights file (one line when it is missing: train it first)."""
+    weights = Path(vae_dir or paths.TINY_FASHION_VAE) / "diffusion_pytorch_model.safetensors"
+    return file_sha256(input_file(weights, "tiny-fashion VAE weights", "train it with goc train-fashion --stages vae"))
+
+
 def fashion_latents(vae_dir: Path | None = None, cache_dir: Path | None = None, progress: bool = True):
     """Posterior ``(mean, std)`` of the 60,000 padded training images under the tier's VAE, and its scale.
 
-    Encoded once and cached in ``cache_dir/latents.pt`` keyed by the VAE weights' sha256.
+    Encoded once and cached in ``cache_dir/latents.pt`` keyed by the VAE weights' sha256 and the data set's
+    (:func:`~goc_utils.datasets.dataset_sha256`; a cache from before the data were recorded is taken as theirs); a
+    cache of another VAE or data set is encoded again, one that is not a latents cache is one line.
     Returns ``(mean (N, 4, 8, 8), std (N, 4, 8, 8), scaling_factor)``.
     """
     vae_dir = Path(vae_dir or paths.TINY_FASHION_VAE)
-    key = file_sha256(vae_dir / "diffusion_pytorch_model.safetensors")
+    key, data = vae_sha256(vae_dir), dataset_sha256("fashion-train")
     cache = Path(cache_dir) / "latents.pt" if cache_dir else None
-    if cache is not None and cache.is_file():
-        state = torch.load(cache, map_location="cpu", weights_only=True)
-        if state.get("vae_sha256") == key:
-            return state["mean"], state["std"], float(state["scale"])
+    if cache is not None and (cache.exists() or cache.is_symlink()):
+        kinds = {"vae_sha256": str, "mean": torch.Tensor, "std": torch.Tensor, "scale": (int, float)}
+        fix = "delete it to encode the latents again"
+        state = read_torch_file(cache, "latents cache", fix, kinds, "a latents cache of `goc train-tiny`")
+        mean, std, scale = state["mean"], state["std"], state["scale"]
+        if mean.ndim != 4 or std.shape != mean.shape or not 0 < scale < float("inf"):
+            raise InvalidArgumentError(f"latents cache {str(cache)!r} is damaged (its shapes or scale); {fix}")
+        if state["vae_sha256"] == key and state.get("data", data) == data:
+            return mean, std, float(scale)
     vae = load_vae(str(vae_dir))
     images, _ = load_fashion_tensors("train")
     mean, std = encode_posterior(vae, images, progress=progress)
     scale = latent_scale(vae)
     if cache is not None:
-        atomic_torch_save({"vae_sha256": key, "mean": mean, "std": std, "scale": scale}, cache)
+        atomic_torch_save({"vae_sha256": key, "data": data, "mean": mean, "std": std, "scale": scale}, cache)
     return mean, std, scale
 
 
@@ -115,11 +131,31 @@ def training_data(preset: str, run_dir: Path, progress: bool = True) -> tuple[in
         return len(images), labels, lambda idx, generator: images[idx]
     mean, std, scale = fashion_latents(cache_dir=run_dir, progress=progress)
     _, labels = load_fashion_tensors("train")
+    if len(mean) != len(labels):
+        raise InvalidArgumentError(
+            f"latents cache in {str(run_dir)!r} holds {len(mean):,} latents, but the training set has {len(labels):,} "
+            "images; delete it to encode the latents again"
+        )
 
     def draw(idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)) * scale
 
     return len(mean), labels, draw
+
+
+def run_settings(preset: str, config: DiTTrainConfig) -> dict:
+    """What shapes a run's weights, recorded in its checkpoint: a resume with another value is refused. The data
+    (and tiny-fashion's VAE) by their sha256. Not recorded: ``steps`` (the learning rate does not depend on it, so a
+    longer run continues a shorter one exactly; a checkpoint beyond it is refused), ``threads`` and
+    ``checkpoint_every``."""
+    settings = {"preset": preset, "data": dataset_sha256("digits" if preset == "tiny-digits" else "fashion-train")}
+    if preset == "tiny-fashion":
+        settings["vae"] = vae_sha256()
+    ignored = ("steps", "threads", "checkpoint_every")
+    return settings | {k: v for k, v in asdict(config).items() if k not in ignored}
+
+
+RESUME_FIX = "choose another --run-dir, or delete it to start over"
 
 
 @torch.enable_grad()
@@ -150,6 +186,8 @@ def train_dit(
     out = Path(out or preset_info(preset).checkpoint)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = run_dir / "checkpoint.pt", run_dir / "log.jsonl"
+    settings = run_settings(preset, config)
+    state = read_training_state(ckpt_path, "step", ("model", "ema", "opt"), settings, config.steps, RESUME_FIX)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     n_examples, labels, draw = training_data(preset, run_dir, progress)
@@ -159,10 +197,11 @@ def train_dit(
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     diffusion = create_diffusion("")
     generator = torch.Generator().manual_seed(config.seed)
-    step = restore_training_state(ckpt_path, "step", generator, model=model, ema=ema, opt=opt)
+    parts = {"model": model, "ema": ema, "opt": opt}
+    step = 0 if state is None else apply_training_state(ckpt_path, state, "step", generator, RESUME_FIX, **parts)
 
     def save_checkpoint() -> None:
-        save_training_state(ckpt_path, "step", step, generator, model=model, ema=ema, opt=opt)
+        save_training_state(ckpt_path, "step", step, generator, settings, **parts)
         atomic_save_safetensors(ema.state_dict(), run_dir / "ema_latest.safetensors", {"step": str(step)})
 
     model.train()

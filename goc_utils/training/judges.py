@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from goc_utils import paths
 from goc_utils.datasets import load_digits_tensors, load_fashion_tensors, train_test_split_indices
-from goc_utils.files import atomic_save_safetensors, restore_training_state, save_training_state
+from goc_utils.files import atomic_save_safetensors, restore_training_state, save_training_state, state_dict_sha256
 from goc_utils.model.judges import DigitsClassifier, FashionClassifier
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -51,11 +51,19 @@ def fit_classifier(
     """One training loop for both judges: AdamW (weight decay 1e-4), cross-entropy, shuffled epochs.
 
     With ``checkpoint``, the state is saved there after every epoch and a rerun resumes from it with
-    identical results (the caller removes it once the weights are saved).
+    identical results (the caller removes it once the weights are saved). The checkpoint records what shapes the
+    weights (``name``, the data by their sha256, ``batch_size``, ``lr``, ``seed``, the augmentation); a rerun with
+    another value, or fewer ``epochs`` than it has done, is refused (more epochs continue it: the learning rate does
+    not depend on their number).
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
-    done = restore_training_state(checkpoint, "epoch", generator, model=model, opt=opt) if checkpoint else 0
+    done, settings = 0, None
+    if checkpoint:
+        data = state_dict_sha256({"images": x_train, "labels": y_train})
+        settings = {"name": name, "data": data, "batch_size": batch_size, "lr": lr, "seed": seed,
+                    "augment": augment.__name__}  # fmt: skip
+        done = restore_training_state(checkpoint, "epoch", generator, settings, epochs, model=model, opt=opt)
     for epoch in tqdm(range(done, epochs), desc=f"train {name}", disable=not progress, initial=done, total=epochs):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
@@ -66,7 +74,7 @@ def fit_classifier(
             loss.backward()
             opt.step()
         if checkpoint is not None:
-            save_training_state(checkpoint, "epoch", epoch + 1, generator, model=model, opt=opt)
+            save_training_state(checkpoint, "epoch", epoch + 1, generator, settings, model=model, opt=opt)
     return model.eval()
 
 

@@ -24,7 +24,6 @@ import os
 import stat
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from torchvision.datasets import ImageFolder
 from tqdm.auto import tqdm
 
 from goc_utils.errors import InvalidArgumentError, first_line, shorten
-from goc_utils.files import atomic_torch_save, input_file, state_dict_sha256
+from goc_utils.files import RESTART, atomic_torch_save, read_torch_file, state_dict_sha256
 from goc_utils.model.diffusion import create_diffusion
 from goc_utils.model.dit import DiT
 from goc_utils.model.vae import latent_scale
@@ -236,19 +235,11 @@ def _resume_router(path: Path, config: RouterTrainConfig, weights: str, logits, 
     One line (how to restart) when it is not a regular file, not a checkpoint of router training (read with
     ``weights_only=True``: a pickle never runs code), or from other settings or other model weights.
     """
-    restart = "delete it to start over"
+    restart = RESTART
     name = repr(shorten(path))
-    input_file(path, "router checkpoint", restart)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch adds multi-line advice to refused pickles; our line says it
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a torn or foreign file
-        raise InvalidArgumentError(f"cannot read router checkpoint {name} ({first_line(exc, 90)}); {restart}") from None
     kinds = {"config": dict, "weights": str, "step": int, "logits": torch.Tensor, "opt": dict,
              "generator": torch.Tensor, "rng": torch.Tensor}  # fmt: skip
-    if not isinstance(state, dict) or any(not isinstance(state.get(k), kind) for k, kind in kinds.items()):
-        raise InvalidArgumentError(f"router checkpoint {name} is not a checkpoint of `goc train-router`; {restart}")
+    state = read_torch_file(path, "router checkpoint", restart, kinds, "a checkpoint of `goc train-router`")
     if state["config"] != asdict(config):
         raise InvalidArgumentError(
             f"router checkpoint {name} is from a run with other settings; rerun with the same ones to resume, "

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from goc_utils import paths
-from goc_utils.datasets import load_fashion_tensors, to_uint8
+from goc_utils.datasets import dataset_sha256, load_fashion_tensors, to_uint8
 from goc_utils.evaluation.metrics.fidelity import psnr
 from goc_utils.files import atomic_write_dir, restore_training_state, save_training_state
 
@@ -126,7 +126,9 @@ def train_fashion_vae(
 ) -> tuple[Path, dict]:
     """Train (or resume) the tier's VAE; measure its scaling factor; ``save_pretrained`` it to ``out``.
 
-    Returns ``(folder, report)`` where the report holds the scaling factor and the test PSNR.
+    Returns ``(folder, report)`` where the report holds the scaling factor and the test PSNR. The checkpoint records
+    the data (by their sha256) and every setting but ``threads`` and ``checkpoint_every``; a resume with another value
+    is refused (also ``steps``: the learning rate's cosine depends on it).
     """
     run_dir = Path(run_dir or paths.RUNS_DIR / "train_fashion_vae")
     out = Path(out or paths.TINY_FASHION_VAE)
@@ -139,7 +141,9 @@ def train_fashion_vae(
     vae = build_vae(config.channels)
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
-    step = restore_training_state(ckpt_path, "step", generator, model=vae, opt=opt)
+    ignored = ("threads", "checkpoint_every")
+    settings = {"data": dataset_sha256("fashion-train")} | {k: v for k, v in asdict(config).items() if k not in ignored}
+    step = restore_training_state(ckpt_path, "step", generator, settings, config.steps, model=vae, opt=opt)
 
     vae.train()
     bar = tqdm(total=config.steps, initial=step, desc="train tiny-fashion VAE", disable=not progress)
@@ -174,7 +178,7 @@ def train_fashion_vae(
                 bar.set_postfix(psnr=f"{train_psnr:.2f}", kl=f"{kl_mean:.0f}")
                 running = []
             if step % config.checkpoint_every == 0 or step == config.steps:
-                save_training_state(ckpt_path, "step", step, generator, model=vae, opt=opt)
+                save_training_state(ckpt_path, "step", step, generator, settings, model=vae, opt=opt)
     bar.close()
     vae.eval()
     scale = measure_scaling_factor(vae, images, seed=config.seed)
