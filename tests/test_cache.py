@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from goc_utils.cache import CacheEngine, ScheduleError, build_compensator, build_schedule
-from goc_utils.cache.method import CacheMethod
+from goc_utils.cache.method import CacheMethod, resolve_method
+from goc_utils.cache.run import RunShape
 from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.model.macs import model_macs
@@ -23,7 +24,7 @@ FORA_50_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
 def _run(model, schedule=None, compensator=None, seed=0, steps=20, cfg=4.0, labels=(1, 2)):
     forward = None
     if schedule is not None:
-        forward = CacheEngine(model, schedule, compensator).forward
+        forward = CacheEngine(schedule, compensator, model=model).forward
     return generate(model, list(labels), seed=seed, steps=steps, cfg_scale=cfg, forward=forward).final
 
 
@@ -231,7 +232,7 @@ def test_goc_coupling_in_the_engine_on_a_hand_built_schedule(model):
     seen = {}
     for coupling in ("block", "unit"):
         compensator = build_compensator("goc", weight=w, correction_steps=(3, 4), coupling=coupling)
-        engine = CacheEngine(model, schedule, compensator)
+        engine = CacheEngine(schedule, compensator, model=model)
         outputs: dict = {}
         engine.on_unit = lambda s, b, u, value, computed, out=outputs: out.__setitem__((s, b, u), value.clone())
         generate(model, [1, 2], seed=0, steps=8, cfg_scale=4.0, forward=engine.forward)
@@ -270,7 +271,8 @@ def test_official_l2c_routers_lone_units_at_the_correction_steps(reference_file)
 
 def test_engine_resets_between_runs_and_handles_cfg(model):
     schedule = build_schedule("fora-50", 20, model.depth)
-    engine = CacheEngine(model, schedule, build_compensator("goc", weight=1.2, correction_steps=FORA_50_STEPS))
+    compensator = build_compensator("goc", weight=1.2, correction_steps=FORA_50_STEPS)
+    engine = CacheEngine(schedule, compensator, model=model)
     a = generate(model, [3, 4], seed=5, steps=20, cfg_scale=4.0, forward=engine.forward).final
     b = generate(model, [3, 4], seed=5, steps=20, cfg_scale=4.0, forward=engine.forward).final
     assert torch.equal(a, b)
@@ -281,11 +283,11 @@ def test_engine_memory_holds_only_what_can_be_reused(model):
     table[5, 0] = False  # only block 0's attention is ever reused, at step 5
     schedule = build_schedule("matrix", 20, model.depth, table=table)
     for name, expected in (("none", 1), ("goc", 2), ("taylor", 2)):
-        engine = CacheEngine(model, schedule, build_compensator(name))
+        engine = CacheEngine(schedule, build_compensator(name), model=model)
         generate(model, [1], steps=20, forward=engine.forward)
         assert engine.peak_stored_tensors == expected, name
         assert engine.compensator.stored_tensors() == 0  # released after its last reuse
-    engine = CacheEngine(model, build_schedule("fora-50", 20, model.depth), build_compensator("goc"))
+    engine = CacheEngine(build_schedule("fora-50", 20, model.depth), build_compensator("goc"), model=model)
     generate(model, [1], steps=20, forward=engine.forward)
     assert engine.peak_stored_tensors <= 2 * 2 * model.depth
 
@@ -371,14 +373,14 @@ def test_engine_matches_the_naive_reference_loop(tiny_model, case, seed, couplin
         forward=_naive_goc_forward(tiny_model, reused, weight, steps, coupling),
     ).final
     compensator = build_compensator("goc", weight=weight, correction_steps=steps, coupling=coupling)
-    engine = CacheEngine(tiny_model, schedule, compensator)
+    engine = CacheEngine(schedule, compensator, model=tiny_model)
     ours = generate(tiny_model, [1, 7, 9], seed=seed, steps=20, cfg_scale=4.0, forward=engine.forward).final
     assert (ours - naive).abs().max().item() <= 1e-6
     assert not torch.equal(ours, generate(tiny_model, [1, 7, 9], seed=seed, steps=20, cfg_scale=4.0).final)
     if case == "l2c":  # the random router leaves lone reused units at correction steps: the couplings differ
         other = "unit" if coupling == "block" else "block"
         compensator = build_compensator("goc", weight=weight, correction_steps=steps, coupling=other)
-        engine = CacheEngine(tiny_model, schedule, compensator)
+        engine = CacheEngine(schedule, compensator, model=tiny_model)
         theirs = generate(tiny_model, [1, 7, 9], seed=seed, steps=20, cfg_scale=4.0, forward=engine.forward).final
         assert (theirs - ours).abs().max() > 1e-4
 
@@ -387,16 +389,17 @@ def test_engine_matches_the_naive_reference_loop(tiny_model, case, seed, couplin
 
 
 def test_cache_method_fills_published_defaults(model, tmp_path):
-    engine = CacheMethod("fora-50", {}, "goc").engine(model, 20)
+    run = RunShape.of(model, 20)
+    engine = resolve_method(CacheMethod("fora-50", {}, "goc"), run).engine(model)
     assert engine.compensator.config.weight == 1.2 and engine.compensator.config.correction_steps == FORA_50_STEPS
-    engine = CacheMethod("fora-25", {}, "goc").engine(model, 20)
+    engine = resolve_method(CacheMethod("fora-25", {}, "goc"), run).engine(model)
     assert engine.compensator.config.correction_steps == (3, 5, 7, 9)
     with pytest.raises(InvalidArgumentError, match="needs a schedule that reuses"):
-        CacheMethod("none", {}, "goc").engine(model, 20)
+        resolve_method(CacheMethod("none", {}, "goc"), run)
     with pytest.raises(InvalidArgumentError, match="auto"):
-        CacheMethod("fora-50", {}, "goc", {"correction_steps": "auto"}).engine(model, 20)
+        resolve_method(CacheMethod("fora-50", {}, "goc", {"correction_steps": "auto"}), run)
     with pytest.raises(ScheduleError, match="outside the run's steps"):
-        CacheMethod("fora-50", {}, "goc", {"correction_steps": [25]}).engine(model, 20)
+        resolve_method(CacheMethod("fora-50", {}, "goc", {"correction_steps": [25]}), run)
 
 
 def test_dit_xl2_macs(tmp_path):

@@ -8,11 +8,10 @@ import sys
 import pytest
 import torch
 
-from goc_utils.cache import without_router
+from goc_utils.cache import Resources, RunShape, without_router
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.bench import engine_cost, make_engine
 from goc_utils.integrations import cachedit
-from goc_utils.integrations.diffusers.peers import diffusers_backend, parse_peer
+from goc_utils.integrations.diffusers.peers import diffusers_backend, make_runner, parse_peer, resolve_any
 from goc_utils.model.checkpoints import load_model
 from goc_utils.model.macs import model_macs
 from goc_utils.model.sampler import generate, per_sample_inputs
@@ -32,6 +31,11 @@ def backend():
 def _sample(wrapped, inputs, forward=None):
     labels, noise = inputs
     return generate(wrapped, labels, steps=STEPS, cfg_scale=1.5, forward=forward, noise=noise).final
+
+
+def _runner(wrapped, text):
+    """What samples ``text`` on the diffusers transformer (``STEPS`` steps, cfg 1.5)."""
+    return make_runner(wrapped, resolve_any(text, RunShape.of(wrapped, STEPS), Resources(cfg_scale=1.5)))
 
 
 def _halves(wrapped):
@@ -56,8 +60,8 @@ ZERO = [
 def test_threshold_0_skips_nothing_and_equals_the_uncached_samples_bit_for_bit(backend, calibrator, cfg):
     model, wrapped, inputs = backend
     reference = _sample(wrapped, inputs, _halves(wrapped) if cfg else None)
-    runner = make_engine(wrapped, f"cachedit:dbcache:fn=1:threshold=0:warmup=2:calibrator={calibrator}{cfg}", STEPS)
-    cost = engine_cost(runner, model_macs(model), lambda forward: _sample(wrapped, inputs, forward))
+    runner = _runner(wrapped, f"cachedit:dbcache:fn=1:threshold=0:warmup=2:calibrator={calibrator}{cfg}")
+    cost = runner.cost(model_macs(model), lambda forward: _sample(wrapped, inputs, forward))
     assert cost["macs_speedup"] == pytest.approx(1.0) and cost["cache_ratio"] == 0
     assert torch.equal(_sample(wrapped, inputs, runner.forward), reference)
 
@@ -67,7 +71,7 @@ def test_after_a_cached_run_the_transformer_is_plain_again(backend):
     transformer = wrapped.transformer
     reference = _sample(wrapped, inputs)
     keys = list(transformer.state_dict())
-    runner = make_engine(wrapped, "cachedit:dbcache:fn=1:threshold=0.15:warmup=2:calibrator=taylorseer", STEPS)
+    runner = _runner(wrapped, "cachedit:dbcache:fn=1:threshold=0.15:warmup=2:calibrator=taylorseer")
     first = _sample(wrapped, inputs, runner.forward)
     assert 0 < (first - reference).abs().max() < 1.0  # it skipped something, and not into noise
     assert torch.equal(_sample(wrapped, inputs, runner.forward), first)  # a fresh context every run
@@ -75,7 +79,7 @@ def test_after_a_cached_run_the_transformer_is_plain_again(backend):
     assert not cachedit.is_applied(transformer) and not hasattr(transformer, "_norm1_emb")
     assert list(transformer.state_dict()) == keys
     assert torch.equal(_sample(wrapped, inputs), reference)
-    other = make_engine(wrapped, "fora-50+goc", STEPS)  # another method on the same transformer, then this one
+    other = _runner(wrapped, "fora-50+goc")  # another method on the same transformer, then this one
     _sample(wrapped, inputs, other.forward)
     assert torch.equal(_sample(wrapped, inputs, runner.forward), first)
 
@@ -84,9 +88,9 @@ def test_after_a_cached_run_the_transformer_is_plain_again(backend):
 def test_the_measured_macs_of_a_forced_skip_pattern_are_the_patterns(backend, cfg):
     model, wrapped, inputs = backend
     mask = "11101010011101100101"  # warmup 2, then a static mask: every 0 skips the middle blocks
-    runner = make_engine(wrapped, f"cachedit:dbcache:fn=2:bn=1:warmup=2:mask={mask}:policy=static{cfg}", STEPS)
+    runner = _runner(wrapped, f"cachedit:dbcache:fn=2:bn=1:warmup=2:mask={mask}:policy=static{cfg}")
     macs = model_macs(model)
-    cost = engine_cost(runner, macs, lambda forward: _sample(wrapped, inputs, forward))
+    cost = runner.cost(macs, lambda forward: _sample(wrapped, inputs, forward))
     skipped = [s for s, bit in enumerate(mask) if bit == "0"]
     seen = runner.cachedit_account  # cache-dit's own account agrees
     assert (seen["skipped"], seen["uncond_skipped"]) == (skipped, skipped if cfg else [])
@@ -100,8 +104,8 @@ def test_the_measured_macs_of_a_forced_skip_pattern_are_the_patterns(backend, cf
 @pytest.mark.parametrize("diff", ["", ":cfg_diff_separate=false"])
 def test_separate_cfg_decides_for_each_guidance_half_and_counts_each_half(backend, diff):
     model, wrapped, inputs = backend
-    runner = make_engine(wrapped, f"cachedit:dbcache:fn=1:threshold=0.12:warmup=2:separate_cfg=true{diff}", STEPS)
-    cost = engine_cost(runner, model_macs(model), lambda forward: _sample(wrapped, inputs, forward))
+    runner = _runner(wrapped, f"cachedit:dbcache:fn=1:threshold=0.12:warmup=2:separate_cfg=true{diff}")
+    cost = runner.cost(model_macs(model), lambda forward: _sample(wrapped, inputs, forward))
     seen = runner.cachedit_account
     cond, uncond = seen["skipped"], seen["uncond_skipped"]
     assert set(seen["diffs"]) == set(seen["uncond_diffs"]) == set(range(2, STEPS))  # both halves measured ...
@@ -118,8 +122,8 @@ def test_separate_cfg_decides_for_each_guidance_half_and_counts_each_half(backen
 
 def test_one_decision_for_the_whole_batch_without_separate_cfg(backend):
     model, wrapped, inputs = backend
-    runner = make_engine(wrapped, "cachedit:dbcache:fn=1:threshold=0.12:warmup=2", STEPS)
-    cost = engine_cost(runner, model_macs(model), lambda forward: _sample(wrapped, inputs, forward))
+    runner = _runner(wrapped, "cachedit:dbcache:fn=1:threshold=0.12:warmup=2")
+    cost = runner.cost(model_macs(model), lambda forward: _sample(wrapped, inputs, forward))
     skipped = runner.cachedit_account["skipped"]
     assert runner.cachedit_account["uncond_skipped"] == [] and skipped
     assert cost["cache_ratio"] == pytest.approx(len(skipped) * 11 / (STEPS * 12), rel=1e-12)
@@ -194,7 +198,7 @@ def test_separate_cfg_without_guidance_and_a_span_without_middle_are_refused(bac
     with pytest.raises(InvalidArgumentError, match="use a cfg scale other than 1 or separate_cfg=false"):
         parse_peer("cachedit:dbcache:separate_cfg=true", 20, 1.0)
     with pytest.raises(InvalidArgumentError, match=r"fn=8 \+ bn=4 .* covers all 12 blocks.*make fn \+ bn < 12"):
-        make_engine(wrapped, "cachedit:dbcache:bn=4", STEPS)
+        _runner(wrapped, "cachedit:dbcache:bn=4")
 
 
 def test_without_cache_dit_its_methods_say_how_to_install_it(monkeypatch):

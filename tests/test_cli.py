@@ -191,9 +191,9 @@ def test_sample_with_cache_reports_its_ratio(tmp_path, tiny_ckpt, capsys):
         (["--compensator", "goc"], "needs a schedule that reuses units"),
         (["--cache", "fora", "--fora-interval", "-2"], "FORA interval must be >= 1"),
         (["--cache", "fora", "--fora-range", "x"], "malformed step range"),
-        (["--cache", "l2c"], "l2c schedule needs --router PATH"),
+        (["--cache", "l2c"], "needs a Learning-to-Cache router: pass --router PATH"),
         (["--cache", "l2c", "--router", "ROUTER20"], "needs 20 routers of 24 units"),
-        (["--cache", "l2c", "--router", "ROUTER20", "--router-thres", "2"], "threshold must be in [0, 1]"),
+        (["--cache", "l2c", "--router", "ROUTER20", "--router-thres", "2"], "must be in [0, 1]"),
         (["--cache", "fora-50", "--router", "ROUTER20"], "--router needs --cache l2c"),
         (
             ["--cache", "fora-50", "--compensator", "goc", "--goc-steps", "auto", "--priors", "/nonexistent.st"],

@@ -18,15 +18,20 @@ from diffusers import (
     PixArtTransformer2DModel,
 )
 
-from goc_utils.cache import CacheMethod, PackSource
+from goc_utils.cache import Resources, RunShape, resolve_method
 from goc_utils.cache.l2c import default_router
 from goc_utils.cache.schedule import theoretical_speedup
 from goc_utils.errors import CheckpointError, InvalidArgumentError
-from goc_utils.evaluation.bench import engine_cost, make_engine
 from goc_utils.evaluation.eval import parse_methods
 from goc_utils.integrations.diffusers import transformer as dd
 from goc_utils.integrations.diffusers.hooks import DiffusersDiT, UnitCounter, apply_cache, remove_cache
-from goc_utils.integrations.diffusers.peers import diffusers_backend, parse_peer
+from goc_utils.integrations.diffusers.peers import (
+    CALIBRATION_SAMPLES,
+    diffusers_backend,
+    make_runner,
+    parse_peer,
+    resolve_any,
+)
 from goc_utils.model import diffusers_format as fmt
 from goc_utils.model.checkpoints import load_model, read_state_dict
 from goc_utils.model.dit import get_2d_sincos_pos_embed
@@ -270,12 +275,16 @@ def test_the_engine_through_the_hooks_equals_the_native_engine(exported, text):
     transformer = dd.load_transformer(exported)
     wrapped = DiffusersDiT(transformer)
     labels, noise = per_sample_inputs(model, range(12), 5)
-    method = CacheMethod.parse(text, router=str(default_router("tiny-digits", 20)))
-    priors = priors_for_run("tiny-digits", model, 20, 1.5) if method.needs_priors else None
-    packs = PackSource("tiny-digits", 1.5)  # the committed TCC packs
-    native = generate(model, labels, steps=20, cfg_scale=1.5, forward=method.engine(model, 20, priors, packs).forward,
+    resources = Resources(
+        router=str(default_router("tiny-digits", 20)),
+        priors=lambda: priors_for_run("tiny-digits", model, 20, 1.5),  # loaded only for goc:auto
+        model="tiny-digits",  # the committed TCC packs
+        cfg_scale=1.5,
+    )
+    method = resolve_method(text, RunShape.of(model, 20), resources)
+    native = generate(model, labels, steps=20, cfg_scale=1.5, forward=method.engine(model).forward,
                       noise=noise).final  # fmt: skip
-    engine = apply_cache(transformer, method, 20, priors, packs)
+    engine = apply_cache(transformer, method, 20)  # resolved for the native model: the transformer's run is the same
     counter = UnitCounter(transformer, 20)
 
     def forward(x, t, y, step):
@@ -300,8 +309,8 @@ def test_priors_through_the_hooks_equal_native_priors(exported):
     a = extract_priors(model, "tiny-digits", [1, 7], seeds=(0,), steps=10, cfg_scale=1.5, progress=False)
     b = extract_priors(wrapped, "tiny-digits", [1, 7], seeds=(0,), steps=10, cfg_scale=1.5, progress=False)
     assert np.allclose(a.mean, b.mean, atol=1e-5)
-    auto_a = a.auto_goc(CacheMethod.parse("fora-50").build_schedule(10, 12))
-    auto_b = b.auto_goc(CacheMethod.parse("fora-50").build_schedule(10, 12))
+    auto_a = a.auto_goc(resolve_method("fora-50", RunShape(steps=10, depth=12)).schedule)
+    auto_b = b.auto_goc(resolve_method("fora-50", RunShape(steps=10, depth=12)).schedule)
     assert auto_a.steps == auto_b.steps and abs(auto_a.weight - auto_b.weight) < 1e-4
 
 
@@ -323,8 +332,9 @@ def test_peer_method_strings_parse_with_one_line_errors():
         with pytest.raises(InvalidArgumentError, match=message) as info:
             parse_methods(f"none,{text}")
         assert "\n" not in str(info.value)
+    native = load_model("tiny-digits")
     with pytest.raises(InvalidArgumentError, match="runs with --backend diffusers"):
-        make_engine(load_model("tiny-digits"), "diffusers:fbc", 20)
+        make_runner(native, resolve_any("diffusers:fbc", RunShape.of(native, 20), Resources(cfg_scale=1.5)))
 
 
 PEERS_RUNNING = {
@@ -348,14 +358,25 @@ def _sample(wrapped, inputs, forward):
     return generate(wrapped, labels, steps=20, cfg_scale=1.5, forward=forward, noise=noise).final
 
 
+def _runner(wrapped, text, seed=0):
+    """What samples ``text`` on the diffusers transformer (20 steps, cfg 1.5); MagCache calibrates on ``seed``."""
+
+    def calibration(forward) -> None:
+        labels, noise = per_sample_inputs(wrapped, range(CALIBRATION_SAMPLES), seed)
+        generate(wrapped, labels, steps=20, cfg_scale=1.5, forward=forward, noise=noise)
+
+    method = resolve_any(text, RunShape.of(wrapped, 20), Resources(cfg_scale=1.5))
+    return make_runner(wrapped, method, calibration)
+
+
 @pytest.mark.parametrize("text", list(PEERS_RUNNING))
 def test_every_diffusers_cache_runs_on_dit_and_its_cost_is_measured(backend, text):
     model, wrapped, inputs = backend
     reference = _sample(wrapped, inputs, None)
-    engine = make_engine(wrapped, text, 20, cfg_scale=1.5, seed=3)
-    cost = engine_cost(engine, model_macs(model), lambda forward: _sample(wrapped, inputs, forward))
+    engine = _runner(wrapped, text, seed=3)
+    cost = engine.cost(model_macs(model), lambda forward: _sample(wrapped, inputs, forward))
     first = _sample(wrapped, inputs, engine.forward)
-    other = make_engine(wrapped, "fora-50+goc", 20)
+    other = _runner(wrapped, "fora-50+goc")
     _sample(wrapped, inputs, other.forward)  # another method takes the transformer over ...
     assert torch.equal(_sample(wrapped, inputs, engine.forward), first)  # ... and this one comes back, state reset
     low, high = PEERS_RUNNING[text]
@@ -370,13 +391,12 @@ def test_measured_costs_match_what_is_known(backend):
     macs = model_macs(model)
     run = lambda forward: _sample(wrapped, inputs, forward)  # noqa: E731
     # TaylorSeer's schedule is fixed: interval 2 from step 1 computes steps 0, 2, ..., 18 = FORA-50's MACs.
-    taylor = engine_cost(make_engine(wrapped, "diffusers:taylorseer:cache_interval=2:disable_cache_before_step=1", 20),
-                         macs, run)  # fmt: skip
-    fora = engine_cost(make_engine(wrapped, "fora-50", 20), macs, run)
+    taylor = _runner(wrapped, "diffusers:taylorseer:cache_interval=2:disable_cache_before_step=1").cost(macs, run)
+    fora = _runner(wrapped, "fora-50").cost(macs, run)
     assert taylor == pytest.approx(fora)
     # First Block Cache with threshold 0 never skips: nothing saved, the un-cached samples bit for bit.
-    fbc = make_engine(wrapped, "diffusers:fbc:threshold=0", 20)
-    assert engine_cost(fbc, macs, run)["macs_speedup"] == pytest.approx(1.0)
+    fbc = _runner(wrapped, "diffusers:fbc:threshold=0")
+    assert fbc.cost(macs, run)["macs_speedup"] == pytest.approx(1.0)
     assert torch.equal(_sample(wrapped, inputs, fbc.forward), _sample(wrapped, inputs, None))
 
 

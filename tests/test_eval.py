@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from goc_utils import paths
-from goc_utils.cache import CacheMethod, without_router
+from goc_utils.cache import CacheMethod, Resources, RunShape, resolve_method, without_router
 from goc_utils.cli import main
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.eval import EvalSettings, eval_sample, method_folder, parse_methods, read_results
-from goc_utils.evaluation.sampling import SAMPLES_NAME, sample_to_npz, write_npz
+from goc_utils.evaluation.sampling import SAMPLES_NAME, Distributed, NpzRun, sample_to_npz, write_npz
 from goc_utils.model.checkpoints import load_model
 from goc_utils.model.sampler import per_sample_inputs
 
@@ -49,9 +49,12 @@ def test_per_sample_inputs_do_not_depend_on_the_batch(tiny):
     assert set(many) == set(range(10))  # labels spread over every class
 
 
+def _run4(num_samples, batch):
+    return NpzRun(num_samples, batch, {"run": 1}, steps=4)
+
+
 def test_sample_to_npz_same_bytes_for_any_batch_and_process_split(tiny, tmp_path):
-    kwargs = {"steps": 4, "progress": False, "manifest": {"run": 1}}
-    one = sample_to_npz(tiny, tmp_path / "a", 10, 4, **kwargs)
+    one = sample_to_npz(tiny, tmp_path / "a", _run4(10, 4), progress=False)
     data = np.load(one)
     assert data["arr_0"].shape == (10, 8, 8, 1) and data["arr_0"].dtype == np.uint8 and data["arr_1"].shape == (10,)
     assert sorted(p.name for p in (tmp_path / "a" / "shards").iterdir()) == [
@@ -60,24 +63,23 @@ def test_sample_to_npz_same_bytes_for_any_batch_and_process_split(tiny, tmp_path
         "00000008.npz",
     ]
     # two "processes" run sequentially: rank 1 first writes its shard, rank 0 then writes its own and merges
-    sample_to_npz(tiny, tmp_path / "b", 10, 4, rank=1, world=2, **kwargs)
+    sample_to_npz(tiny, tmp_path / "b", _run4(10, 4), dist=Distributed(rank=1, world=2), progress=False)
     assert not (tmp_path / "b" / SAMPLES_NAME).exists()  # only rank 0 merges
-    two = sample_to_npz(tiny, tmp_path / "b", 10, 4, rank=0, world=2, **kwargs)
+    two = sample_to_npz(tiny, tmp_path / "b", _run4(10, 4), dist=Distributed(rank=0, world=2), progress=False)
     assert one.read_bytes() == two.read_bytes()
-    assert sample_to_npz(tiny, tmp_path / "c", 10, 3, **kwargs).read_bytes() == one.read_bytes()
+    assert sample_to_npz(tiny, tmp_path / "c", _run4(10, 3), progress=False).read_bytes() == one.read_bytes()
 
 
 def test_resume_redoes_only_missing_or_torn_shards(tiny, tmp_path):
-    kwargs = {"steps": 4, "progress": False, "manifest": {"run": 1}}
-    clean = sample_to_npz(tiny, tmp_path / "clean", 12, 4, **kwargs).read_bytes()
+    clean = sample_to_npz(tiny, tmp_path / "clean", _run4(12, 4), progress=False).read_bytes()
     out = tmp_path / "broken"
-    sample_to_npz(tiny, out, 12, 4, **kwargs)
+    sample_to_npz(tiny, out, _run4(12, 4), progress=False)
     (out / SAMPLES_NAME).unlink()
     (out / "shards" / "00000004.npz").write_bytes(b"torn")  # a shard cut short
     (out / "shards" / "00000008.npz").unlink()
     (out / "shards" / "00000008.npz.tmp").write_bytes(b"partial")  # killed mid-write
     first = (out / "shards" / "00000000.npz").stat().st_mtime_ns
-    assert sample_to_npz(tiny, out, 12, 4, **kwargs).read_bytes() == clean
+    assert sample_to_npz(tiny, out, _run4(12, 4), progress=False).read_bytes() == clean
     assert (out / "shards" / "00000000.npz").stat().st_mtime_ns == first  # complete shards are kept
 
 
@@ -120,8 +122,8 @@ def test_method_strings():
         "l2c:data/r.pt@0.2+goc:w=0.8",
     ]
     assert method_folder("l2c:data/r.pt@0.2+goc:w=0.8") == "l2c-data_r.pt@0.2+goc-w=0.8"
-    assert CacheMethod.parse("l2c+goc", router="r.pt").compensator_options == {}  # block coupling by default
-    unit = CacheMethod.parse("l2c+goc:auto:coupling=unit", router="r.pt")
+    assert CacheMethod.parse("l2c+goc").compensator_options == {}  # block coupling by default
+    unit = CacheMethod.parse("l2c+goc:auto:coupling=unit")
     assert unit.compensator_options == {"weight": "auto", "correction_steps": "auto", "coupling": "unit"}
     assert unit.label() == "l2c+goc:auto:coupling=unit"
     # every schedule the CLI builds is one string; the short forms still work
@@ -129,7 +131,11 @@ def test_method_strings():
     assert CacheMethod.parse("matrix:path=m.csv").schedule_options == {"path": "m.csv"}
     for text in ("l2c:router=r.pt:thres=0.2", "l2c:r.pt@0.2"):
         assert CacheMethod.parse(text).schedule_options == {"router": "r.pt", "thres": 0.2}
-    assert CacheMethod.parse("l2c@0.3", router="x.pt").schedule_options == {"router": "x.pt", "thres": 0.3}
+    router = str(paths.TINY_DIGITS_ROUTER)  # the caller's router fills in what the string leaves out
+    resolved = resolve_method("l2c@0.3", RunShape(steps=20, depth=12), Resources(router=router))
+    assert resolved.schedule_options == {"router": router, "thres": 0.3}
+    with pytest.raises(InvalidArgumentError, match="needs a Learning-to-Cache router: pass --router PATH"):
+        resolve_method("l2c@0.3", RunShape(steps=20, depth=12))  # parsed without one, refused when resolved
     assert CacheMethod.parse("fora-25+taylor:k=2").compensator_options == {"order": 2}
     assert parse_methods("none,fora-50+goc:steps=3,5,7,l2c+goc") == ["none", "fora-50+goc:steps=3,5,7", "l2c+goc"]
     kept, skipped = without_router(["none", "l2c", "l2c:r.pt+goc", "fora-50"], None)
@@ -234,7 +240,7 @@ def test_committed_table_bytes_do_not_depend_on_the_thread_count(tmp_path):
     """What `make study` commits is rounded so that CPU-dependent float differences do not reach the bytes."""
     import torch
 
-    from goc_utils.evaluation.eval import EvalSettings, run_eval, write_results
+    from goc_utils.evaluation.eval import EvalSettings, Scoring, run_eval, write_results
     from goc_utils.evaluation.metrics.features import build_extractor
 
     model, extractor = load_model("tiny-digits"), build_extractor("digits", "cpu", None)
@@ -246,8 +252,9 @@ def test_committed_table_bytes_do_not_depend_on_the_thread_count(tmp_path):
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            rows = run_eval(model, settings, methods, 32, tmp_path / f"threads{n}", paths.DIGITS_REFERENCE_BATCH,
-                            extractor, latency_repeats=1, latency_batch=2, progress=False, fid_bootstrap=5)  # fmt: skip
+            scoring = Scoring(paths.DIGITS_REFERENCE_BATCH, extractor, latency_batch=2, latency_repeats=1,
+                              fid_bootstrap=5)  # fmt: skip
+            rows = run_eval(model, settings, methods, 32, tmp_path / f"threads{n}", scoring, progress=False)
             csv_path, md_path = write_results(rows, tmp_path, f"table{n}", timing=False)
             tables.append((csv_path.read_bytes(), md_path.read_bytes()))
     finally:

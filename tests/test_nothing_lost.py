@@ -14,13 +14,16 @@ import pytest
 
 from goc_utils import paths
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.sampling import MANIFEST_NAME, SAMPLES_NAME, run_lock, sample_to_npz
+from goc_utils.evaluation.sampling import MANIFEST_NAME, SAMPLES_NAME, NpzRun, run_lock, sample_to_npz
 from goc_utils.files import file_sha256
 from goc_utils.model.checkpoints import load_model
 
 GOC = [sys.executable, "-m", "goc_utils.cli"]
 ENV = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
-KWARGS = {"steps": 4, "progress": False, "manifest": {"run": 1}}
+
+
+def _sample(model, out, num_samples, batch):
+    return sample_to_npz(model, out, NpzRun(num_samples, batch, {"run": 1}, steps=4), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -29,30 +32,30 @@ def tiny():
 
 
 def test_a_damaged_samples_file_is_rebuilt_from_the_shards(tiny, tmp_path, capfd):
-    path = sample_to_npz(tiny, tmp_path, 12, 4, **KWARGS)
+    path = _sample(tiny, tmp_path, 12, 4)
     clean = path.read_bytes()
     assert json.loads((tmp_path / MANIFEST_NAME).read_text())["samples"] == {"count": 12, "sha256": file_sha256(path)}
     damaged = bytearray(clean)
     damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte inside arr_0
     path.write_bytes(bytes(damaged))
-    assert sample_to_npz(tiny, tmp_path, 12, 4, **KWARGS).read_bytes() == clean
+    assert _sample(tiny, tmp_path, 12, 4).read_bytes() == clean
     assert "does not match its sha256" in capfd.readouterr().err
 
 
 def test_a_finished_run_is_never_shrunk(tiny, tmp_path):
-    path = sample_to_npz(tiny, tmp_path, 12, 4, **KWARGS)
+    path = _sample(tiny, tmp_path, 12, 4)
     before = path.read_bytes()
     with pytest.raises(InvalidArgumentError, match="finished run of 12 samples; --num-samples 8 would shrink it"):
-        sample_to_npz(tiny, tmp_path, 8, 4, **KWARGS)
+        _sample(tiny, tmp_path, 8, 4)
     assert path.read_bytes() == before
-    assert len(sample_to_npz(tiny, tmp_path, 16, 4, **KWARGS).read_bytes()) > len(before)  # growing is fine
+    assert len(_sample(tiny, tmp_path, 16, 4).read_bytes()) > len(before)  # growing is fine
 
 
 def test_one_sampling_process_per_folder(tiny, tmp_path):
     with run_lock(tmp_path), pytest.raises(InvalidArgumentError, match="another process is sampling into"):
-        sample_to_npz(tiny, tmp_path, 4, 4, **KWARGS)
+        _sample(tiny, tmp_path, 4, 4)
     assert not (tmp_path / SAMPLES_NAME).exists()
-    sample_to_npz(tiny, tmp_path, 4, 4, **KWARGS)  # the lock is released with its holder
+    _sample(tiny, tmp_path, 4, 4)  # the lock is released with its holder
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> None:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from goc_utils.cache import build_schedule
-from goc_utils.cache.method import CacheMethod
+from goc_utils.cache.method import CacheMethod, resolve_method
+from goc_utils.cache.run import Resources, RunShape
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.model.sampler import draw_noise, generate
 from goc_utils.priors.auto import calibrate_weight, inflection_steps
@@ -67,7 +68,7 @@ def _unit_features(model, classes, seeds, steps, cfg_scale=4.0):
 
     pairs = [(c, s) for s in seeds for c in classes]
     out = np.zeros((len(pairs), steps, model.depth, 2, model.num_tokens * model.hidden_size))
-    engine = CacheEngine(model, none_schedule(steps, model.depth))
+    engine = CacheEngine(none_schedule(steps, model.depth), model=model)
 
     def observe(step, block, unit, value, computed):
         out[:, step, block, unit] = value[: len(pairs)].flatten(1).double().numpy()
@@ -237,7 +238,8 @@ def test_per_step_least_squares_weight_recovers_a_linear_trajectory():
 
 def test_goc_auto_resolves_from_priors(model):
     stats = extract_priors(model, "small", [1, 2, 3], steps=8, progress=False)
-    engine = CacheMethod("fora-50", {}, "goc", {"correction_steps": "auto", "weight": "auto"}).engine(model, 8, stats)
+    method = CacheMethod("fora-50", {}, "goc", {"correction_steps": "auto", "weight": "auto"})
+    engine = resolve_method(method, RunShape.of(model, 8), Resources(priors=stats)).engine(model)
     config = engine.compensator.config
     assert isinstance(config.weight, float) and np.isfinite(config.weight)
     assert set(config.correction_steps) <= {3, 5, 7}
@@ -260,7 +262,8 @@ def test_automatic_steps_and_weight_on_held_out_samples():
     for host in ("fora-25", "fora-50", "l2c"):
         errors = {}
         for text in (host, f"{host}+goc", f"{host}+goc:auto"):
-            engine = CacheMethod.parse(text, router=str(paths.TINY_DIGITS_ROUTER)).engine(model, 20, priors)
+            resources = Resources(router=str(paths.TINY_DIGITS_ROUTER), priors=priors)
+            engine = resolve_method(text, RunShape.of(model, 20), resources).engine(model)
             final = generate(model, labels, steps=20, cfg_scale=4.0, noise=noise, forward=engine.forward).final
             errors[text] = float(((final - reference) ** 2).mean().sqrt())
         assert errors[f"{host}+goc:auto"] < errors[host], (host, errors)

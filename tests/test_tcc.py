@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from goc_utils.cache import CacheMethod, PackSource, TCCPack
+from goc_utils.cache import CacheMethod, Resources, RunShape, TCCPack, resolve_method
 from goc_utils.cache.tcc import (
     SimilarityStats,
     TCCCompensator,
@@ -17,7 +19,7 @@ from goc_utils.cache.tcc import (
 )
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.model.sampler import generate, per_sample_inputs
-from goc_utils.priors.tcc_fit import default_targets, fit_tcc_pack
+from goc_utils.priors.tcc_fit import TCCFit, default_targets, fit_tcc_pack
 from tests.conftest import small_dit
 
 STEPS = 8
@@ -30,7 +32,7 @@ def random_orthogonal(d: int, seed: int) -> torch.Tensor:
 
 def planted_pack(model, host: str = "fora-50", targets=(1, 3), identity: bool = False, mu: float = 0.0) -> TCCPack:
     """A pack with random maps (or the identity map with mu_a = mu_b = ``mu``) for ``host`` on ``model``."""
-    schedule = CacheMethod.parse(host).build_schedule(STEPS, model.depth)
+    schedule = resolve_method(host, RunShape.of(model, STEPS)).schedule
     k, depth, d = len(targets), model.depth, model.hidden_size
     g = torch.Generator().manual_seed(3)
     if identity:
@@ -52,7 +54,7 @@ def sample(model, method: CacheMethod | str, pack: TCCPack | None = None, alpha:
     if alpha is not None:
         method.compensator_options["alpha"] = alpha
     labels, noise = per_sample_inputs(model, range(6), 2)
-    engine = method.engine(model, STEPS)
+    engine = resolve_method(method, RunShape.of(model, STEPS)).engine(model)
     return generate(model, labels, steps=STEPS, cfg_scale=1.5, forward=engine.forward, noise=noise).final, engine
 
 
@@ -120,7 +122,7 @@ def test_a_naive_per_token_loop_gives_the_same_samples():
 def test_only_reused_units_at_the_pack_steps_are_corrected(tiny_random):
     method = CacheMethod.parse("fora-50+tcc")
     method.compensator_options["pack"] = planted_pack(tiny_random, targets=(3, 5))
-    engine = method.engine(tiny_random, STEPS)
+    engine = resolve_method(method, RunShape.of(tiny_random, STEPS)).engine(tiny_random)
     engine.compensator.corrections = []
     labels, noise = per_sample_inputs(tiny_random, range(2), 0)
     generate(tiny_random, labels, steps=STEPS, cfg_scale=1.5, forward=engine.forward, noise=noise)
@@ -179,11 +181,11 @@ def test_bad_fit_options_are_one_line_errors():
 
 
 def test_the_fit_from_sampling_is_trajectory_consistent_and_reproducible(tiny_random):
-    kwargs = dict(steps=STEPS, per_class=1, batch_size=3, progress=False, pooling="token")
-    one = fit_tcc_pack(tiny_random, "small", "fora-50", [0, 1, 2, 3], **kwargs)
-    again = fit_tcc_pack(tiny_random, "small", "fora-50", [0, 1, 2, 3], **kwargs)
-    weak = fit_tcc_pack(tiny_random, "small", "fora-50", [0, 1, 2, 3], alpha=0.0, **kwargs)
-    assert one.targets == default_targets(CacheMethod.parse("fora-50").build_schedule(STEPS, 3)) == [1, 3, 5, 7]
+    fit = TCCFit("small", [0, 1, 2, 3], per_class=1, steps=STEPS, batch_size=3, pooling="token")
+    one = fit_tcc_pack(tiny_random, "fora-50", fit, progress=False)
+    again = fit_tcc_pack(tiny_random, "fora-50", fit, progress=False)
+    weak = fit_tcc_pack(tiny_random, "fora-50", replace(fit, alpha=0.0), progress=False)
+    assert one.targets == default_targets(resolve_method("fora-50", RunShape(STEPS, 3)).schedule) == [1, 3, 5, 7]
     assert one.R.shape == (4, 3, 2, 32, 32) and one.mu_a.shape == (4, 3, 2, 32)
     assert all(torch.equal(getattr(one, n), getattr(again, n)) for n in ("R", "s", "mu_a", "mu_b"))
     # the first target sees no earlier correction; later ones see the earlier targets' maps at alpha
@@ -191,9 +193,9 @@ def test_the_fit_from_sampling_is_trajectory_consistent_and_reproducible(tiny_ra
     assert not torch.equal(one.mu_b[1], weak.mu_b[1])
     torch.testing.assert_close(torch.linalg.matrix_rank(one.R[0, 0, 0]), torch.tensor(32))
     with pytest.raises(InvalidArgumentError, match="where 'fora-50' reuses units .* 2 is not one"):
-        fit_tcc_pack(tiny_random, "small", "fora-50", [0], targets=[2], **kwargs)
+        fit_tcc_pack(tiny_random, "fora-50", replace(fit, classes=[0], targets=[2]), progress=False)
     with pytest.raises(InvalidArgumentError, match="must be a plain schedule"):
-        fit_tcc_pack(tiny_random, "small", "fora-50+goc", [0], **kwargs)
+        fit_tcc_pack(tiny_random, "fora-50+goc", replace(fit, classes=[0]), progress=False)
 
 
 # ----------------------------------------------------------------------------- 3. the pack file and method strings
@@ -206,19 +208,17 @@ def test_the_pack_round_trips_and_refuses_other_runs_in_one_line(tiny_random, tm
     assert back.header() == pack.header()
     assert np.array_equal(back.host_mask, pack.host_mask)
     assert all(torch.equal(getattr(back, n), getattr(pack, n)) for n in ("R", "s", "mu_a", "mu_b", "rank"))
-    text = f"fora-50+tcc:pack={path}"
-    assert CacheMethod.parse(text).engine(tiny_random, STEPS).compensator.pack.targets == [1, 3]
+    text, run = f"fora-50+tcc:pack={path}", RunShape.of(tiny_random, STEPS)
+    assert resolve_method(text, run).engine(tiny_random).compensator.pack.targets == [1, 3]
     refusals = {
-        "for 8 steps, not 10": lambda: CacheMethod.parse(text).engine(tiny_random, 10),
-        "host 'fora-50', which reuses other units": lambda: CacheMethod.parse(f"fora-25+tcc:pack={path}").engine(
-            tiny_random, STEPS
+        "for 8 steps, not 10": lambda: resolve_method(text, RunShape.of(tiny_random, 10)),
+        "host 'fora-50', which reuses other units": lambda: resolve_method(f"fora-25+tcc:pack={path}", run),
+        "model 'small', not 'tiny-digits'": lambda: resolve_method(
+            text, run, Resources(model="tiny-digits", cfg_scale=1.5)
         ),
-        "model 'small', not 'tiny-digits'": lambda: CacheMethod.parse(text).engine(
-            tiny_random, STEPS, packs=PackSource("tiny-digits", 1.5)
-        ),
-        "cfg 1.5, not 4": lambda: CacheMethod.parse(text).engine(tiny_random, STEPS, packs=PackSource("small", 4.0)),
-        "depth 3 and width 32, not 2": lambda: CacheMethod.parse(text).engine(small_dit(depth=2), STEPS),
-        "pooling 'class', not 'token'": lambda: CacheMethod.parse(f"{text}:pooling=token").engine(tiny_random, STEPS),
+        "cfg 1.5, not 4": lambda: resolve_method(text, run, Resources(model="small", cfg_scale=4.0)),
+        "depth 3 and width 32, not 2": lambda: resolve_method(text, RunShape.of(small_dit(depth=2), STEPS)),
+        "pooling 'class', not 'token'": lambda: resolve_method(f"{text}:pooling=token", run),
     }
     for message, build in refusals.items():
         with pytest.raises(TCCPackError, match=message) as info:
@@ -232,11 +232,12 @@ def test_the_pack_round_trips_and_refuses_other_runs_in_one_line(tiny_random, tm
 def test_method_strings_and_the_default_pack_path():
     method = CacheMethod.parse("fora-50+tcc:alpha=1.0")
     assert (method.compensator, method.compensator_options) == ("tcc", {"alpha": 1.0})
-    assert CacheMethod.parse("l2c+tcc:pooling=token", router="r.pt").compensator_options == {"pooling": "token"}
+    l2c = CacheMethod.parse("l2c+tcc:pooling=token")  # the router is the caller's, found when it is resolved
+    assert l2c.compensator_options == {"pooling": "token"} and l2c.needs_router
     with pytest.raises(InvalidArgumentError, match="pooling must be one of"):
         CacheMethod.parse("fora-50+tcc:pooling=pixel")
     with pytest.raises(TCCPackError, match="needs a TCC pack: pass tcc:pack=FILE"):
-        CacheMethod.parse("fora-50+tcc").engine(small_dit(), STEPS)
+        resolve_method("fora-50+tcc", RunShape.of(small_dit(), STEPS))
     with pytest.raises(InvalidArgumentError, match="needs a loaded pack"):
         TCCCompensator(TCCConfig())
     path = default_pack_path("DiT-XL/2", 20, 1.5, "l2c", "token")
@@ -245,7 +246,6 @@ def test_method_strings_and_the_default_pack_path():
 
 
 def test_the_extra_macs_are_the_matmuls_of_the_corrected_units(tiny_random):
-    from goc_utils.evaluation.bench import engine_cost
     from goc_utils.model.macs import model_macs
 
     _, engine = sample(tiny_random, "fora-50+tcc", planted_pack(tiny_random, targets=(1, 3)))
@@ -255,7 +255,7 @@ def test_the_extra_macs_are_the_matmuls_of_the_corrected_units(tiny_random):
     _, off = sample(tiny_random, "fora-50+tcc", planted_pack(tiny_random), alpha=0.0)
     assert off.compensator.extra_macs(off.schedule, tokens) == 0
     macs = model_macs(tiny_random)
-    with_tcc, plain = engine_cost(engine, macs)["macs_speedup"], engine_cost(host, macs)["macs_speedup"]
+    with_tcc, plain = engine.cost(macs)["macs_speedup"], host.cost(macs)["macs_speedup"]
     total = STEPS * macs.forward
     assert total / with_tcc - total / plain == pytest.approx(2 * depth * 2 * tokens * d * d)
 
@@ -288,8 +288,8 @@ def test_the_committed_packs_fit_the_default_model(host):
 
     model = load_model("tiny-digits")
     for pooling in ("class", "token"):
-        method = CacheMethod.parse(f"{host}+tcc:pooling={pooling}", router=str(default_router("tiny-digits", 20)))
-        engine = method.engine(model, 20, packs=PackSource("tiny-digits", 1.5))
+        resources = Resources(router=str(default_router("tiny-digits", 20)), model="tiny-digits", cfg_scale=1.5)
+        engine = resolve_method(f"{host}+tcc:pooling={pooling}", RunShape.of(model, 20), resources).engine(model)
         pack = engine.compensator.pack
         assert (pack.targets, pack.pooling, pack.variant, pack.fit_alpha) == ([1, 3, 5, 7], pooling, "full", 1.75)
         ranks = set(pack.rank.flatten().tolist())
@@ -398,7 +398,7 @@ def test_goc_sample_bench_and_notebook_04_print_one_speedup_with_tccs_matmuls(ca
     bench = capsys.readouterr().out
     assert f"| {printed}x |" in bench.split("| fora-50+tcc |")[1].splitlines()[0]
     model = load_model("tiny-digits")
-    results, errors, costs = same_noise_runs(model, ["fora-50+tcc"], [1], steps=20, cfg_scale=1.5,
-                                             packs=PackSource("tiny-digits", 1.5))  # fmt: skip
+    method = resolve_method("fora-50+tcc", RunShape.of(model, 20), Resources(model="tiny-digits", cfg_scale=1.5))
+    results, errors, costs = same_noise_runs(model, [method], [1], cfg_scale=1.5)
     row = method_table(results, errors, costs)[1]
     assert row["theoretical speedup"] == f"{printed}x" and float(printed) < 1.9  # fora-50 alone: 1.937x

@@ -4,8 +4,9 @@
   ``l2c`` (:mod:`.l2c`), registered in :data:`SCHEDULES` (:mod:`.schedule`);
 * compensators: ``none`` (plain reuse), ``goc`` (:mod:`.goc`), ``taylor`` (:mod:`.taylor`), ``tcc`` (:mod:`.tcc`),
   registered in :data:`COMPENSATORS` (:mod:`.compensator`);
-* :class:`CacheMethod` (:mod:`.method`) parses method strings; :class:`CacheEngine` combines one schedule
-  and one compensator for a sampling run.
+* :func:`resolve_method` (:mod:`.method`) turns a method string, a run (:class:`RunShape`) and the caller's
+  :class:`Resources` into one :class:`ResolvedMethod`; its :class:`CacheEngine` combines the schedule and the
+  compensator for a sampling run.
 
 A new method is one file with a registration decorator, imported here once.
 """
@@ -13,9 +14,10 @@ A new method is one file with a registration decorator, imported here once.
 from goc_utils.cache import fora, goc, l2c, matrix, taylor, tcc  # noqa: F401 - the registrations
 from goc_utils.cache.compensator import COMPENSATORS, Compensator, build_compensator, register_compensator
 from goc_utils.cache.engine import CacheEngine
-from goc_utils.cache.method import CacheMethod, split_methods, without_router
+from goc_utils.cache.method import CacheMethod, ResolvedMethod, resolve_method, split_methods, without_router
+from goc_utils.cache.run import Resources, RunShape
 from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule, register_schedule
-from goc_utils.cache.tcc import PackSource, TCCPack
+from goc_utils.cache.tcc import TCCPack
 
 __all__ = [
     "COMPENSATORS",
@@ -24,13 +26,16 @@ __all__ = [
     "CacheMethod",
     "CacheSchedule",
     "Compensator",
-    "PackSource",
+    "ResolvedMethod",
+    "Resources",
+    "RunShape",
     "ScheduleError",
     "TCCPack",
     "build_compensator",
     "build_schedule",
     "register_compensator",
     "register_schedule",
+    "resolve_method",
     "split_methods",
     "without_router",
 ]

@@ -24,6 +24,7 @@ import torch
 
 from goc_utils.cache.options import config_options
 from goc_utils.cache.plugins import load_plugins
+from goc_utils.cache.run import CompensatorResolver
 from goc_utils.errors import InvalidArgumentError
 
 UnitKey = tuple[int, int]
@@ -97,24 +98,30 @@ class ReuseCompensator(Compensator):
 
 @dataclass
 class CompensatorSpec:
-    """A registered compensator: its config dataclass, constructor and method-string options."""
+    """A registered compensator: its config dataclass, constructor, method-string options and resolve hook
+    (:data:`~goc_utils.cache.run.CompensatorResolver`; None: the options are used as written)."""
 
     config_cls: type
     build: Callable[..., Compensator]
     options: dict[str, Callable[[str], dict]] = field(default_factory=dict)
     flags: dict[str, dict] = field(default_factory=dict)
+    resolve: CompensatorResolver | None = None
 
 
 COMPENSATORS: dict[str, CompensatorSpec] = {}
 """Compensators by name (``none``, ``goc``, ``taylor``, ...)."""
 
 
-def register_compensator(name: str, config_cls: type) -> Callable[[type], type]:
+def register_compensator(
+    name: str, config_cls: type, resolve: CompensatorResolver | None = None
+) -> Callable[[type], type]:
     """Class decorator adding a compensator to :data:`COMPENSATORS` (one line per new compensator file).
 
     The config dataclass declares the method-string options: one per field (``taylor:order=2``), named by
     ``metadata["option"]`` where given (``goc:w=0.8``), converted by the field's type hint or
-    ``metadata["parse"]``; a ``FLAGS`` class attribute adds options without a value (``goc:auto``).
+    ``metadata["parse"]``; a ``FLAGS`` class attribute adds options without a value (``goc:auto``). ``resolve``
+    (optional) fills what the options need from the run when a method is resolved: GOC's published w and steps for
+    its host schedule and its ``auto`` values from priors, TCC's pack (:class:`~goc_utils.cache.run.MethodContext`).
 
     Example (a compensator that returns half the previous output, usable as ``fora-50+half``):
         >>> @dataclass
@@ -128,7 +135,7 @@ def register_compensator(name: str, config_cls: type) -> Callable[[type], type]:
 
     def add(cls: type) -> type:
         COMPENSATORS[name] = CompensatorSpec(
-            config_cls, cls, config_options(config_cls), dict(getattr(config_cls, "FLAGS", {}))
+            config_cls, cls, config_options(config_cls), dict(getattr(config_cls, "FLAGS", {})), resolve
         )
         return cls
 

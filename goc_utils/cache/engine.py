@@ -19,26 +19,51 @@ import torch
 
 from goc_utils.cache.compensator import Compensator, ReuseCompensator
 from goc_utils.cache.schedule import CacheSchedule, theoretical_speedup
-from goc_utils.model.dit import DiT
 from goc_utils.model.macs import MACs
 
 
+def method_cost(schedule: CacheSchedule, compensator: Compensator, tokens: int, macs: MACs) -> dict[str, float]:
+    """What a method costs, the compensator's own work included: the one place every printed or tabled speedup
+    comes from (``goc sample``, ``bench``, ``eval``, the peers table, the notebooks).
+
+    Returns ``cache_ratio`` (reused share of unit-steps), ``cache_ratio_macs`` (skipped share of branch MACs) and
+    ``macs_speedup`` (un-cached MACs over this run's, counting the compensator's ``extra_macs`` for ``tokens``
+    tokens per image: TCC's matmuls).
+    """
+    return {
+        "cache_ratio": schedule.cache_ratio,
+        "cache_ratio_macs": schedule.cache_ratio_macs(macs.units),
+        "macs_speedup": theoretical_speedup(macs, schedule, compensator.extra_macs(schedule, tokens)),
+    }
+
+
 class CacheEngine:
-    """Run a DiT under a cache schedule and a compensator.
+    """Run a schedule and a compensator, unit by unit, over one sampling run.
 
     Example:
         >>> from goc_utils.cache import build_compensator, build_schedule
         >>> from goc_utils.model.checkpoints import load_model
         >>> from goc_utils.model.sampler import generate
         >>> model = load_model("tiny-digits")
-        >>> engine = CacheEngine(model, build_schedule("fora-50", 20, model.depth),
-        ...                      build_compensator("goc", weight=1.2, correction_steps=(3, 5, 7, 9, 11, 13, 15, 19)))
+        >>> engine = CacheEngine(build_schedule("fora-50", 20, model.depth),
+        ...                      build_compensator("goc", weight=1.2, correction_steps=(3, 5, 7, 9, 11, 13, 15, 19)),
+        ...                      model=model)
         >>> result = generate(model, [3, 5], steps=20, forward=engine.forward)
+
+    Args:
+        schedule: which unit recomputes at which step. compensator: what a reused unit returns (plain reuse).
+        model: the ``DiT`` that :meth:`forward` drives (None when the diffusers hooks drive the engine through
+            :meth:`begin_step` / :meth:`unit` / :meth:`end_step`).
+        tokens: tokens per image, for the compensator's own MACs in :meth:`cost` (default: the model's).
     """
 
-    def __init__(self, model: DiT, schedule: CacheSchedule, compensator: Compensator | None = None) -> None:
-        schedule.check_fits(schedule.steps, model.depth)
+    def __init__(
+        self, schedule: CacheSchedule, compensator: Compensator | None = None, model=None, tokens: int | None = None
+    ) -> None:
+        if model is not None:
+            schedule.check_fits(schedule.steps, model.depth)
         self.model = model
+        self.tokens = int(getattr(model, "num_tokens", 0) if tokens is None else tokens)
         self.schedule = schedule
         self.compensator = compensator or ReuseCompensator()
         self._last_reuse = schedule.last_reuse_step()
@@ -49,19 +74,13 @@ class CacheEngine:
         self.on_unit: Callable[[int, int, int, torch.Tensor, bool], None] | None = None
         """Optional observer ``on_unit(step, block, unit, output, computed)`` (priors, per-unit errors)."""
 
-    def cost(self, macs: MACs) -> dict[str, float]:
-        """What this run's method costs, the compensator's own work included: the one place every printed or tabled
-        speedup comes from.
+    def cost(self, macs: MACs, run=None) -> dict[str, float]:
+        """This run's :func:`method_cost` (``run`` is unused: a schedule's cost is known without sampling; the
+        peer runners of :mod:`goc_utils.integrations.diffusers.peers` measure theirs with it)."""
+        return method_cost(self.schedule, self.compensator, self.tokens, macs)
 
-        Returns ``cache_ratio`` (reused share of unit-steps), ``cache_ratio_macs`` (skipped share of branch MACs) and
-        ``macs_speedup`` (un-cached MACs over this run's, counting the compensator's ``extra_macs``: TCC's matmuls).
-        """
-        extra = self.compensator.extra_macs(self.schedule, self.model.num_tokens)
-        return {
-            "cache_ratio": self.schedule.cache_ratio,
-            "cache_ratio_macs": self.schedule.cache_ratio_macs(macs.units),
-            "macs_speedup": theoretical_speedup(macs, self.schedule, extra),
-        }
+    def prepare(self) -> None:
+        """Nothing to do before sampling (the :class:`~goc_utils.integrations.diffusers.peers.Runner` protocol)."""
 
     def reset(self) -> None:
         """Clear the compensator state (done automatically at step 0)."""
@@ -110,6 +129,8 @@ class CacheEngine:
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         """``forward(x, t, y, step=s)`` for :func:`goc_utils.evaluation.sampling.generate`."""
+        if self.model is None:
+            raise TypeError("this engine drives no model (CacheEngine(..., model=model) for our DiT's forward)")
         if self.plain:
             if not 0 <= step < self.schedule.steps:
                 raise IndexError(f"step {step} is outside the schedule's {self.schedule.steps} steps")

@@ -31,7 +31,11 @@ import torch
 
 from goc_utils.cache.compensator import Compensator, UnitKey, register_compensator
 from goc_utils.cache.options import parse_int_list
+from goc_utils.cache.run import MethodContext
+from goc_utils.cache.schedule import ScheduleError
 from goc_utils.errors import InvalidArgumentError
+
+AUTO = "auto"
 
 
 def _number_or_auto(text: str) -> float | str:
@@ -99,7 +103,30 @@ class GOCConfig:
         return float(self.weight)
 
 
-@register_compensator("goc", GOCConfig)
+def resolve_goc(options: dict, context: MethodContext) -> dict:
+    """GOC's options for one run: a missing w / step list takes the host schedule's published value
+    (``reference_weight`` / ``reference_correction_steps``), ``auto`` ones come from the run's priors
+    (:meth:`~goc_utils.priors.stats.PriorStats.auto_goc`, the one place ``auto`` is resolved); steps outside the
+    run are refused."""
+    schedule, options = context.schedule, dict(options)
+    options.setdefault("weight", schedule.reference_weight)
+    options.setdefault("correction_steps", schedule.reference_correction_steps)
+    if AUTO in options.values():
+        priors = context.resources.load_priors()
+        if priors is None:
+            raise InvalidArgumentError(
+                "GOC 'auto' steps / weight need a priors file: create one with `goc priors` (or pass --priors)"
+            )
+        coupling = options.get("coupling", "block")
+        auto = priors.auto_goc(schedule, options["correction_steps"], options["weight"], coupling)
+        options.update(correction_steps=auto.steps, weight=auto.weight)
+    bad = [s for s in options.get("correction_steps") or () if not 0 <= int(s) < context.run.steps]
+    if bad:
+        raise ScheduleError(f"GOC correction step {bad[0]} is outside the run's steps 0..{context.run.steps - 1}")
+    return options
+
+
+@register_compensator("goc", GOCConfig, resolve_goc)
 class GOCCompensator(Compensator):
     """Cached Gradient Propagation: reuse plus ``w`` times the last step-to-step change."""
 

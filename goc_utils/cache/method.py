@@ -1,9 +1,12 @@
 """A caching method = a schedule with its options + a compensator with its options.
 
-:class:`CacheMethod` is what method strings, CLI flags and notebooks build; :meth:`CacheMethod.engine`
-turns it into a :class:`~goc_utils.cache.engine.CacheEngine` for a model and step count, filling the
-published defaults from the schedule (GOC's w: ``schedule.reference_weight``; its correction steps:
-``schedule.reference_correction_steps``).
+A method is resolved once, at the edge (the CLI, a notebook helper, the Python API): :func:`resolve_method` parses
+the text (:meth:`CacheMethod.parse`) and resolves it for a run (:meth:`CacheMethod.resolve`: a
+:class:`~goc_utils.cache.run.RunShape` and the caller's :class:`~goc_utils.cache.run.Resources`) into one
+:class:`ResolvedMethod`: the built schedule, the compensator's options with every resource in them (GOC's published
+w and steps from the schedule or ``auto`` ones from priors, TCC's pack: each compensator's resolve hook), its label
+and its cost. That object is what sampling, eval, bench, the hooks and the notebooks take; its
+:meth:`ResolvedMethod.engine` is a fresh :class:`~goc_utils.cache.engine.CacheEngine` per run.
 
 Method strings: ``schedule[:option...][+compensator[:option...]]``, options as ``key=value`` (or a
 flag), mapped onto the schedule builder's keyword arguments and the compensator config's fields
@@ -21,32 +24,30 @@ import re
 from dataclasses import dataclass, field, fields
 
 from goc_utils.cache.compensator import COMPENSATORS, build_compensator
-from goc_utils.cache.engine import CacheEngine
+from goc_utils.cache.engine import CacheEngine, method_cost
 from goc_utils.cache.options import parse_options
 from goc_utils.cache.plugins import load_plugins
-from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, ScheduleError, build_schedule
-from goc_utils.cache.tcc import PackSource, TCCPack, TCCPackError
+from goc_utils.cache.run import MethodContext, Resources, RunShape
+from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, build_schedule
 from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.lists import refuse_repeats, split_items
-from goc_utils.model.dit import DiT
+from goc_utils.model.macs import MACs
 
 AUTO = "auto"
 
 
 @dataclass
 class CacheMethod:
-    """Schedule + compensator, by registered name with options.
+    """A method as written: schedule + compensator, by registered name with options (no resources yet).
 
     Attributes:
         schedule: a name in :data:`~goc_utils.cache.schedule.SCHEDULES` (``none``, ``fora``, ``fora-25``,
             ``fora-50``, ``matrix``, ``l2c``, ...).
         schedule_options: builder keyword arguments (``interval``, ``start``, ``stop``, ``path``, ``router``,
-            ``thres``...).
+            ``thres``...) as the string gave them.
         compensator: a name in :data:`~goc_utils.cache.compensator.COMPENSATORS` (``none``, ``goc``, ``taylor``...).
-        compensator_options: config fields (``weight``, ``correction_steps``, ``coupling``, ``order``...); GOC's
-            missing ``weight`` / ``correction_steps`` take the schedule's published values, ``"auto"`` ones are
-            resolved from priors; TCC's pack is found when the engine is built
-            (:class:`~goc_utils.cache.tcc.PackSource`).
+        compensator_options: config fields (``weight``, ``correction_steps``, ``coupling``, ``order``...) as the
+            string gave them; :meth:`resolve` fills the rest from the run (the compensator's resolve hook).
     """
 
     schedule: str = "none"
@@ -59,68 +60,47 @@ class CacheMethod:
         """Whether a compensator option is ``"auto"`` (resolved from a priors file)."""
         return AUTO in self.compensator_options.values()
 
-    def build_schedule(self, steps: int, depth: int) -> CacheSchedule:
-        return build_schedule(self.schedule, steps, depth, **self.schedule_options)
+    @property
+    def needs_router(self) -> bool:
+        """Whether the schedule takes a Learning-to-Cache router that the string does not name."""
+        return "router" in SCHEDULES[self.schedule].options and self.schedule_options.get("router") is None
 
-    def engine(self, model: DiT, steps: int, priors=None, packs: PackSource | None = None) -> CacheEngine:
-        """A fresh engine for ``model`` sampling ``steps`` steps.
-
-        ``priors`` (a :class:`~goc_utils.priors.stats.PriorStats`) resolves GOC's ``"auto"`` correction steps and
-        weight, through its :meth:`~goc_utils.priors.stats.PriorStats.auto_goc` (the one place ``auto`` is resolved).
-        ``packs`` says where TCC finds its pack (a ``tcc:pack=FILE`` option wins); the pack is checked against the
-        run (model and cfg from ``packs``; steps, width and the host's reuse pattern from here).
-        """
-        schedule = self.build_schedule(steps, model.depth)
-        options = dict(self.compensator_options)
+    def resolve(self, run: RunShape, resources: Resources | None = None, text: str | None = None) -> ResolvedMethod:
+        """This method for one run: the schedule built, every resource found and checked (router and threshold,
+        GOC's published or ``auto`` w and steps, TCC's pack), the compensator's options validated; one line for
+        whatever is missing or does not fit, before any sampling. ``text``: the string it was written as (default
+        :meth:`label`)."""
+        resources = resources or Resources()
+        options = dict(self.schedule_options)
+        label = self.label()
+        if "router" in SCHEDULES[self.schedule].options:
+            options = {"router": resources.router, "thres": resources.thres} | options
+            if options["router"] is None:
+                raise InvalidArgumentError(
+                    f"method {label!r} needs a Learning-to-Cache router: pass --router PATH or write "
+                    f"{self.schedule}:router=PATH (short: {self.schedule}:PATH@THRES)"
+                )
+            _check_thres(options["thres"], label)
+        schedule = build_schedule(self.schedule, run.steps, run.depth, **options)
         if self.compensator != "none" and schedule.reused_units == 0:
             raise InvalidArgumentError(
                 f"compensator {self.compensator!r} needs a schedule that reuses units; "
-                f"schedule {schedule.name!r} recomputes everything (choose --cache fora-50, l2c, ...)"
+                f"schedule {schedule.name!r} recomputes everything (choose fora-50, l2c, ...)"
             )
-        if self.compensator == "goc":
-            options.setdefault("weight", schedule.reference_weight)
-            options.setdefault("correction_steps", schedule.reference_correction_steps)
-        if AUTO in options.values():
-            if priors is None:
-                raise InvalidArgumentError(
-                    "GOC 'auto' steps / weight need a priors file: create one with `goc priors` (or pass --priors)"
-                )
-            auto = priors.auto_goc(
-                schedule, options["correction_steps"], options["weight"], options.get("coupling", "block")
-            )
-            options.update(correction_steps=auto.steps, weight=auto.weight)
-        if self.compensator == "tcc" and not isinstance(options.get("pack"), TCCPack):
-            pack, pooling = options.get("pack"), options.get("pooling")
-            options["pack"] = self._load_pack(pack, pooling, packs, schedule, steps, model)
-        bad = [s for s in options.get("correction_steps") or () if not 0 <= int(s) < steps]
-        if bad:
-            raise ScheduleError(f"GOC correction step {bad[0]} is outside the run's steps 0..{steps - 1}")
-        return CacheEngine(model, schedule, build_compensator(self.compensator, **options))
-
-    def _load_pack(self, path: str | None, pooling: str | None, packs: PackSource | None, schedule: CacheSchedule,
-                   steps: int, model: DiT) -> TCCPack:  # fmt: skip
-        """TCC's pack for this run: ``path``, else ``packs``' file or default, checked against the run."""
-        if path is None and packs is None:
-            raise TCCPackError(
-                f"{self.label()!r} needs a TCC pack: pass tcc:pack=FILE, or run it through goc sample / eval / bench "
-                "(they find data/tcc/<model>_ddim<steps>_cfg<cfg>_<host>.safetensors); fit one with `goc tcc-pack`"
-            )
-        if path is not None:
-            pack, where = TCCPack.load(path), path
-        else:
-            pack, where = packs.load(self.schedule, steps, pooling or "class")
-        pack.check_run(
-            schedule.mask, steps, model.depth, getattr(model, "hidden_size", None), where,
-            None if packs is None else packs.model, None if packs is None else packs.cfg_scale, pooling,
-        )  # fmt: skip
-        return pack
+        hook = COMPENSATORS[self.compensator].resolve
+        compensator = dict(self.compensator_options)
+        if hook is not None:
+            compensator = hook(compensator, MethodContext(run, schedule, resources, label, self.schedule))
+        build_compensator(self.compensator, **compensator)  # its config's own checks, now
+        return ResolvedMethod(text or label, self, run, schedule, options, compensator)
 
     @classmethod
-    def parse(cls, text: str, router: str | None = None, thres: float = 0.1) -> CacheMethod:
+    def parse(cls, text: str) -> CacheMethod:
         """``"schedule[:option...][+compensator[:option...]]"`` -> method (see the module docstring).
 
-        A schedule with a ``router`` option takes ``router`` / ``thres`` from the arguments unless the string
-        names them. Every error is one line naming the known options.
+        Only the text: resources it does not name (an ``l2c`` router, priors, packs) are the caller's, found by
+        :meth:`resolve`. Every error is one line naming the known options. Callers go through
+        :func:`resolve_method` (text -> resolved method, once, at the edge).
         """
         shown = repr(shorten(text))
         parts = text.strip().split("+")
@@ -142,19 +122,14 @@ class CacheMethod:
                 path, at = (path, at) if sep else (at, "")
                 schedule_parts.insert(0, f"router={path}")
                 at_thres = at or at_thres
-            defaults = {"router": router, "thres": thres} | ({"thres": _number(at_thres, text)} if at_thres else {})
+            given = {"thres": _number(at_thres, text)} if at_thres else {}
         elif at_thres:
             raise InvalidArgumentError(f"schedule {schedule!r} in method {shown} takes no @threshold")
         else:
-            defaults = {}
-        options = defaults | parse_options(schedule_parts, spec.options, {}, f"schedule {schedule!r}", text)
-        if "router" in spec.options and options.get("router") is None:
-            raise InvalidArgumentError(
-                f"method {shown} needs a Learning-to-Cache router: pass --router PATH or write "
-                f"{schedule}:router=PATH (short: {schedule}:PATH@THRES)"
-            )
-        if "thres" in options and not 0.0 <= options["thres"] <= 1.0:
-            raise InvalidArgumentError(f"router threshold {options['thres']} in method {shown} must be in [0, 1]")
+            given = {}
+        options = given | parse_options(schedule_parts, spec.options, {}, f"schedule {schedule!r}", text)
+        if "thres" in options:
+            _check_thres(options["thres"], text)
         comp_spec = COMPENSATORS[compensator]
         what = f"compensator {compensator!r}"
         comp = parse_options(compensator_parts, comp_spec.options, comp_spec.flags, what, text)
@@ -193,6 +168,81 @@ def _number(value: str, text: str) -> float:
         ) from None
 
 
+def _check_thres(value: float, text: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise InvalidArgumentError(f"router threshold {value} in method {shorten(text)!r} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ResolvedMethod:
+    """A method ready for one run: what every layer below the edge takes (sampling, eval, bench, the hooks, the
+    notebooks). Made by :meth:`CacheMethod.resolve` / :func:`resolve_method`, once.
+
+    Attributes:
+        text: the string the method was written as (its row in tables, its folder). method: the parsed
+            :class:`CacheMethod`. run: the :class:`~goc_utils.cache.run.RunShape` it was resolved for.
+        schedule: the built schedule. schedule_options: the builder's options (router and threshold filled in).
+        compensator_options: the compensator config's options (published defaults, ``auto`` and packs resolved).
+    """
+
+    text: str
+    method: CacheMethod
+    run: RunShape
+    schedule: CacheSchedule
+    schedule_options: dict
+    compensator_options: dict
+
+    @property
+    def label(self) -> str:
+        return self.method.label()
+
+    @property
+    def compensator(self) -> str:
+        return self.method.compensator
+
+    @property
+    def config(self):
+        """The compensator's config as this run uses it (its dataclass, defaults and checks applied)."""
+        return COMPENSATORS[self.method.compensator].config_cls(**self.compensator_options)
+
+    def engine(self, model=None) -> CacheEngine:
+        """A fresh engine (empty compensator state) for one run; ``model``: the ``DiT`` that
+        :meth:`~goc_utils.cache.engine.CacheEngine.forward` drives (None for the diffusers hooks)."""
+        compensator = build_compensator(self.method.compensator, **self.compensator_options)
+        return CacheEngine(self.schedule, compensator, model=model, tokens=self.run.tokens)
+
+    def cost(self, macs: MACs) -> dict[str, float]:
+        """:func:`~goc_utils.cache.engine.method_cost` of this method (the compensator's own MACs included)."""
+        return method_cost(self.schedule, build_compensator(self.method.compensator, **self.compensator_options),
+                           self.run.tokens, macs)  # fmt: skip
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def resolve_method(
+    method: str | CacheMethod | ResolvedMethod, run: RunShape, resources: Resources | None = None
+) -> ResolvedMethod:
+    """Text (or a parsed / resolved method) -> the method resolved for ``run`` with ``resources``: the one way
+    from what a user wrote to what runs.
+
+    Example:
+        >>> from goc_utils.cache.run import RunShape
+        >>> resolved = resolve_method("fora-50+goc", RunShape(steps=20, depth=4, hidden=128, tokens=64))
+        >>> resolved.compensator_options["weight"], resolved.schedule.cache_ratio
+        (1.2, 0.5)
+    """
+    if isinstance(method, ResolvedMethod):
+        if method.run != run:
+            raise InvalidArgumentError(f"method {method.text!r} was resolved for {method.run}, not {run}")
+        return method
+    text = method if isinstance(method, str) else None
+    parsed = CacheMethod.parse(method) if isinstance(method, str) else method
+    if not isinstance(parsed, CacheMethod):
+        raise InvalidArgumentError(f"a method is a method string or a CacheMethod (got {type(method).__name__})")
+    return parsed.resolve(run, resources, text)
+
+
 def split_methods(text: str) -> list[str]:
     """A comma-separated list of method strings; a part that is only digits (or empty) continues the previous
     method's step list (``"none,fora-50+goc:steps=3,5,7,l2c"`` -> 3 methods; the step list itself is checked
@@ -210,21 +260,16 @@ def split_methods(text: str) -> list[str]:
     return refuse_repeats(methods, "method list", text, example)
 
 
-def without_router(methods: list[str], router: str | None) -> tuple[list[str], list[str]]:
-    """``(kept, skipped)``: the methods that can run when ``router`` is None skip those needing a router
-    (an ``l2c`` schedule without ``router=`` in the string), in the given order."""
-    if router is not None:
-        return list(methods), []
+def without_router(methods: list[str], router: str | None, priors: bool = True) -> tuple[list[str], list[str]]:
+    """``(kept, skipped)``: the methods that can run: when ``router`` is None those needing a router (an ``l2c``
+    schedule without ``router=`` in the string) are skipped, and without ``priors`` those asking for ``auto``; in
+    the given order."""
     kept, skipped = [], []
     for text in methods:
-        if text.startswith(("diffusers:", "cachedit:")):  # other libraries' caches need no router
+        if text.startswith(("diffusers:", "cachedit:")):  # other libraries' caches need neither
             kept.append(text)
             continue
-        try:
-            CacheMethod.parse(text)
-            kept.append(text)
-        except InvalidArgumentError:
-            if "router" not in SCHEDULES[text.split("+")[0].split(":")[0].split("@")[0]].options:
-                raise
-            skipped.append(text)
+        method = CacheMethod.parse(text)
+        needs = (router is None and method.needs_router) or (not priors and method.needs_priors)
+        (skipped if needs else kept).append(text)
     return kept, skipped

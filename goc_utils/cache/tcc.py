@@ -42,6 +42,7 @@ from safetensors import safe_open
 
 from goc_utils import paths
 from goc_utils.cache.compensator import Compensator, UnitKey, register_compensator
+from goc_utils.cache.run import MethodContext, RunShape
 from goc_utils.errors import GocError, InvalidArgumentError, first_line, shorten
 from goc_utils.files import atomic_save_safetensors, input_file
 
@@ -147,8 +148,9 @@ class TCCPack:
 
     @classmethod
     def load(cls, path: str | Path) -> TCCPack:
-        """Read a pack: one-line :class:`TCCPackError` when it is not a regular file, not a TCC pack, or its
-        header and tensors disagree."""
+        """Read a pack: one-line :class:`TCCPackError` when it is not a regular file, not a TCC pack, a header field
+        has another type or range than :meth:`_check_header` allows, or its tensors' shapes disagree with the
+        header (K = len(targets), depth, width)."""
         path = input_file(path, "TCC pack", f"fit one with `goc tcc-pack` ({FIT_HINT})", error=TCCPackError)
 
         def bad(reason: str) -> TCCPackError:
@@ -163,15 +165,16 @@ class TCCPack:
             raise bad(f"is corrupt or not a TCC pack ({first_line(exc, 100)})") from None
         if not isinstance(header, dict) or header.get("format") != TCC_FORMAT:
             raise bad(f"has no {TCC_FORMAT} header")
-        try:
-            k, depth, hidden = len(header["targets"]), int(header["depth"]), int(header["hidden"])
-            expected = {
-                "R": (k, depth, 2, hidden, hidden), "s": (k, depth, 2), "mu_a": (k, depth, 2, hidden),
-                "mu_b": (k, depth, 2, hidden), "rank": (k, depth, 2), "host_mask": (header["steps"], depth, 2),
-            }  # fmt: skip
-            found = {name: tuple(tensors[name].shape) for name in expected}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"has an incomplete header or lacks a tensor ({first_line(exc, 60)})") from None
+        cls._check_header(header, bad)
+        k, depth, hidden = len(header["targets"]), header["depth"], header["hidden"]
+        expected = {
+            "R": (k, depth, 2, hidden, hidden), "s": (k, depth, 2), "mu_a": (k, depth, 2, hidden),
+            "mu_b": (k, depth, 2, hidden), "rank": (k, depth, 2), "host_mask": (header["steps"], depth, 2),
+        }  # fmt: skip
+        missing = [name for name in expected if name not in tensors]
+        if missing:
+            raise bad(f"lacks the tensor(s) {', '.join(missing)}")
+        found = {name: tuple(tensors[name].shape) for name in expected}
         for name, shape in expected.items():
             if found[name] != shape:
                 raise bad(f"has tensor {name} of shape {found[name]}, but its header needs {shape}")
@@ -185,10 +188,62 @@ class TCCPack:
             header["samples"], header["classes"], header["seed"], header.get("alpha_choice") or {},
         )  # fmt: skip
 
-    def check_run(self, mask: np.ndarray, steps: int, depth: int, hidden: int | None, path: object = "pack",
-                  model: str | None = None, cfg_scale: float | None = None,
-                  pooling: str | None = None) -> None:  # fmt: skip
-        """One line when this pack does not fit a run: another model, step count, cfg, host schedule or pooling."""
+    @staticmethod
+    def _check_header(header: dict, bad) -> None:
+        """Every field of a pack's header of its type and range (the one check, before its tensors are compared
+        with it), else ``bad(reason)`` naming the first field that is missing or wrong."""
+
+        def is_int(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def is_number(value: object) -> bool:  # finite, not a bool, fits a float
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return False
+            try:
+                return bool(np.isfinite(float(value)))
+            except OverflowError:
+                return False
+
+        steps = header.get("steps")
+        rules = {
+            "model": (lambda v: isinstance(v, str) and v != "", "a preset name"),
+            "steps": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+            "cfg_scale": (lambda v: is_number(v) and v >= 0, "a finite number >= 0"),
+            "host": (lambda v: isinstance(v, str) and v != "", "a host schedule's method string"),
+            "targets": (
+                lambda v: isinstance(v, list) and len(v) >= 1 and all(is_int(t) and 0 <= t < steps for t in v)
+                and v == sorted(set(v)),
+                f"a non-empty ascending list of distinct steps in 0..{shorten(steps, 20)}-1",
+            ),
+            "depth": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+            "hidden": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+            "variant": (lambda v: v in VARIANTS, f"one of {', '.join(VARIANTS)}"),
+            "pooling": (lambda v: v in POOLINGS, f"one of {', '.join(POOLINGS)}"),
+            "svd": (lambda v: v in SVD_DRIVERS, f"one of {', '.join(SVD_DRIVERS)}"),
+            "fit_alpha": (is_number, "a finite number"),
+            "samples": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+            "classes": (lambda v: isinstance(v, list) and all(is_int(c) and c >= 0 for c in v), "a list of class ids"),
+            "seed": (lambda v: is_int(v) and 0 <= v < 2**63, "a seed in 0..2**63-1"),
+        }  # fmt: skip
+        missing = [key for key in rules if key not in header]
+        if missing:
+            raise bad(f"is incomplete: its header lacks {', '.join(missing)}")
+        rules["alpha_choice"] = (  # optional: how fit_alpha was chosen on held-out noise
+            lambda v: isinstance(v, dict) and (not v or (
+                is_int(v.get("holdout_seed")) and is_int(v.get("holdout_samples"))
+                and is_number(v.get("host_psnr_db")) and isinstance(v.get("psnr_db"), dict)
+                and all(isinstance(a, str) and is_number(x) for a, x in v["psnr_db"].items()))),
+            "an object of holdout_seed, holdout_samples, host_psnr_db and psnr_db (alpha -> dB)",
+        )  # fmt: skip
+        for key, (valid, rule) in rules.items():
+            if key in header and not valid(header[key]):
+                raise bad(f"has header field {key} = {shorten(json.dumps(header[key]), 60)}, which must be {rule}")
+
+    def check_run(self, mask: np.ndarray, run: RunShape, path: object = "pack", model: str | None = None,
+                  cfg_scale: float | None = None, pooling: str | None = None) -> None:  # fmt: skip
+        """One line when this pack does not fit a run (``mask``: its host's recompute mask): another model, step
+        count, cfg, width, host schedule or pooling (None: not checked)."""
+        steps, depth, hidden = run.steps, run.depth, run.hidden
         fix = f"fit one for this run with `goc tcc-pack` ({FIT_HINT})"
         where = f"TCC pack {shorten(path)!r}"
         if pooling is not None and pooling != self.pooling:
@@ -238,25 +293,6 @@ def pack_summary(pack: TCCPack, name: str) -> dict[str, object]:
         "held-out PSNR dB by alpha": " / ".join(f"{a}: {v:.2f}" for a, v in grid.items()),
         "held-out PSNR dB of the host": "" if not choice else f"{choice['host_psnr_db']:.2f}",
     }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class PackSource:
-    """Where a run's TCC packs come from.
-
-    Attributes:
-        model: the run's preset name; cfg_scale: its guidance scale (both checked against a pack's header).
-        path: one pack file for every ``+tcc`` method of the run, or None: each method's default
-            (:func:`default_pack_path` of its host schedule). A method's own ``tcc:pack=FILE`` wins.
-    """
-
-    model: str
-    cfg_scale: float
-    path: str | Path | None = None
-
-    def load(self, host: str, steps: int, pooling: str = "class") -> tuple[TCCPack, Path]:
-        path = Path(self.path) if self.path else default_pack_path(self.model, steps, self.cfg_scale, host, pooling)
-        return TCCPack.load(path), path
 
 
 # --------------------------------------------------------------------------------------
@@ -366,8 +402,8 @@ class TCCConfig:
         any_alpha: use ``alpha`` although the pack was fitted at another one (method strings: ``tcc:any_alpha``).
             Default False.
         pack: the fitted maps: a :class:`TCCPack`, a pack file (method strings: ``tcc:pack=FILE``), or None: the
-            run's default pack for its model, steps, cfg and host (``data/tcc/...``, resolved when the engine is
-            built; see :class:`PackSource`).
+            run's default pack for its model, steps, cfg and host (``data/tcc/...``, found when the method is
+            resolved: :func:`resolve_pack`).
         pooling: the fit's points the pack must have been fitted with: ``"class"`` (the published DiT scripts),
             ``"sample"`` (the published PixArt / ToCa collector) or ``"token"`` (``tcc:pooling=sample`` picks the
             default pack ``..._<host>_sample``); None (default): the class-pooled pack by default, any pooling for
@@ -390,16 +426,39 @@ class TCCConfig:
             raise InvalidArgumentError(f"TCC pooling must be one of {', '.join(POOLINGS)} (got {self.pooling!r})")
 
 
-@register_compensator("tcc", TCCConfig)
+def resolve_pack(options: dict, context: MethodContext) -> dict:
+    """TCC's options for one run: its pack loaded (``tcc:pack=FILE``, else the resources' pack file, else the
+    default pack of the run's model, steps, cfg and host, :func:`default_pack_path`) and checked against the run
+    (model, steps, cfg, width, the host's reuse pattern, pooling)."""
+    options, resources, run = dict(options), context.resources, context.run
+    path, pooling = options.get("pack"), options.get("pooling")
+    if isinstance(path, TCCPack):
+        return options
+    if path is None and resources.pack is None and (resources.model is None or resources.cfg_scale is None):
+        raise TCCPackError(
+            f"{context.label!r} needs a TCC pack: pass tcc:pack=FILE or --tcc-pack FILE, or give the run's model and "
+            "cfg (goc sample / eval / bench do: they find data/tcc/<model>_ddim<steps>_cfg<cfg>_<host>.safetensors); "
+            "fit one with `goc tcc-pack`"
+        )
+    path = path or resources.pack
+    if path is None:
+        path = default_pack_path(resources.model, run.steps, resources.cfg_scale, context.host, pooling or "class")
+    pack = TCCPack.load(path)
+    pack.check_run(context.schedule.mask, run, path, resources.model, resources.cfg_scale, pooling)
+    options["pack"] = pack
+    return options
+
+
+@register_compensator("tcc", TCCConfig, resolve_pack)
 class TCCCompensator(Compensator):
     """Reuse, calibrated by the pack's similarity transform at its target steps.
 
     Example:
-        >>> from goc_utils.cache import CacheMethod, PackSource
+        >>> from goc_utils.cache import Resources, RunShape, resolve_method
         >>> from goc_utils.model.checkpoints import load_model
         >>> model = load_model("tiny-digits")
-        >>> engine = CacheMethod.parse("fora-50+tcc").engine(model, 20, packs=PackSource("tiny-digits", 1.5))
-        >>> engine.compensator.name
+        >>> run = Resources(model="tiny-digits", cfg_scale=1.5)
+        >>> resolve_method("fora-50+tcc", RunShape.of(model, 20), run).engine(model).compensator.name
         'tcc'
     """
 
@@ -410,8 +469,8 @@ class TCCCompensator(Compensator):
         self.config = config or TCCConfig()
         if not isinstance(self.config.pack, TCCPack):
             raise InvalidArgumentError(
-                "the TCC compensator needs a loaded pack: build it through CacheMethod.engine (which finds the "
-                "run's pack) or pass TCCConfig(pack=TCCPack.load(FILE))"
+                "the TCC compensator needs a loaded pack: resolve its method for the run (resolve_method, which "
+                "finds the run's pack) or pass TCCConfig(pack=TCCPack.load(FILE))"
             )
         self.pack: TCCPack = self.config.pack
         fit, alpha = float(self.pack.fit_alpha), self.config.alpha

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,11 +25,13 @@ from goc_utils.cli.common import (
     check_output_dir,
     check_writable,
     number,
+    seed,
 )
 from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.evaluation.eval import (
     TABLE_METHODS,
     EvalSettings,
+    Scoring,
     eval_sample,
     format_results,
     init_distributed,
@@ -47,7 +50,7 @@ from goc_utils.evaluation.metrics.features import (
 from goc_utils.evaluation.metrics.fidelity import paired_psnr_difference
 from goc_utils.evaluation.sampling import check_space
 from goc_utils.evaluation.tables import markdown_table, write_table
-from goc_utils.evaluation.verdicts import verdict_rows
+from goc_utils.evaluation.verdicts import MAX_RESAMPLES, check_same_noise, verdict_rows
 from goc_utils.integrations.diffusers.peers import diffusers_backend
 from goc_utils.lists import number_list
 from goc_utils.model.checkpoints import load_model, resolve_device
@@ -98,7 +101,8 @@ def _load_for_eval(args: argparse.Namespace, settings: EvalSettings):
     model = load_model(args.model, args.ckpt, args.image_size, dist.device)
     if args.backend == "diffusers":
         model = diffusers_backend(model)
-    vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), dist.device) if preset_info(args.model).latent else None
+    latent = preset_info(args.model).latent
+    vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), dist.device, args.model) if latent else None
     return model, vae, dist, settings
 
 
@@ -120,10 +124,9 @@ def cmd_eval_sample(args: argparse.Namespace) -> int:
     (method,) = parse_methods(args.method, single=True, steps=args.steps, cfg_scales=[args.cfg_scale])
     check_output_dir(Path(args.out), "--out")
     model, vae, dist, settings = _load_for_eval(args, _eval_settings(args, args.cfg_scale))
+    (resolved,) = settings.resolve(model, [method])  # every resource found and checked, before any sampling
     started = time.perf_counter()
-    path = eval_sample(
-        model, settings, method, Path(args.out), args.num_samples, vae, dist.rank, dist.world, dist.barrier
-    )
+    path = eval_sample(model, settings, resolved, Path(args.out), args.num_samples, vae, dist)
     if dist.rank == 0:
         print(
             f"{args.num_samples} samples ({method}, cfg {settings.cfg_scale:g}) "
@@ -202,14 +205,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     runs = f"--num-samples {args.num_samples} x {len(methods)} method(s) x {len(args.cfg_scale)} cfg scale(s)"
     check_space(Path(args.out), args.num_samples, args.per_device_batch, image_shape(model, vae),
                 len(methods) * len(args.cfg_scale), runs)  # fmt: skip
+    runs = {cfg: replace(settings, cfg_scale=cfg) for cfg in args.cfg_scale}
+    resolved = {cfg: run.resolve(model, methods) for cfg, run in runs.items()}  # all, before any sampling
     extractor = build_extractor(features, dist.device, args.inception_weights) if dist.rank == 0 else None
+    scoring = Scoring(ref, extractor, args.latency_batch, args.latency_repeats, args.fid_bootstrap)
     rows = []
-    for cfg in args.cfg_scale:
-        result = run_eval(
-            model, replace(settings, cfg_scale=cfg), methods, args.num_samples, Path(args.out) / f"cfg{cfg:g}", ref,
-            extractor, vae, args.latency_batch, args.latency_repeats, dist, fid_bootstrap=args.fid_bootstrap,
-        )  # fmt: skip
-        rows += result or []
+    for cfg, run in runs.items():
+        out = Path(args.out) / f"cfg{cfg:g}"
+        rows += run_eval(model, run, resolved[cfg], args.num_samples, out, scoring, vae, dist) or []
     if dist.rank == 0:
         csv_path, md_path = write_results(rows, table.parent, table.name)
         print(format_results(rows))
@@ -264,11 +267,35 @@ def _samples_file(text: str) -> Path:
     return path / "samples.npz" if path.is_dir() else path
 
 
+def resample_count(text: str) -> int:
+    """``--resamples``: bootstrap resamples, 2 .. :data:`MAX_RESAMPLES` (one line otherwise, before any allocation)."""
+    value = at_least(2)(text)
+    if value > MAX_RESAMPLES:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_RESAMPLES:,} (got {shorten(value)})")
+    return value
+
+
+def _refuse_self_pair(flag: str, a: str, b: str, same: bool) -> None:
+    """One line when the two sides of a comparison are one method (``verdicts``: the same method string; ``compare``:
+    the same samples file)."""
+    if same:
+        raise InvalidArgumentError(
+            f"{flag} {shorten(a, 60)} {shorten(b, 60)} compares a method with itself; pass two different methods"
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
 def cmd_verdicts(args: argparse.Namespace) -> int:
     pairs = [tuple(pair) for pair in args.pair]
     for a, b in pairs:
-        if a == b:
-            raise InvalidArgumentError(f"--pair {shorten(a, 60)} {shorten(b, 60)} compares a method with itself")
+        _refuse_self_pair("--pair", a, b, a == b)
+    table = Path(args.table) if args.table else None
+    if table is not None:  # both files of the table, probed before any work
+        for suffix in (".csv", ".md"):
+            check_writable(table.with_name(table.name + suffix), "--table")
     features = args.features or default_features(args.model)
     ref = args.ref_batch or default_reference(features)
     if ref is None:
@@ -276,8 +303,7 @@ def cmd_verdicts(args: argparse.Namespace) -> int:
     batch_info(ref)
     extractor = build_extractor(features, resolve_device(args.device), args.inception_weights)
     rows = verdict_rows(args.run, pairs, args.cfg_scale, extractor, ref, args.resamples, args.seed)
-    if args.table:
-        table = Path(args.table)
+    if table is not None:
         write_table(rows, table.name, table.parent)
     print(markdown_table(rows), end="")
     return 0
@@ -300,17 +326,24 @@ def add_verdicts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref-batch", default=None, help="reference npz (default: the features' committed reference)")
     p.add_argument("--inception-weights", default=None, help="local FID Inception weights (inception features)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--resamples", type=at_least(2), default=200, help="bootstrap resamples (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--resamples", type=resample_count, default=200, help="bootstrap resamples (default 200)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the resampling (default 0)")
     p.add_argument("--table", default=None, help="path prefix of the table to write (.csv and .md)")
     p.set_defaults(func=cmd_verdicts)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     a, b, reference = _samples_file(args.a), _samples_file(args.b), _samples_file(args.reference)
+    _refuse_self_pair("compare", args.a, args.b, _same_file(a, b))
+    for name, path in (("A", a), ("B", b)):
+        if _same_file(path, reference):
+            raise InvalidArgumentError(
+                f"--reference {shorten(args.reference, 60)} is {name}'s samples too; pass the un-cached samples of the "
+                "same noise"
+            )
+    check_same_noise({"A": a, "B": b, "--reference": reference})
     result = paired_psnr_difference(a, b, reference, resamples=args.resamples, seed=args.seed)
-    name = {a: args.a, b: args.b}
-    print(result.report(name[a], name[b]) if a != b else result.report("A", "B"))
+    print(result.report(args.a, args.b))
     return 0
 
 
@@ -322,6 +355,6 @@ def add_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", help="samples of method A (npz, or an eval folder holding samples.npz)")
     p.add_argument("b", help="samples of method B, same noise and count")
     p.add_argument("--reference", required=True, help="the un-cached samples of the same noise (e.g. OUT/cfg1.5/none)")
-    p.add_argument("--resamples", type=at_least(2), default=200, help="bootstrap resamples (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--resamples", type=resample_count, default=200, help="bootstrap resamples (default 200)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the resampling (default 0)")
     p.set_defaults(func=cmd_compare)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from goc_utils.cache import build_schedule
+from goc_utils.cache import Resources, build_schedule
 from goc_utils.cache.l2c import default_router
 from goc_utils.cache.options import parse_int_list
 from goc_utils.cache.tcc import (
@@ -36,7 +36,7 @@ from goc_utils.cli.common import (
 )
 from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.evaluation.tables import markdown_table, write_table
-from goc_utils.evaluation.tcc_alpha import HOLDOUT_SEED, choose_tcc_alpha
+from goc_utils.evaluation.tcc_alpha import HOLDOUT_SEED, Holdout, choose_tcc_alpha
 from goc_utils.files import input_file, output_lock
 from goc_utils.lists import number_list
 from goc_utils.model.checkpoints import load_model, resolve_device
@@ -46,7 +46,7 @@ from goc_utils.model.vae import load_vae, vae_spec
 from goc_utils.priors.auto import GRANULARITIES, auto_goc
 from goc_utils.priors.extraction import extract_priors
 from goc_utils.priors.stats import GRAM_SOURCES, MISSING, PriorsError, PriorStats, default_priors_path
-from goc_utils.priors.tcc_fit import fit_tcc_pack
+from goc_utils.priors.tcc_fit import TCCFit, fit_tcc_pack, host_method
 
 
 def alpha_list(text: str) -> list[float]:
@@ -210,22 +210,20 @@ def cmd_tcc_pack(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     with output_lock(out):
         model, classes = _model_and_classes(args, device)
-        fit = {
-            "classes": classes, "per_class": args.per_class, "steps": args.steps, "cfg_scale": args.cfg_scale,
-            "seed": args.seed, "targets": args.target_steps, "pooling": args.pooling, "variant": args.variant,
-            "svd": args.svd, "batch_size": args.batch_size,
-            "router": args.router or default_router(args.model, args.steps), "thres": args.router_thres,
-        }  # fmt: skip
+        fit = TCCFit(
+            args.model, classes, args.per_class, args.steps, args.cfg_scale, args.seed, args.target_steps,
+            args.alpha[0], args.pooling, args.variant, args.svd, args.batch_size,
+        )  # fmt: skip
+        resources = Resources(args.router or default_router(args.model, args.steps), args.router_thres)
+        host = host_method(model, args.host, fit, resources)  # resolved once, before any fitting
         started = time.perf_counter()
         if len(args.alpha) == 1:
-            pack = fit_tcc_pack(model, args.model, args.host, alpha=args.alpha[0], **fit)
+            pack = fit_tcc_pack(model, host, fit)
         else:
             info = preset_info(args.model)
-            vae = load_vae(vae_spec(None, args.ckpt, args.model), device) if info.latent else None
-            choice = choose_tcc_alpha(
-                model, args.model, args.host, args.alpha, fit, vae, args.holdout_per_class, args.holdout_seed,
-                args.batch_size,
-            )  # fmt: skip
+            vae = load_vae(vae_spec(None, args.ckpt, args.model), device, args.model) if info.latent else None
+            holdout = Holdout(args.holdout_per_class, args.holdout_seed)
+            choice = choose_tcc_alpha(model, host, args.alpha, fit, vae=vae, holdout=holdout)
             held = len(classes) * args.holdout_per_class
             pack = replace(choice.pack, alpha_choice={
                 "holdout_seed": args.holdout_seed, "holdout_samples": held, "host_psnr_db": round(choice.host_psnr, 2),

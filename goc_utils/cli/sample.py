@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from goc_utils.cache import COMPENSATORS, SCHEDULES, CacheMethod, PackSource
+from goc_utils.cache import COMPENSATORS, SCHEDULES, CacheMethod, Resources, RunShape, resolve_method
 from goc_utils.cli.common import (
     add_model_arguments,
     add_priors_argument,
@@ -56,9 +56,11 @@ CACHE_FLAGS = {
 
 
 def cache_method_from_args(args: argparse.Namespace) -> CacheMethod:
-    """The :class:`CacheMethod` of ``--method`` or of ``--cache`` / ``--compensator`` and their flags.
+    """The :class:`CacheMethod` of ``--method``, or of its alias ``--cache`` / ``--compensator`` and their flags
+    (``--cache fora --fora-interval 3 --compensator goc --goc-weight 1.0`` is ``--method fora:interval=3+goc:w=1.0``).
 
-    Values are checked where they are used (the schedule builders, the compensator configs).
+    Both are resolved the same way (:func:`~goc_utils.cache.method.resolve_method`), where the values are checked
+    (the schedule builders, the compensator configs).
     """
     given = {flag: getattr(args, attr) for flag, (attr, _, _) in CACHE_FLAGS.items() if getattr(args, attr) is not None}
     if args.fora_range is not None:
@@ -70,8 +72,7 @@ def cache_method_from_args(args: argparse.Namespace) -> CacheMethod:
                 "--method replaces --cache, --compensator and their flags (all but --router and --router-thres); "
                 "give one or another"
             )
-        thres = 0.1 if args.router_thres is None else args.router_thres
-        method = CacheMethod.parse(args.method, router=args.router, thres=thres)  # as eval-sample / eval / bench
+        method = CacheMethod.parse(args.method)  # as eval-sample / eval / bench
         if router_flags and "router" not in SCHEDULES[method.schedule].options:
             raise InvalidArgumentError(f"{router_flags[0]} is for l2c methods, not {args.method!r}")
         return method
@@ -99,14 +100,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     set_tf32(device, args.tf32)
     torch.set_grad_enabled(False)
     model = load_model(args.model, args.ckpt, args.image_size, device)
-    vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), device) if info.latent else None
+    vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), device, args.model) if info.latent else None
     upscale = _check_sizes(args, model, vae, npz)
     labels = class_labels(args.classes, args.per_class)
     check_sampling_args(model, labels, args.steps, args.cfg_scale, args.model)
     if args.priors is not None and not method.needs_priors:
         raise InvalidArgumentError("--priors needs --goc-steps auto or --goc-weight auto")
     priors = priors_for_run(args.model, model, args.steps, args.cfg_scale, args.priors) if method.needs_priors else None
-    engine = method.engine(model, args.steps, priors, PackSource(args.model, args.cfg_scale, args.tcc_pack))
+    thres = 0.1 if args.router_thres is None else args.router_thres
+    resources = Resources(args.router, thres, priors, args.model, args.cfg_scale, args.tcc_pack)
+    resolved = resolve_method(method, RunShape.of(model, args.steps), resources)
+    engine = resolved.engine(model)
     started = time.perf_counter()
     result = generate(
         model,
@@ -124,8 +128,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     save_image_grid(result.images, out, nrow=nrow, upscale=upscale)
     if npz is not None:
         save_samples_npz(npz, result)
-    schedule, cost = engine.schedule, engine.cost(model_macs(model))
-    config = getattr(engine.compensator, "config", None)
+    schedule, cost, config = resolved.schedule, resolved.cost(model_macs(model)), resolved.config
     if method.compensator == "goc" and isinstance(config.weight, float):
         steps = "every reused step" if config.correction_steps is None else ",".join(map(str, config.correction_steps))
         print(f"GOC: w = {config.weight:.4g}, correction steps {steps}, {config.coupling} coupling")
@@ -179,7 +182,12 @@ def add_sample(p: argparse.ArgumentParser) -> None:
         "--upscale", type=at_least(1), default=None, help="grid pixel upscaling (default 4 for images under 64 px)"
     )
     add_tf32_argument(p)
-    g = p.add_argument_group("feature caching (schedule x compensator)")
+    g = p.add_argument_group(
+        "feature caching (schedule x compensator)",
+        "--method takes the method string of every command; --cache, --compensator and their flags are its alias "
+        "(--cache fora --fora-interval 3 --compensator goc --goc-weight 1.0 = --method fora:interval=3+goc:w=1.0). "
+        "--router, --router-thres, --priors and --tcc-pack are resources, read alike by both.",
+    )
     g.add_argument(
         "--method",
         default=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from goc_utils import paths
-from goc_utils.cache import PackSource, split_methods, without_router
+from goc_utils.cache import Resources, RunShape, split_methods, without_router
 from goc_utils.cache.l2c import default_router
 from goc_utils.cli.common import (
     add_backend_argument,
@@ -26,33 +27,42 @@ from goc_utils.cli.common import (
 )
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.bench import DEFAULT_METHODS, format_table, rows_as_dicts, run_bench
-from goc_utils.integrations.diffusers.peers import diffusers_backend, is_peer, parse_peer
+from goc_utils.integrations.diffusers.peers import diffusers_backend, is_peer, parse_peer, resolve_any
 from goc_utils.lists import number_list, refuse_repeats, split_items
 from goc_utils.model.checkpoints import load_model, resolve_device
-from goc_utils.model.presets import create_model
+from goc_utils.model.diffusion import NUM_TRAIN_TIMESTEPS
+from goc_utils.model.presets import check_preset, create_model
 from goc_utils.model.sampler import set_tf32
 from goc_utils.priors.stats import priors_for_run
 from goc_utils.study.notebooks import (
     DEFAULT_PRESET,
     PRESETS,
+    check_parameters,
     figures_dir_for,
+    for_selection,
     load_params_file,
     preset_model,
     run_notebooks,
+    smoke_mode,
+    study_notebooks,
 )
 from goc_utils.study.report import REPORT_NAME, TIERS, build_report, write_report
-from goc_utils.study.tier_report import fashion_tier_report, tiny_report
+from goc_utils.study.tier_report import check_fashion_tier_report, fashion_tier_report, report_inputs, tiny_report
 
 
 def cmd_tiny_report(args: argparse.Namespace) -> int:
-    if args.steps < 1:
-        raise InvalidArgumentError("--steps must be >= 1")
+    if not 1 <= args.steps <= NUM_TRAIN_TIMESTEPS:
+        raise InvalidArgumentError(f"--steps must be in 1..{NUM_TRAIN_TIMESTEPS} (got {args.steps})")
     if args.per_class is not None and args.per_class < 1:
         raise InvalidArgumentError("--per-class must be >= 1")
     counts = number_list(args.fid_samples, int, "--fid-samples list", "2000,5000")
     if not all(n >= 2 for n in counts):
         raise InvalidArgumentError(f"--fid-samples must be comma-separated counts >= 2 (got {args.fid_samples!r})")
+    report_inputs(args.model, args.per_class, args.ckpt)  # every input checked before a folder is made
+    if args.model == "tiny-fashion":  # and its tier report's, before the samples' figures are written
+        check_fashion_tier_report(counts)
     out_dir = Path(args.out_dir) if args.out_dir else paths.default_figures_dir(args.model)
+    out_dir = check_output_dir(out_dir, "--out-dir")
     rows = tiny_report(args.model, per_class=args.per_class, steps=args.steps, seed=args.seed, ckpt=args.ckpt,
                        out_dir=out_dir)  # fmt: skip
     for r in rows:
@@ -96,8 +106,12 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
         numbers = [number.zfill(2) for number in split_items(args.only, "--only list", "01,03")]
         only = refuse_repeats(numbers, "--only list", args.only, "01,03")
     params = load_params_file(args.params)
+    smoke = smoke_mode(args.smoke, params)  # --smoke or smoke: true in --params: figures follow what runs
     model = preset_model(args.preset, params)
-    figures = check_output_dir(figures_dir_for(args.smoke, args.figures_dir, model), "--figures-dir")
+    check_preset(model)  # before any folder is made (the notebooks would refuse it only once running)
+    notebooks = study_notebooks(only, include_long=smoke)
+    check_parameters(for_selection(params, notebooks), notebooks)
+    figures = check_output_dir(figures_dir_for(smoke, args.figures_dir, model), "--figures-dir")
     started = time.perf_counter()
     done = run_notebooks(args.preset, args.smoke, params, only, figures_dir=figures)
     for path, seconds in done:
@@ -152,22 +166,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods, skipped = without_router(split_methods(args.methods), router)
     if skipped:
         print(f"(skipping {', '.join(skipped)}: no --router given and none committed for {args.model})")
-    priors = None
-    if any(":" in m and "auto" in m for m in methods):
-        priors = priors_for_run(args.model, model, args.steps, args.cfg_scale, args.priors)
-    rows = run_bench(
-        model,
-        methods,
-        steps=args.steps,
-        batch=args.batch,
-        cfg_scale=args.cfg_scale,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        router=router,
-        thres=args.router_thres,
-        priors=priors,
-        packs=PackSource(args.model, args.cfg_scale, args.tcc_pack),
-    )
+    priors = functools.partial(priors_for_run, args.model, model, args.steps, args.cfg_scale, args.priors)
+    resources = Resources(router, args.router_thres, functools.cache(priors), args.model, args.cfg_scale, args.tcc_pack)
+    run = RunShape.of(model, args.steps)
+    resolved = [resolve_any(text, run, resources) for text in methods]
+    rows = run_bench(model, resolved, args.batch, args.cfg_scale, args.repeats, args.warmup)
     header = (
         f"goc bench: {args.model}{' (random weights)' if args.random_weights else ''}, {device}, "
         f"DDIM-{args.steps}, batch {args.batch}, cfg {args.cfg_scale}, {args.repeats} repeats"

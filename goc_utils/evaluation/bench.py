@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from goc_utils.cache.engine import CacheEngine
-from goc_utils.cache.method import CacheMethod
-from goc_utils.cache.tcc import PackSource
+from goc_utils.cache.method import ResolvedMethod, resolve_method
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.tables import markdown_table
-from goc_utils.integrations.diffusers.hooks import DiffusersDiT
-from goc_utils.integrations.diffusers.peers import HookRunner, is_peer
+from goc_utils.integrations.diffusers.peers import CALIBRATION_SAMPLES, Method, Runner, make_runner
 from goc_utils.model.dit import DiT
-from goc_utils.model.macs import MACs, model_macs
+from goc_utils.model.macs import model_macs
 from goc_utils.model.sampler import SampleResult, generate, per_sample_inputs
 
 DEFAULT_METHODS = (
@@ -42,61 +39,33 @@ DEFAULT_METHODS = (
 )  # fmt: skip
 
 
-def make_engine(
-    model: DiT | DiffusersDiT,
-    text: str,
-    steps: int,
-    router: str | None = None,
-    thres: float = 0.1,
-    priors=None,
-    cfg_scale: float = 1.5,
-    sampler: str = "ddim",
-    seed: int = 0,
-    packs: PackSource | None = None,
-) -> CacheEngine | HookRunner:
-    """What samples ``text`` on ``model``: a :class:`CacheEngine` on our ``DiT``; a
-    :class:`~goc_utils.integrations.diffusers.peers.HookRunner` on a diffusers transformer (``--backend diffusers``),
-    for our methods and for ``diffusers:*`` caches alike. Both have ``forward(x, t, y, step)``. ``packs``: where
-    ``+tcc`` methods find their packs."""
-    if isinstance(model, DiffusersDiT):
+@dataclass(frozen=True)
+class Sampling:
+    """How the timed runs sample (``goc eval``'s :class:`~goc_utils.evaluation.eval.EvalSettings` has the same
+    three fields)."""
 
-        def calibration(forward) -> None:  # MagCache: one un-cached run of fixed samples of this seed
-            labels, noise = per_sample_inputs(model, range(16), seed)
-            generate(model, labels, steps=steps, sampler=sampler, cfg_scale=cfg_scale, forward=forward, noise=noise)
-
-        return HookRunner(model, text, steps, router, thres, priors, calibration, cfg_scale, packs)
-    if is_peer(text):
-        raise InvalidArgumentError(f"{text!r} is another library's cache: it runs with --backend diffusers")
-    return CacheMethod.parse(text, router=router, thres=thres).engine(model, steps, priors, packs)
-
-
-def engine_cost(engine: CacheEngine | HookRunner, macs: MACs, run=None) -> dict:
-    """``cache_ratio``, ``cache_ratio_macs`` and ``macs_speedup`` of an engine: from its schedule, or, for
-    diffusers' own caches, measured by counting what ``run(forward)`` (one sampling run) really computes."""
-    if isinstance(engine, HookRunner):
-        return engine.measure(run, macs)
-    return engine.cost(macs)
+    steps: int = 20
+    cfg_scale: float = 4.0
+    sampler: str = "ddim"
 
 
 def time_engines(
     model: DiT,
-    engines: dict[str, CacheEngine | HookRunner],
-    labels: Sequence[int],
-    noise: torch.Tensor,
-    steps: int,
-    cfg_scale: float,
-    sampler: str = "ddim",
+    engines: dict[str, Runner],
+    inputs: tuple[Sequence[int], torch.Tensor],
+    sampling: Sampling,
     repeats: int = 3,
     warmup: int = 1,
     progress: bool = True,
 ) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
-    """Seconds per run of every engine on the same labels and noise: ``(times, final samples)``.
+    """Seconds per run of every engine on the same ``inputs`` (labels and noise): ``(times, final samples)``.
 
     ``warmup`` untimed rounds, then ``repeats`` timed rounds, each round running every engine once
     (round-robin). The final samples are those of the last round.
     """
     if repeats < 1 or warmup < 0:
         raise InvalidArgumentError(f"timing needs repeats >= 1 and warmup >= 0 (got {repeats} and {warmup})")
+    labels, noise = inputs
     device = next(model.parameters()).device
     noise = noise.to(device)
     times: dict[str, list[float]] = {name: [] for name in engines}
@@ -108,8 +77,8 @@ def time_engines(
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
                 finals[name] = generate(
-                    model, labels, steps=steps, sampler=sampler, cfg_scale=cfg_scale, forward=engine.forward,
-                    noise=noise,
+                    model, labels, steps=sampling.steps, sampler=sampling.sampler, cfg_scale=sampling.cfg_scale,
+                    forward=engine.forward, noise=noise,
                 ).final  # fmt: skip
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -142,35 +111,34 @@ class BenchRow:
 
 def run_bench(
     model: DiT,
-    methods: list[str],
-    steps: int = 20,
+    methods: Sequence[Method],
     batch: int = 1,
     cfg_scale: float = 4.0,
     repeats: int = 5,
     warmup: int = 1,
-    router: str | None = None,
-    thres: float = 0.1,
     progress: bool = True,
-    priors=None,
-    packs: PackSource | None = None,
 ) -> list[BenchRow]:
-    """Time ``generate`` under each method (labels ``0, 1, ...``, the noise of seed 0); ``none`` is the baseline."""
+    """Time ``generate`` under each resolved method (labels ``0, 1, ...``, the noise of seed 0); ``none`` is the
+    baseline. The methods share one run (:class:`~goc_utils.cache.run.RunShape`): its steps are the bench's."""
     if batch < 1:
         raise InvalidArgumentError(f"--batch must be >= 1 (got {batch})")
+    if not methods:
+        raise InvalidArgumentError("goc bench needs at least one method")
+    steps = methods[0].run.steps
     labels = [i % model.num_classes for i in range(batch)]
     torch.manual_seed(0)
     noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size)
     macs = model_macs(model)
-    engines = {m: make_engine(model, m, steps, router, thres, priors, cfg_scale, packs=packs) for m in methods}
+    calibration = _calibration(model, steps, cfg_scale)
+    engines = {m.text: make_runner(model, m, calibration) for m in methods}
     for engine in engines.values():
-        if isinstance(engine, HookRunner):
-            engine.prepare()
-    times, finals = time_engines(model, engines, labels, noise, steps, cfg_scale, repeats=repeats, warmup=warmup,
-                                 progress=progress)  # fmt: skip
+        engine.prepare()
+    times, finals = time_engines(model, engines, (labels, noise), Sampling(steps, cfg_scale), repeats, warmup,
+                                 progress)  # fmt: skip
     reference = finals.get("none")
     rows: dict[str, BenchRow] = {}
     for text, engine in engines.items():
-        cost = engine_cost(engine, macs, lambda forward: generate(
+        cost = engine.cost(macs, lambda forward: generate(
             model, labels, steps=steps, cfg_scale=cfg_scale, forward=forward, noise=noise))  # fmt: skip
         rows[text] = BenchRow(
             method=text,
@@ -190,6 +158,16 @@ def run_bench(
         if "+" in row.method and host is not None:
             row.overhead_vs_host = row.median_s / host.median_s - 1
     return list(rows.values())
+
+
+def _calibration(model, steps: int, cfg_scale: float, seed: int = 0) -> Callable[[Callable], None]:
+    """MagCache's calibration on a diffusers transformer: one un-cached run of fixed samples of ``seed``."""
+
+    def run(forward) -> None:
+        labels, noise = per_sample_inputs(model, range(CALIBRATION_SAMPLES), seed)
+        generate(model, labels, steps=steps, cfg_scale=cfg_scale, forward=forward, noise=noise)
+
+    return run
 
 
 def format_table(rows: list[BenchRow]) -> str:
@@ -219,36 +197,36 @@ def rows_as_dicts(rows: list[BenchRow]) -> list[dict]:
 
 def same_noise_runs(
     model: DiT,
-    methods: Sequence[str],
+    methods: Sequence[ResolvedMethod],
     labels: Sequence[int],
     seed: int = 0,
-    steps: int = 20,
     cfg_scale: float = 4.0,
-    router: str | None = None,
-    priors=None,
     vae=None,
-    packs: PackSource | None = None,
 ) -> tuple[dict[str, SampleResult], dict[str, np.ndarray], dict[str, dict]]:
-    """Run every method from the same noise; return ``(results, per-step RMSE vs the un-cached run, costs)``.
+    """Run every resolved method from the same noise; return ``(results, per-step RMSE vs the un-cached run,
+    costs)`` keyed by method text (the un-cached run ``none`` first, added when missing).
 
     ``results[method]`` is a :class:`~goc_utils.evaluation.sampling.SampleResult`; the per-step error of
     method m is the RMSE between its sample after step s and the un-cached sample after step s; ``costs[method]``
-    is its engine's :meth:`~goc_utils.cache.engine.CacheEngine.cost`.
+    is its :meth:`~goc_utils.cache.method.ResolvedMethod.cost`.
     """
+    if not methods:
+        raise InvalidArgumentError("same_noise_runs needs at least one method")
     results, trajectories, costs = {}, {}, {}
     macs = model_macs(model)
-    for text in ["none", *[m for m in methods if m != "none"]]:
-        engine = CacheMethod.parse(text, router=router).engine(model, steps, priors, packs)
-        costs[text] = engine.cost(macs)
+    plain = [m for m in methods if m.text == "none"] or [resolve_method("none", methods[0].run)]
+    for method in [plain[0], *[m for m in methods if m.text != "none"]]:
+        text = method.text
+        costs[text] = method.cost(macs)
         states: list[torch.Tensor] = []
         results[text] = generate(
             model,
             labels,
             seed=seed,
-            steps=steps,
+            steps=method.run.steps,
             cfg_scale=cfg_scale,
             vae=vae,
-            forward=engine.forward,
+            forward=method.engine(model).forward,
             callback=lambda s, x, states=states: states.append(x[: len(labels)].clone()),
         )
         trajectories[text] = torch.stack(states)

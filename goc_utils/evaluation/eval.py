@@ -10,6 +10,7 @@ the un-cached run of the same noise (PSNR / SSIM), and timed; one table row per 
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import re
 import statistics
@@ -22,19 +23,27 @@ import torch
 import torch.distributed as torch_dist
 
 from goc_utils import paths
-from goc_utils.cache.method import CacheMethod, split_methods
-from goc_utils.cache.tcc import PackSource
+from goc_utils.cache.method import AUTO, CacheMethod, split_methods
+from goc_utils.cache.run import Resources, RunShape
 from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.bench import engine_cost, make_engine, time_engines
+from goc_utils.evaluation.bench import time_engines
 from goc_utils.evaluation.metrics.adm import fid_bootstrap_std
 from goc_utils.evaluation.metrics.batches import batch_info, check_same_size, read_labels
 from goc_utils.evaluation.metrics.evaluate import reference_features, score_features
 from goc_utils.evaluation.metrics.features import extract_cached
 from goc_utils.evaluation.metrics.fidelity import file_fidelity
-from goc_utils.evaluation.sampling import sample_to_npz
+from goc_utils.evaluation.sampling import Distributed, NpzRun, sample_to_npz
 from goc_utils.evaluation.tables import csv_text, markdown_table
 from goc_utils.files import atomic_write_text
-from goc_utils.integrations.diffusers.peers import HookRunner, is_peer, parse_peer
+from goc_utils.integrations.diffusers.peers import (
+    CALIBRATION_SAMPLES,
+    Method,
+    PeerMethod,
+    is_peer,
+    make_runner,
+    parse_peer,
+    resolve_any,
+)
 from goc_utils.model.dit import DiT
 from goc_utils.model.macs import model_macs
 from goc_utils.model.sampler import generate, per_sample_inputs
@@ -79,7 +88,7 @@ class EvalSettings:
     backend: str = "native"
     tf32: bool | None = None
 
-    def manifest(self, method: CacheMethod | None, text: str) -> dict:
+    def manifest(self, method: Method) -> dict:
         """``run.json``: what must match for a rerun to resume (the sample count may grow)."""
         ignored = ("router", "thres", "priors", "tcc_pack", "backend", "tf32")
         record = {k: v for k, v in asdict(self).items() if k not in ignored}
@@ -87,15 +96,30 @@ class EvalSettings:
             record["backend"] = self.backend
         if self.tf32 is not None:  # CUDA only: CPU runs keep their manifests (and bytes)
             record["tf32"] = self.tf32
-        record["method"] = text
-        if method is None:  # another library's cache: diffusers_* or cachedit_* options
-            name, options = parse_peer(text)
-            library = text.strip().split(":")[0]
-            record.update({f"{library}_{k}": list(v) if isinstance(v, tuple) else v for k, v in options.items()})
+        record["method"] = method.text
+        if isinstance(method, PeerMethod):  # another library's cache: diffusers_* or cachedit_* options
+            options = method.options
+            record.update({f"{method.library}_{k}": list(v) if isinstance(v, tuple) else v for k, v in options.items()})
             return record
         record.update({f"schedule_{k}": _portable(v) for k, v in method.schedule_options.items()})
-        record.update({f"compensator_{k}": v for k, v in method.compensator_options.items()})
+        written, config = method.method.compensator_options, method.config
+        record.update({f"compensator_{k}": v for k, v in written.items()})
+        if hasattr(config, "coupling"):  # runs from before the published block coupling are not resumed silently
+            record["goc_coupling"] = config.coupling
+        if AUTO in written.values():  # what "auto" resolved to
+            weight, steps = np.asarray(config.weight, dtype=float), config.correction_steps
+            record["resolved_weight"] = round(float(weight), 6) if weight.ndim == 0 else weight.round(6).tolist()
+            record["resolved_correction_steps"] = None if steps is None else list(steps)
         return record
+
+    def resolve(self, model, texts: Sequence[str]) -> list[Method]:
+        """Every method of ``texts``, resolved once for ``steps``-step runs of ``model`` with this run's router,
+        threshold, priors (loaded once, only if a method asks for ``auto``) and TCC packs."""
+        priors = functools.cache(functools.partial(priors_for_run, self.model, model, self.steps, self.cfg_scale,
+                                                   self.priors))  # fmt: skip
+        resources = Resources(self.router, self.thres, priors, self.model, self.cfg_scale, self.tcc_pack)
+        run = RunShape.of(model, self.steps)
+        return [resolve_any(text, run, resources) for text in texts]
 
 
 def _portable(value):
@@ -116,7 +140,9 @@ def method_folder(text: str) -> str:
 def parse_methods(
     text: str, single: bool = False, steps: int | None = None, cfg_scales: Sequence[float] = ()
 ) -> list[str]:
-    """Comma-separated method strings, checked one by one (unknown names fail here, before any sampling).
+    """Comma-separated method strings, each checked for what its text alone can say (unknown names and options
+    fail here, before any loading or sampling; resources are checked when the methods are resolved:
+    :meth:`EvalSettings.resolve`).
 
     A part made of digits continues the previous method's step list (``fora-50+goc:steps=3,5,7``).
     ``single``: exactly one method (``goc eval-sample --method``). ``steps`` / ``cfg_scales``: the runs'
@@ -125,88 +151,61 @@ def parse_methods(
     methods = split_methods(text)  # no empty list, empty item or repeated method
     if single and len(methods) > 1:
         try:
-            CacheMethod.parse(text, router="router.pt")  # its own error names what is wrong in it
+            _check_text(text, steps, cfg_scales)  # its own error names what is wrong in it
         except InvalidArgumentError:
             if not all(_parses(m) for m in methods):
                 raise
         raise InvalidArgumentError("--method takes one method; use `goc eval --methods a,b,...` for several")
     for m in methods:
-        if is_peer(m):
-            for cfg in cfg_scales or [None]:
-                parse_peer(m, steps, cfg)
-        else:
-            CacheMethod.parse(m, router="router.pt")
+        _check_text(m, steps, cfg_scales)
     return methods
+
+
+def _check_text(text: str, steps: int | None = None, cfg_scales: Sequence[float] = ()) -> None:
+    if is_peer(text):
+        for cfg in cfg_scales or [None]:
+            parse_peer(text, steps, cfg)
+    else:
+        CacheMethod.parse(text)
 
 
 def _parses(text: str) -> bool:
     try:
-        parse_peer(text) if is_peer(text) else CacheMethod.parse(text, router="router.pt")
+        _check_text(text)
         return True
     except InvalidArgumentError:
         return False
 
 
-def build_engine(model: DiT, settings: EvalSettings, text: str):
-    """The parsed method (None for diffusers' caches) and what samples it on ``model``: a cache engine, or a
-    :class:`~goc_utils.integrations.diffusers.peers.HookRunner` on the diffusers backend
-    (priors loaded for ``goc:auto``, TCC packs found for ``+tcc``)."""
-    if is_peer(text):
-        method, priors = None, None
-    else:
-        method = CacheMethod.parse(text, router=settings.router, thres=settings.thres)
-        priors = None
-        if method.needs_priors:
-            priors = priors_for_run(settings.model, model, settings.steps, settings.cfg_scale, settings.priors)
-    packs = PackSource(settings.model, settings.cfg_scale, settings.tcc_pack)
-    engine = make_engine(model, text, settings.steps, settings.router, settings.thres, priors, settings.cfg_scale,
-                         settings.sampler, settings.seed, packs)  # fmt: skip
-    return method, engine
-
-
 def eval_sample(
     model: DiT,
     settings: EvalSettings,
-    text: str,
+    method: str | Method,
     out_dir: str | Path,
     num_samples: int,
     vae=None,
-    rank: int = 0,
-    world: int = 1,
-    barrier: Callable[[], None] | None = None,
+    dist: Distributed | None = None,
     progress: bool = True,
 ) -> Path:
-    """Sample ``num_samples`` images of one method into ``out_dir/samples.npz`` (resumable)."""
-    method, engine = build_engine(model, settings, text)
-    manifest = settings.manifest(method, text)
-    if isinstance(engine, HookRunner):
-        engine.prepare()  # MagCache's calibration, before any sampling
-    config = getattr(engine.compensator, "config", None)
-    if hasattr(config, "coupling"):  # runs from before the published block coupling are not resumed silently
-        manifest["goc_coupling"] = config.coupling
-    if "auto" in manifest.values() and config is not None:  # record what "auto" resolved to
-        weight = np.asarray(config.weight, dtype=float)
-        manifest["resolved_weight"] = round(float(weight), 6) if weight.ndim == 0 else weight.round(6).tolist()
-        manifest["resolved_correction_steps"] = (
-            None if config.correction_steps is None else list(config.correction_steps)
-        )
-    return sample_to_npz(
-        model,
-        out_dir,
-        num_samples,
-        settings.per_device_batch,
-        manifest,
-        seed=settings.seed,
-        steps=settings.steps,
-        sampler=settings.sampler,
-        cfg_scale=settings.cfg_scale,
-        vae=vae,
-        forward=engine.forward,
-        rank=rank,
-        world=world,
-        barrier=barrier,
-        progress=progress,
-    )
+    """Sample ``num_samples`` images of one method (text, or resolved by :meth:`EvalSettings.resolve`) into
+    ``out_dir/samples.npz`` (resumable)."""
+    (method,) = settings.resolve(model, [method]) if isinstance(method, str) else (method,)
+    runner = make_runner(model, method, calibration=_calibration(model, settings))
+    runner.prepare()  # MagCache's calibration, before any sampling
+    run = NpzRun(num_samples, settings.per_device_batch, settings.manifest(method), settings.seed, settings.steps,
+                 settings.sampler, settings.cfg_scale)  # fmt: skip
+    return sample_to_npz(model, out_dir, run, runner.forward, vae, dist, progress)
+
+
+def _calibration(model, settings: EvalSettings) -> Callable[[Callable], None]:
+    """MagCache's calibration: one un-cached run of fixed samples of the run's seed."""
+
+    def run(forward) -> None:
+        labels, noise = per_sample_inputs(model, range(CALIBRATION_SAMPLES), settings.seed)
+        generate(model, labels, steps=settings.steps, sampler=settings.sampler, cfg_scale=settings.cfg_scale,
+                 forward=forward, noise=noise)  # fmt: skip
+
+    return run
 
 
 @dataclass
@@ -347,36 +346,52 @@ def read_results(path: str | Path) -> list[dict]:
     return rows
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How ``goc eval`` scores its samples.
+
+    Attributes:
+        ref_path: the reference batch. extractor: the feature extractor
+            (:func:`~goc_utils.evaluation.metrics.features.build_extractor`; None on ranks other than 0).
+        latency_batch: images per timed batch; latency_repeats: timed runs per method.
+        fid_bootstrap: > 1 adds the bootstrap spread of each FID (that many resamples).
+    """
+
+    ref_path: str | Path
+    extractor: object
+    latency_batch: int = 8
+    latency_repeats: int = 3
+    fid_bootstrap: int = 0
+
+
 def score_methods(
     model: DiT,
     settings: EvalSettings,
-    methods: Sequence[str],
+    methods: Sequence[Method],
     samples: dict[str, Path],
-    ref_path: str | Path,
-    extractor,
+    scoring: Scoring,
     latency: dict[str, float],
     progress: bool = True,
-    fid_bootstrap: int = 0,
 ) -> list[ResultRow]:
-    """Metrics, fidelity to ``none``, MACs and latency for each method's ``samples.npz``.
-
-    ``fid_bootstrap`` > 1 adds the bootstrap spread of each FID (that many resamples).
-    """
+    """Metrics, fidelity to ``none``, MACs and latency for each method's ``samples.npz``."""
+    ref_path, extractor = scoring.ref_path, scoring.extractor
     ref = reference_features(ref_path, extractor, progress)
     macs = model_macs(model)
     rows = []
-    for text in methods:
+    for method in methods:
+        text = method.text
         check_same_size(batch_info(ref_path), batch_info(samples[text]))
         feats = extract_cached(samples[text], extractor, progress=progress)
         labels = read_labels(samples[text]) if extractor.judges_classes else None
         scores = score_features(ref, feats, labels, extractor.device)
-        method, engine = build_engine(model, settings, text)
         first = range(min(settings.per_device_batch, scores.samples))  # diffusers' caches: counted on shard 0
         labels_0, noise_0 = per_sample_inputs(model, first, settings.seed)
-        cost = engine_cost(engine, macs, lambda forward: generate(
+        runner = make_runner(model, method, calibration=_calibration(model, settings))
+        cost = runner.cost(macs, lambda forward: generate(
             model, labels_0, steps=settings.steps, sampler=settings.sampler, cfg_scale=settings.cfg_scale,
             forward=forward, noise=noise_0.to(next(model.parameters()).device)))  # fmt: skip
         fidelity = file_fidelity(samples["none"], samples[text], device=extractor.device) if "none" in samples else None
+        bootstrap = scoring.fid_bootstrap
         rows.append(
             ResultRow(
                 method=text,
@@ -384,7 +399,7 @@ def score_methods(
                 samples=scores.samples,
                 inception_score=scores.inception_score,
                 fid=scores.fid,
-                fid_std=fid_bootstrap_std(feats.pool, ref.stats, fid_bootstrap) if fid_bootstrap > 1 else None,
+                fid_std=fid_bootstrap_std(feats.pool, ref.stats, bootstrap) if bootstrap > 1 else None,
                 sfid=scores.sfid,
                 precision=scores.precision,
                 recall=scores.recall,
@@ -399,20 +414,6 @@ def score_methods(
             )
         )
     return rows
-
-
-@dataclass
-class Distributed:
-    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world: int = 1
-    device: str = "cpu"
-    barrier: Callable[[], None] = lambda: None
-
-    def close(self) -> None:
-        if self.world > 1:
-            torch_dist.destroy_process_group()
 
 
 def init_distributed(device: str) -> Distributed:
@@ -432,36 +433,38 @@ def init_distributed(device: str) -> Distributed:
 def run_eval(
     model: DiT,
     settings: EvalSettings,
-    methods: Sequence[str],
+    methods: Sequence[str | Method],
     num_samples: int,
     out_dir: str | Path,
-    ref_path: str | Path,
-    extractor,
+    scoring: Scoring,
     vae=None,
-    latency_batch: int = 8,
-    latency_repeats: int = 3,
     dist: Distributed | None = None,
     progress: bool = True,
-    fid_bootstrap: int = 0,
 ) -> list[ResultRow] | None:
-    """Sample every method into ``out_dir/<method>/samples.npz`` and score them (rows on rank 0, None elsewhere)."""
+    """Sample every method (text, resolved here once, or resolved by :meth:`EvalSettings.resolve`) into
+    ``out_dir/<method>/samples.npz`` and score them (rows on rank 0, None elsewhere)."""
     dist = dist or Distributed()
     out_dir = Path(out_dir)
+    texts = [m for m in methods if isinstance(m, str)]
+    found = dict(zip(texts, settings.resolve(model, texts), strict=True))
+    methods = [found[m] if isinstance(m, str) else m for m in methods]
+    if "none" not in (m.text for m in methods):
+        methods_timed = [*settings.resolve(model, ["none"]), *methods]
+    else:
+        methods_timed = sorted(methods, key=lambda m: m.text != "none")
     samples = {}
-    for text in methods:
-        samples[text] = eval_sample(
-            model, settings, text, out_dir / method_folder(text), num_samples, vae, dist.rank, dist.world,
-            dist.barrier, progress,
-        )  # fmt: skip
+    for method in methods:
+        samples[method.text] = eval_sample(
+            model, settings, method, out_dir / method_folder(method.text), num_samples, vae, dist, progress
+        )
     if dist.rank != 0:
         return None
-    timed = list(dict.fromkeys(["none", *methods]))
-    labels, noise = per_sample_inputs(model, range(latency_batch), settings.seed)
-    engines = {text: build_engine(model, settings, text)[1] for text in timed}
-    times, _ = time_engines(model, engines, labels, noise, settings.steps, settings.cfg_scale, settings.sampler,
-                            repeats=latency_repeats, progress=progress)  # fmt: skip
+    labels, noise = per_sample_inputs(model, range(scoring.latency_batch), settings.seed)
+    calibration = _calibration(model, settings)
+    runners = {m.text: make_runner(model, m, calibration=calibration) for m in methods_timed}
+    times, _ = time_engines(model, runners, (labels, noise), settings, scoring.latency_repeats, progress=progress)
     latency = {text: statistics.median(values) for text, values in times.items()}
-    return score_methods(model, settings, methods, samples, ref_path, extractor, latency, progress, fid_bootstrap)
+    return score_methods(model, settings, methods, samples, scoring, latency, progress)
 
 
 __all__ = [
@@ -469,8 +472,9 @@ __all__ = [
     "EvalSettings",
     "ResultRow",
     "Distributed",
-    "build_engine",
+    "Scoring",
     "init_distributed",
+    "NpzRun",
     "run_eval",
     "eval_sample",
     "format_results",

@@ -11,10 +11,12 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
 from goc_utils.errors import InvalidArgumentError, first_line, shorten
@@ -187,52 +189,74 @@ def merge_shards(out_dir: Path, ranges: list[tuple[int, int]]) -> Path:
     )
 
 
+@dataclass(frozen=True)
+class NpzRun:
+    """What one resumable sampling run into a folder draws.
+
+    Attributes:
+        num_samples: images (may grow on a rerun). batch: images per forward chunk and per shard.
+        manifest: the settings that fix the samples (model, method, seed, ...), stored as ``run.json``.
+        seed: sample ``i`` is drawn from :func:`~goc_utils.model.sampler.sample_seed` of ``(seed, i)``.
+        steps, sampler, cfg_scale: as :func:`~goc_utils.model.sampler.generate` takes them.
+    """
+
+    num_samples: int
+    batch: int
+    manifest: dict
+    seed: int = 0
+    steps: int = 20
+    sampler: str = "ddim"
+    cfg_scale: float = 1.5
+
+
+@dataclass
+class Distributed:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    barrier: Callable[[], None] = lambda: None
+
+    def close(self) -> None:
+        if self.world > 1:
+            torch_dist.destroy_process_group()
+
+
 def sample_to_npz(
     model: DiT,
     out_dir: str | Path,
-    num_samples: int,
-    batch: int,
-    manifest: dict,
-    seed: int = 0,
-    steps: int = 20,
-    sampler: str = "ddim",
-    cfg_scale: float = 1.5,
-    vae=None,
+    run: NpzRun,
     forward: Callable[..., torch.Tensor] | None = None,
-    rank: int = 0,
-    world: int = 1,
-    barrier: Callable[[], None] | None = None,
+    vae=None,
+    dist: Distributed | None = None,
     progress: bool = True,
 ) -> Path:
-    """Sample ``num_samples`` images into ``out_dir/samples.npz``, resumably, on one or many processes.
+    """Sample ``run.num_samples`` images into ``out_dir/samples.npz``, resumably, on one or many processes.
 
-    Work is cut into chunks of ``batch`` consecutive sample indices; chunk ``j`` runs on rank
+    Work is cut into chunks of ``run.batch`` consecutive sample indices; chunk ``j`` runs on rank
     ``j % world`` and lands in ``out_dir/shards/<start>.npz`` (written to a temporary name, then
     renamed). A rerun skips complete shards, so an interrupted run (even ``kill -9``) resumes
     and ends with the same bytes as an uninterrupted one. Rank 0 merges the shards at the end.
-    ``manifest`` (model, method, seed, ...) is stored as ``run.json``; resuming with other
-    settings is refused.
+    ``run.manifest`` (model, method, seed, ...) is stored as ``run.json``; resuming with other
+    settings is refused. ``forward``: the method's (default: the un-cached model).
     """
-    out_dir = Path(out_dir)
-    check_space(out_dir, num_samples, batch, image_shape(model, vae))
-    ranges = shard_ranges(num_samples, batch)
-    barrier = barrier or (lambda: None)
-    with run_lock(out_dir, enabled=rank == 0):
-        if rank == 0:
-            check_manifest(out_dir, manifest, num_samples)
-        barrier()
-        if rank != 0:
-            check_manifest(out_dir, manifest, num_samples)
-        return _sample_shards(
-            model, out_dir, ranges, seed, steps, sampler, cfg_scale, vae, forward, rank, world, barrier, progress
-        )
+    out_dir, dist = Path(out_dir), dist or Distributed()
+    check_space(out_dir, run.num_samples, run.batch, image_shape(model, vae))
+    shard_ranges(run.num_samples, run.batch)  # one line for a bad count or batch, before the lock
+    with run_lock(out_dir, enabled=dist.rank == 0):
+        if dist.rank == 0:
+            check_manifest(out_dir, run.manifest, run.num_samples)
+        dist.barrier()
+        if dist.rank != 0:
+            check_manifest(out_dir, run.manifest, run.num_samples)
+        return _sample_shards(model, out_dir, run, forward, vae, dist, progress)
 
 
-def _sample_shards(
-    model, out_dir, ranges, seed, steps, sampler, cfg_scale, vae, forward, rank, world, barrier, progress
-) -> Path:
+def _sample_shards(model, out_dir: Path, run: NpzRun, forward, vae, dist: Distributed, progress: bool) -> Path:
+    ranges = shard_ranges(run.num_samples, run.batch)
     (out_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    mine = [r for j, r in enumerate(ranges) if j % world == rank]
+    mine = [r for j, r in enumerate(ranges) if j % dist.world == dist.rank]
     todo = [r for r in mine if not _shard_complete(_shard_path(out_dir, r[0]), r[1] - r[0])]
     done = sum(b - a for a, b in mine) - sum(b - a for a, b in todo)
     with tqdm(
@@ -240,28 +264,28 @@ def _sample_shards(
         initial=done,
         desc=f"sampling {out_dir.name}",
         unit="img",
-        disable=not progress or rank != 0,
+        disable=not progress or dist.rank != 0,
     ) as bar:
         for start, stop in todo:
-            labels, noise = per_sample_inputs(model, range(start, stop), seed)
+            labels, noise = per_sample_inputs(model, range(start, stop), run.seed)
             device = next(model.parameters()).device
             result = generate(
                 model,
                 labels,
-                steps=steps,
-                sampler=sampler,
-                cfg_scale=cfg_scale,
+                steps=run.steps,
+                sampler=run.sampler,
+                cfg_scale=run.cfg_scale,
                 vae=vae,
                 forward=forward,
                 noise=noise.to(device),
             )
             write_npz(_shard_path(out_dir, start), arr_0=result.images, arr_1=result.labels)
             bar.update(stop - start)
-    barrier()
-    if rank == 0 and not _merged_is_current(out_dir, ranges):
+    dist.barrier()
+    if dist.rank == 0 and not _merged_is_current(out_dir, ranges):
         merge_shards(out_dir, ranges)
         _record_samples(out_dir, ranges[-1][1])
-    barrier()
+    dist.barrier()
     return out_dir / SAMPLES_NAME
 
 

@@ -11,17 +11,17 @@ final images are closest to the un-cached images of the same noise (PSNR over th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from goc_utils.cache import CacheEngine, CacheMethod, TCCPack, build_compensator
+from goc_utils.cache import CacheEngine, Resources, TCCPack, build_compensator
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.metrics.fidelity import psnr
 from goc_utils.model.dit import DiT
 from goc_utils.model.sampler import generate, sample_seed
-from goc_utils.priors.tcc_fit import fit_tcc_pack
+from goc_utils.priors.tcc_fit import TCCFit, fit_tcc_pack, host_method
 
 HOLDOUT_SEED = 2
 """Noise seed of the held-out samples: the fit uses 1 and the evaluation runs 0."""
@@ -49,31 +49,35 @@ def holdout_noise(model: DiT, count: int, seed: int = HOLDOUT_SEED) -> torch.Ten
     ])  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Holdout:
+    """The held-out set alpha is chosen on: ``per_class`` samples of each fitted class, noise seed ``seed``."""
+
+    per_class: int = 10
+    seed: int = HOLDOUT_SEED
+
+
 def choose_tcc_alpha(
     model: DiT,
-    model_name: str,
     host: str,
     alphas: Sequence[float],
-    fit: dict,
+    fit: TCCFit,
+    resources: Resources | None = None,
     vae=None,
-    holdout_per_class: int = 10,
-    holdout_seed: int = HOLDOUT_SEED,
-    batch_size: int = 64,
+    holdout: Holdout = Holdout(),
 ) -> AlphaChoice:
-    """Fit ``host``'s pack at every alpha of ``alphas`` and keep the one best on held-out noise.
+    """Fit ``host``'s pack at every alpha of ``alphas`` (``fit`` otherwise) and keep the one best on held-out noise.
 
-    ``fit``: the other keyword arguments of :func:`~goc_utils.priors.tcc_fit.fit_tcc_pack` (classes, per_class,
-    steps, cfg_scale, pooling, router, ...). The held-out set is ``holdout_per_class`` samples of each fitted class.
     A tie keeps the smaller alpha. Same arguments, same bytes on the CPU.
     """
     grid = sorted({float(a) for a in alphas})
     if not grid or grid[0] <= 0:
         raise InvalidArgumentError(f"TCC alphas to choose from must be > 0 (got {list(alphas)}); e.g. 0.25,0.5,1,1.75")
-    if holdout_per_class < 1:
-        raise InvalidArgumentError(f"held-out samples per class must be >= 1 (got {holdout_per_class})")
-    steps, cfg_scale = int(fit.get("steps", 20)), float(fit.get("cfg_scale", 1.5))
-    labels = [int(c) for c in fit["classes"] for _ in range(holdout_per_class)]
-    noise = holdout_noise(model, len(labels), holdout_seed).to(next(model.parameters()).device)
+    if holdout.per_class < 1:
+        raise InvalidArgumentError(f"held-out samples per class must be >= 1 (got {holdout.per_class})")
+    steps, cfg_scale, batch_size = fit.steps, fit.cfg_scale, fit.batch_size
+    labels = [int(c) for c in fit.classes for _ in range(holdout.per_class)]
+    noise = holdout_noise(model, len(labels), holdout.seed).to(next(model.parameters()).device)
 
     def images(forward=None) -> np.ndarray:
         parts = [
@@ -83,19 +87,17 @@ def choose_tcc_alpha(
         ]  # fmt: skip
         return np.concatenate(parts)
 
-    schedule = CacheMethod.parse(host, router=fit.get("router"), thres=fit.get("thres", 0.1)).build_schedule(
-        steps, model.depth
-    )
+    method = host_method(model, host, fit, resources)
 
     def engine(compensator: str, **options) -> CacheEngine:
-        return CacheEngine(model, schedule, build_compensator(compensator, **options))
+        return CacheEngine(method.schedule, build_compensator(compensator, **options), model=model)
 
     reference = images()
     host_psnr = psnr(images(engine("none").forward), reference)
     scores: dict[float, float] = {}
     best: TCCPack | None = None
     for alpha in grid:
-        pack = fit_tcc_pack(model, model_name, host, alpha=alpha, **fit)
+        pack = fit_tcc_pack(model, method, replace(fit, alpha=alpha), resources)
         scores[alpha] = psnr(images(engine("tcc", pack=pack).forward), reference)
         if best is None or scores[alpha] > scores[float(best.fit_alpha)]:
             best = pack

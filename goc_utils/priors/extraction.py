@@ -128,7 +128,7 @@ def extract_priors(
             stats, resume["done"] = _resume_priors(Path(checkpoint), stats, resume)
     device = next(model.parameters()).device
     recorder = PriorRecorder(stats)
-    engine = CacheEngine(model, none_schedule(steps, model.depth))
+    engine = CacheEngine(none_schedule(steps, model.depth), model=model)
     engine.on_unit = recorder.observe
     handles = [block.register_forward_hook(recorder.block_hook(i)) for i, block in enumerate(model.blocks)]
     try:

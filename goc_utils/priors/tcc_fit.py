@@ -19,7 +19,7 @@ and one batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from goc_utils.cache.compensator import ReuseCompensator
 from goc_utils.cache.engine import CacheEngine
-from goc_utils.cache.method import CacheMethod
+from goc_utils.cache.method import ResolvedMethod, resolve_method
+from goc_utils.cache.run import Resources, RunShape
 from goc_utils.cache.schedule import CacheSchedule, none_schedule
 from goc_utils.cache.tcc import (
     PUBLISHED_ALPHA,
@@ -53,43 +54,52 @@ def default_targets(schedule: CacheSchedule) -> list[int]:
     return [s for s in schedule.reuse_steps() if low <= s <= high]
 
 
-def _host(host: str, router: str | None, thres: float) -> CacheMethod:
-    method = CacheMethod.parse(host, router=router, thres=thres)
+@dataclass(frozen=True)
+class TCCFit:
+    """What a pack is fitted from.
+
+    Attributes:
+        model_name: the preset the pack is for (recorded in it). classes / per_class: ``per_class`` samples of each.
+        steps, cfg_scale: the runs the pack serves. seed: the noise (default 1: not the evaluation runs' 0).
+        targets: the corrected steps (None: :func:`default_targets`). alpha: the strength of the earlier targets'
+            corrections in the replay (use the alpha you will sample with). pooling / variant / svd: see
+            :mod:`goc_utils.cache.tcc`. batch_size: samples per forward.
+    """
+
+    model_name: str
+    classes: Sequence[int]
+    per_class: int
+    steps: int = 20
+    cfg_scale: float = 1.5
+    seed: int = 1
+    targets: Sequence[int] | None = None
+    alpha: float = PUBLISHED_ALPHA
+    pooling: str = "class"
+    variant: str = "full"
+    svd: str = "gesdd"
+    batch_size: int = 64
+
+
+def host_method(model: DiT, host: str | ResolvedMethod, fit: TCCFit, resources: Resources | None = None):
+    """``host`` resolved for the fit's runs; one line unless it is a plain schedule (no compensator)."""
+    method = resolve_method(host, RunShape.of(model, fit.steps), resources)
     if method.compensator != "none":
         raise InvalidArgumentError(
-            f"--host {host!r} must be a plain schedule (fora-50, l2c, ...): the pack is fitted for its stale outputs"
+            f"--host {method.text!r} must be a plain schedule (fora-50, l2c, ...): the pack is fitted for its stale "
+            "outputs"
         )
     return method
 
 
 def fit_tcc_pack(
-    model: DiT,
-    model_name: str,
-    host: str,
-    classes: Sequence[int],
-    per_class: int,
-    steps: int = 20,
-    cfg_scale: float = 1.5,
-    seed: int = 1,
-    targets: Sequence[int] | None = None,
-    alpha: float = PUBLISHED_ALPHA,
-    pooling: str = "class",
-    variant: str = "full",
-    svd: str = "gesdd",
-    batch_size: int = 64,
-    router: str | None = None,
-    thres: float = 0.1,
-    progress: bool = True,
+    model: DiT, host: str | ResolvedMethod, fit: TCCFit, resources: Resources | None = None, progress: bool = True
 ) -> TCCPack:
-    """Fit the maps of ``host`` (a schedule method string) at ``targets`` (default: :func:`default_targets`).
-
-    ``per_class`` samples of each of ``classes``; the noise of seed ``seed`` (default 1: not the noise of the
-    evaluation runs, seed 0). ``alpha`` is the strength of the earlier targets' corrections in the replay
-    (use the alpha you will sample with). Same arguments, same bytes on the CPU.
-    """
-    method = _host(host, router, thres)
-    schedule = method.build_schedule(steps, model.depth)
-    targets = sorted({int(t) for t in (default_targets(schedule) if targets is None else targets)})
+    """Fit the maps of ``host`` (a plain schedule's method string, resolved with ``resources``: an ``l2c`` router)
+    at ``fit.targets`` (default: :func:`default_targets`). Same arguments, same bytes on the CPU."""
+    method = host_method(model, host, fit, resources)
+    schedule, host, steps, cfg_scale = method.schedule, method.text, fit.steps, fit.cfg_scale
+    classes, per_class, batch_size = fit.classes, fit.per_class, fit.batch_size
+    targets = sorted({int(t) for t in (default_targets(schedule) if fit.targets is None else fit.targets)})
     reused = set(schedule.reuse_steps())
     if not targets or any(t not in reused for t in targets):
         bad = [t for t in targets if t not in reused]
@@ -107,7 +117,7 @@ def fit_tcc_pack(
     labels = [int(c) for c in classes for _ in range(per_class)]
     noise = torch.stack([
         torch.randn(model.in_channels, model.input_size, model.input_size,
-                    generator=torch.Generator().manual_seed(sample_seed(seed, i)))
+                    generator=torch.Generator().manual_seed(sample_seed(fit.seed, i)))
         for i in range(len(labels))
     ])  # fmt: skip
     device = next(model.parameters()).device
@@ -116,10 +126,11 @@ def fit_tcc_pack(
         ("R", (k, depth, 2, hidden, hidden)), ("s", (k, depth, 2)), ("mu_a", (k, depth, 2, hidden)),
         ("mu_b", (k, depth, 2, hidden)), ("rank", (k, depth, 2)),
     )}  # fmt: skip
+    pooling, variant, svd = fit.pooling, fit.variant, fit.svd
     pack = TCCPack(
-        model_name, steps, float(cfg_scale), host, schedule.mask.copy(), targets,
-        *(torch.zeros(0) for _ in range(5)), variant, pooling, svd, float(alpha), len(labels),
-        sorted({int(c) for c in classes}), int(seed),
+        fit.model_name, steps, float(cfg_scale), host, schedule.mask.copy(), targets,
+        *(torch.zeros(0) for _ in range(5)), variant, pooling, svd, float(fit.alpha), len(labels),
+        sorted({int(c) for c in classes}), int(fit.seed),
     )  # fmt: skip
     for index, target in enumerate(targets):
         stats = {(b, u): SimilarityStats(hidden, pooling, model.num_classes) for b in range(depth) for u in range(2)}
@@ -128,10 +139,10 @@ def fit_tcc_pack(
         for start in tqdm(batches, desc=f"tcc pack {host} step {target}", disable=not progress):
             batch_labels = labels[start : start + batch_size]
             batch_noise = noise[start : start + batch_size].to(device)
-            fresh = _outputs(model, none_schedule(steps, depth), ReuseCompensator(), batch_labels, batch_noise,
-                             target, steps, cfg_scale)  # fmt: skip
-            comp = TCCCompensator(TCCConfig(alpha=alpha, pack=partial))
-            stale = _outputs(model, schedule, comp, batch_labels, batch_noise, target, steps, cfg_scale)
+            plain = CacheEngine(none_schedule(steps, depth), ReuseCompensator(), model=model)
+            fresh = _outputs(model, plain, batch_labels, batch_noise, target, fit)
+            cached = CacheEngine(schedule, TCCCompensator(TCCConfig(alpha=fit.alpha, pack=partial)), model=model)
+            stale = _outputs(model, cached, batch_labels, batch_noise, target, fit)
             y = torch.tensor(batch_labels)
             for key, unit_stats in stats.items():
                 unit_stats.add(fresh[key], stale[key], y)
@@ -149,17 +160,9 @@ def _partial(pack: TCCPack, fitted: dict[str, np.ndarray], count: int) -> TCCPac
 
 
 def _outputs(
-    model: DiT,
-    schedule: CacheSchedule,
-    compensator,
-    labels: list[int],
-    noise: torch.Tensor,
-    target: int,
-    steps: int,
-    cfg_scale: float,
+    model: DiT, engine: CacheEngine, labels: list[int], noise: torch.Tensor, target: int, fit: TCCFit
 ) -> dict[tuple[int, int], torch.Tensor]:
     """Every unit's output (conditional half) at step ``target`` of one run, which stops right after it."""
-    engine = CacheEngine(model, schedule, compensator)
     seen: dict[tuple[int, int], torch.Tensor] = {}
     n = len(labels)
 
@@ -173,7 +176,8 @@ def _outputs(
 
     engine.on_unit = observe
     try:
-        generate(model, labels, steps=steps, cfg_scale=cfg_scale, forward=engine.forward, noise=noise, callback=stop)
+        generate(model, labels, steps=fit.steps, cfg_scale=fit.cfg_scale, forward=engine.forward, noise=noise,
+                 callback=stop)  # fmt: skip
     except _StopSampling:
         pass
     return seen

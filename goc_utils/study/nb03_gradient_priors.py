@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from goc_utils.cache import CacheMethod, without_router
+from goc_utils.cache import Resources, RunShape, resolve_method, without_router
 from goc_utils.cache.l2c import default_router
 from goc_utils.evaluation.tables import show_table, write_table
 from goc_utils.priors.auto import auto_goc, unit_macs_weights
@@ -43,7 +43,7 @@ def inflection_table(
         if source == "samples" and not stats.has_gram:
             continue
         for name in without_router(list(schedules), router)[0]:
-            schedule = CacheMethod.parse(name, router=router).build_schedule(stats.steps, stats.depth)
+            schedule = resolve_method(name, RunShape(stats.steps, stats.depth), Resources(router)).schedule
             auto = auto_goc(stats, schedule, source=source, coupling=coupling)
             rows.append(
                 {
@@ -64,7 +64,7 @@ def inflection_table(
 
 def goc_on_priors_figure(stats, schedule_name: str, router: str | None = None):
     """:func:`goc_utils.study.viz.goc_simulation_plot` for the automatic steps and weight of a host schedule."""
-    schedule = CacheMethod.parse(schedule_name, router=router).build_schedule(stats.steps, stats.depth)
+    schedule = resolve_method(schedule_name, RunShape(stats.steps, stats.depth), Resources(router)).schedule
     auto = auto_goc(stats, schedule)
     return goc_simulation_plot(
         auto.probe_simulation,

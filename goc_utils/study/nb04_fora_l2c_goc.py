@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from goc_utils.cache import CacheMethod, split_methods, without_router
+from goc_utils.cache import ResolvedMethod, Resources, RunShape, resolve_method, split_methods, without_router
 from goc_utils.cache.l2c import default_router
 from goc_utils.evaluation.bench import same_noise_runs
 from goc_utils.evaluation.tables import show_table, write_table
@@ -25,12 +25,13 @@ __all__ = [  # what notebook 04 uses
 
 
 
-def notebook_methods(methods: str, router: str | None, priors, smoke: bool = False) -> list[str]:
-    """The method strings a notebook can run: those needing a router are dropped without one, ``auto``
-    ones without priors; ``smoke`` keeps the fora-50 ones."""
-    wanted = without_router(split_methods(methods), router)[0]
-    wanted = [m for m in wanted if priors is not None or not CacheMethod.parse(m, router=router).needs_priors]
-    return [m for m in wanted if "fora-50" in m] if smoke else wanted
+def notebook_methods(methods: str, model, p: StudyParams, router: str | None, priors) -> list[ResolvedMethod]:
+    """The methods a notebook can run, resolved once for ``model`` and the notebook's parameters: those needing a
+    router are dropped without one, ``auto`` ones without priors; smoke mode keeps the fora-50 ones."""
+    wanted = without_router(split_methods(methods), router, priors is not None)[0]
+    wanted = [m for m in wanted if "fora-50" in m] if p.smoke else wanted
+    resources = Resources(router, priors=priors, model=p.model, cfg_scale=p.cfg_scale)
+    return [resolve_method(m, RunShape.of(model, p.steps), resources) for m in wanted]
 
 
 def method_table(results: dict, errors: dict, costs: dict) -> list[dict]:

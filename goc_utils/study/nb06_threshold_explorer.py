@@ -35,8 +35,9 @@ from PIL import Image
 from goc_utils.cache import COMPENSATORS, build_compensator
 from goc_utils.cache.goc import COUPLINGS
 from goc_utils.cache.l2c import default_router
-from goc_utils.cache.method import CacheMethod
+from goc_utils.cache.method import CacheMethod, resolve_method
 from goc_utils.cache.plugins import load_plugins
+from goc_utils.cache.run import Resources, RunShape
 from goc_utils.cache.schedule import build_schedule
 from goc_utils.errors import GocError
 from goc_utils.model.macs import model_macs
@@ -116,6 +117,7 @@ class ThresholdExplorer:
 
         self.model, self.labels, self.steps, self.cfg_scale, self.seed = model, list(labels), steps, cfg_scale, seed
         self.router, self.priors, self.vae = router, priors, vae
+        self.resources = Resources(router, priors=priors)
         self.macs = model_macs(model)
         self.live = self.macs.forward < LIVE_MAX_MACS if live is None else live
         self._reference_steps: list = []
@@ -239,11 +241,12 @@ class ThresholdExplorer:
 
     def _update(self) -> dict:
         try:
-            engine = self.method().engine(self.model, self.steps, self.priors)
+            method = resolve_method(self.method(), RunShape.of(self.model, self.steps), self.resources)
         except (GocError, ValueError) as exc:
             self.state = {"error": str(exc)}
             self.status.value = f"<b style='color:crimson'>{exc}</b>"
             return self.state
+        engine = method.engine(self.model)
         engine.compensator.corrections = []
         trajectory: list = []
         result = generate(
@@ -257,7 +260,7 @@ class ThresholdExplorer:
         step_rmse = np.array(
             [float(((a - b) ** 2).mean().sqrt()) for a, b in zip(trajectory, self._reference_steps, strict=True)]
         )
-        cost = engine.cost(self.macs)
+        cost = method.cost(self.macs)
         self.state = {
             "cache_ratio": cost["cache_ratio"],
             "cache_ratio_macs": cost["cache_ratio_macs"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from goc_utils import paths
-from goc_utils.cache import CacheMethod
+from goc_utils.cache import Resources
 from goc_utils.cache.l2c import default_router
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.eval import read_results
@@ -57,8 +57,9 @@ def diffusers_same_noise(
     labels = parse_classes(classes)
     kwargs = dict(seed=p.seed, steps=p.steps, cfg_scale=p.cfg_scale, vae=vae)
     results = {"none": generate(wrapped, labels, **kwargs)}
-    parsed = CacheMethod.parse(method, router=router or default_router(p.model, p.steps))
-    apply_cache(transformer, parsed, p.steps, priors)
+    resources = Resources(router or default_router(p.model, p.steps), priors=priors, model=p.model,
+                          cfg_scale=p.cfg_scale)  # fmt: skip
+    apply_cache(transformer, method, p.steps, resources)
     try:
         results[method] = generate(wrapped, labels, **kwargs)
     finally:

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from goc_utils.cache import Resources, RunShape, resolve_method
 from goc_utils.cache.l2c import default_router
-from goc_utils.cache.method import CacheMethod
-from goc_utils.evaluation.eval import TIMING_COLUMNS, EvalSettings, rounded, run_eval
+from goc_utils.evaluation.eval import TIMING_COLUMNS, EvalSettings, Scoring, rounded, run_eval
 from goc_utils.evaluation.metrics.features import build_extractor, default_features, default_reference
 from goc_utils.evaluation.tables import write_table
 from goc_utils.priors.auto import auto_goc, unit_macs_weights
@@ -91,7 +91,7 @@ def ratio_methods(smoke: bool = False) -> list[str]:
 def inflection_methods(depth: int, steps: int = 20, smoke: bool = False) -> list[tuple[str, str, str, int]]:
     """``(host, method, "without" | "with", step)``: each published correction step left out in turn, each
     skipped reused step (FORA-50 and L2C reuse at odd steps) added in turn."""
-    published = list(CacheMethod.parse("fora-50").build_schedule(steps, depth).reference_correction_steps or ())
+    published = list(resolve_method("fora-50", RunShape(steps, depth)).schedule.reference_correction_steps or ())
     runs = []
     for host in HOSTS:
         runs += [(host, f"{host}+goc:steps={_steps([x for x in published if x != s])}", "without", s)
@@ -110,26 +110,20 @@ def replay_predictions(methods: Sequence[str], stats: PriorStats, steps: int, de
     uw = unit_macs_weights(stats)
     out: dict[str, float | None] = {}
     for text in methods:
-        method = CacheMethod.parse(text, router=router)
-        if method.schedule == "none" or method.compensator not in ("none", "goc"):
+        method = resolve_method(text, RunShape(steps, depth), Resources(router, priors=stats))
+        if method.method.schedule == "none" or method.compensator not in ("none", "goc"):
             out[text] = None
             continue
-        schedule = method.build_schedule(steps, depth)
+        schedule = method.schedule
         if method.compensator == "none":
             sim = simulate_goc(stats, schedule, 0.0, [], unit_weights=uw)
             out[text] = weighted_error(sim, uw)[0]
             continue
-        engine = method.engine(_Depth(depth), steps, stats)  # resolves the published / auto options
-        config = engine.compensator.config
+        config = method.config  # the published / auto options, resolved
         sim = simulate_goc(stats, schedule, config.weight, config.correction_steps, unit_weights=uw,
                            coupling=config.coupling)  # fmt: skip
         out[text] = weighted_error(sim, uw)[1]
     return out
-
-
-class _Depth:
-    def __init__(self, depth: int) -> None:
-        self.depth = depth
 
 
 def rank_correlation(predicted: dict, rows: Sequence[dict]) -> tuple[float, int]:
@@ -152,9 +146,10 @@ def ablation_eval(p: StudyParams, methods: Sequence[str], num_samples: int, out:
         seed=p.seed, per_device_batch=per_device_batch, router=router or default_router(p.model, p.steps),
     )  # fmt: skip
     features = default_features(p.model)
-    extractor = build_extractor(features, p.torch_device)
-    rows = run_eval(p.load_model(), settings, list(methods), num_samples, out, str(default_reference(features)),
-                    extractor, p.load_vae(), latency_repeats=1, progress=True, fid_bootstrap=fid_bootstrap)  # fmt: skip
+    scoring = Scoring(str(default_reference(features)), build_extractor(features, p.torch_device), latency_repeats=1,
+                      fid_bootstrap=fid_bootstrap)  # fmt: skip
+    model = p.load_model()
+    rows = run_eval(model, settings, settings.resolve(model, list(methods)), num_samples, out, scoring, p.load_vae())
     return [{k: v for k, v in asdict(rounded(r)).items() if k not in TIMING_COLUMNS} for r in rows]
 
 
@@ -164,7 +159,7 @@ def ablation_auto(p: StudyParams, stats, router: str = "") -> dict:
     model = p.load_model()
     out = {}
     for host in HOSTS:
-        schedule = CacheMethod.parse(host, router=router).build_schedule(p.steps, model.depth)
+        schedule = resolve_method(host, RunShape.of(model, p.steps), Resources(router)).schedule
         auto = auto_goc(stats, schedule)
         published = auto_goc(stats, schedule, steps=schedule.reference_correction_steps, weight="auto")
         out[host] = {

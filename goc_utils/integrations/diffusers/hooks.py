@@ -37,8 +37,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
 from goc_utils.cache.engine import CacheEngine
-from goc_utils.cache.method import CacheMethod
-from goc_utils.cache.tcc import PackSource
+from goc_utils.cache.method import CacheMethod, ResolvedMethod, resolve_method
+from goc_utils.cache.run import Resources, RunShape
 from goc_utils.errors import InvalidArgumentError
 
 UNIT_HOOK = "goc_unit"
@@ -191,22 +191,23 @@ def unit_dispatch(transformer: nn.Module) -> UnitDispatch:
 
 
 def apply_cache(
-    transformer: nn.Module, method: str | CacheMethod, steps: int, priors=None, packs: PackSource | None = None
+    transformer: nn.Module, method: str | CacheMethod | ResolvedMethod, steps: int, resources: Resources | None = None
 ) -> CacheEngine:
     """Cache ``transformer``'s units with ``method`` for runs of ``steps`` steps; returns the engine.
 
-    ``method``: a method string (``"fora-50+goc"``, ``"l2c:router=r.pt+goc"``, ``"fora-50+goc:auto"``) or
-    a :class:`~goc_utils.cache.method.CacheMethod`. ``steps``: the pipeline's ``num_inference_steps``.
-    ``priors``: a :class:`~goc_utils.priors.stats.PriorStats` for ``goc:auto``; ``packs``: where ``+tcc`` finds
-    its pack (:class:`~goc_utils.cache.tcc.PackSource`). Applying again replaces the previous cache.
+    ``method``: a method string (``"fora-50+goc"``, ``"l2c:router=r.pt+goc"``, ``"fora-50+goc:auto"``), a parsed
+    :class:`~goc_utils.cache.method.CacheMethod` or one already resolved for this transformer and ``steps``
+    (:func:`~goc_utils.cache.method.resolve_method`), as diffusers' ``apply_*(module, Config(...))`` take a config.
+    ``steps``: the pipeline's ``num_inference_steps``. ``resources``: what the method may need besides its text
+    (:class:`~goc_utils.cache.run.Resources`: an ``l2c`` router, priors for ``goc:auto``, the model and cfg a TCC
+    pack is found by, or its file). Applying again replaces the previous cache.
     """
     blocks = _blocks(transformer)
-    if isinstance(method, str):
-        method = CacheMethod.parse(method)
-    elif not isinstance(method, CacheMethod):
-        raise InvalidArgumentError(f"method must be a method string or a CacheMethod (got {type(method).__name__})")
-    width = int(transformer.config.num_attention_heads) * int(transformer.config.attention_head_dim)
-    engine = method.engine(SimpleNamespace(depth=len(blocks), hidden_size=width), int(steps), priors, packs)
+    config = transformer.config
+    width = int(config.num_attention_heads) * int(config.attention_head_dim)
+    tokens = (int(config.sample_size) // int(config.patch_size)) ** 2 if getattr(config, "patch_size", None) else 0
+    run = RunShape(int(steps), len(blocks), width, tokens)
+    engine = resolve_method(method, run, resources).engine()
     attach_engine(transformer, engine)
     return engine
 

@@ -2,13 +2,15 @@
 
 ``goc bench`` / ``goc eval-sample`` / ``goc eval`` with ``--backend diffusers`` sample a
 ``DiTTransformer2DModel`` (our weights, :class:`~goc_utils.integrations.diffusers.hooks.DiffusersDiT`) with our
-sampler and the same per-sample noise as the native backend. Each method is a :class:`HookRunner`:
+sampler and the same per-sample noise as the native backend. A method string is resolved once
+(:func:`resolve_any`) and sampled by a :class:`Runner` (:func:`make_runner`):
 
-* our method strings (``fora-50+goc``, ``l2c+goc:auto``...) drive the transformer through
-  :func:`~goc_utils.integrations.diffusers.hooks.apply_cache`'s hooks (the engine is built once per runner);
-* ``diffusers:<cache>[:key=value...]`` applies one of diffusers' caches (:data:`PEERS`); options are the
-  fields of its config (``diffusers:fbc:threshold=0.05``, ``diffusers:taylorseer:cache_interval=2``;
-  ranges as ``lo..hi``).
+* our method strings (``fora-50+goc``, ``l2c+goc:auto``...): :class:`EngineRunner` drives the transformer through
+  :func:`~goc_utils.integrations.diffusers.hooks.attach_engine`'s hooks (one engine per runner);
+* ``diffusers:<cache>[:key=value...]``: :class:`DiffusersCacheRunner` applies one of diffusers' caches
+  (:data:`PEERS`); options are the fields of its config (``diffusers:fbc:threshold=0.05``,
+  ``diffusers:taylorseer:cache_interval=2``; ranges as ``lo..hi``);
+* ``cachedit:dbcache[:key=value...]``: :class:`CacheDitRunner` runs cache-dit's DBCache.
 
 What each method really computes is counted by the unit hooks
 (:class:`~goc_utils.integrations.diffusers.hooks.UnitCounter`), so the MACs columns of
@@ -27,8 +29,6 @@ How each diffusers cache is made to run on DiT (diffusers 0.42):
 * ``fastercache``: expects the batch as ``[uncond; cond]`` (ours is ``[cond; uncond]``: the runner swaps the
   halves around the call), ``class_labels`` among the split inputs, ``tensor_format="BCHW"``; needs
   classifier-free guidance (cfg != 1), or ``is_guidance_distilled=true`` at cfg 1 (attention caching only).
-
-``cachedit:dbcache[:key=value...]`` runs cache-dit's DBCache the same way (:mod:`goc_utils.integrations.cachedit`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from types import SimpleNamespace
+from typing import Protocol
 
 import torch
 from diffusers.hooks import (
@@ -56,8 +56,8 @@ from diffusers.hooks import (
 )
 from diffusers.models.cache_utils import CacheMixin
 
-from goc_utils.cache.method import CacheMethod
-from goc_utils.cache.tcc import PackSource
+from goc_utils.cache.method import ResolvedMethod, resolve_method
+from goc_utils.cache.run import Resources, RunShape
 from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.integrations import cachedit
 from goc_utils.integrations.diffusers.hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_dispatch
@@ -220,63 +220,78 @@ def parse_peer(text: str, steps: int | None = None, cfg_scale: float | None = No
     return name, options
 
 
-class HookRunner:
-    """One method on a :class:`~goc_utils.integrations.diffusers.hooks.DiffusersDiT`: ``forward(x, t, y, step)``
-    for the sampler.
+@dataclass(frozen=True)
+class PeerMethod:
+    """Another library's cache as the edge resolved it: ``diffusers:<name>`` or ``cachedit:<name>`` with its
+    options, checked against the run's steps and cfg (:func:`parse_peer`).
 
-    Several runners may share a transformer: a run's first step applies this runner's hooks (with fresh
-    state) and its last step (or an error) removes them, so between runs the transformer computes plainly.
-    ``calibration`` runs the sampler once with a given ``forward`` (MagCache's calibration); :meth:`measure`
-    gives the MACs columns. For ``cachedit:`` methods ``cachedit_account`` holds cache-dit's own account of the
-    last run (:func:`goc_utils.integrations.cachedit.account`).
+    Attributes:
+        text: the method string (its row in tables). library: ``diffusers`` or ``cachedit``. name: the cache.
+        options: its options as converted. run: the :class:`~goc_utils.cache.run.RunShape` it was checked for.
     """
 
-    def __init__(
-        self,
-        model: DiffusersDiT,
-        text: str,
-        steps: int,
-        router: str | None = None,
-        thres: float = 0.1,
-        priors=None,
-        calibration: Callable[[Callable], None] | None = None,
-        cfg_scale: float | None = None,
-        packs: PackSource | None = None,
-    ) -> None:
-        self.model, self.transformer, self.text, self.steps = model, model.transformer, text, steps
-        self.counter: UnitCounter | None = None
-        self._t = 0
-        self.cachedit: dict | None = None
-        self.cachedit_account: dict | None = None
-        if cachedit.is_cachedit(text):
-            self.name, self.cachedit = cachedit.parse_method(text, steps, cfg_scale)
-            cachedit.check_depth(text, self.cachedit, model.depth)
-            self.spec = self.engine = self.schedule = self.compensator = None
-        elif is_peer(text):
-            self.name, self.options = parse_peer(text, steps, cfg_scale)
-            self.spec = PEERS[self.name]
-            self.engine = self.schedule = self.compensator = None
-            self._calibration = calibration
-            self._ratios = self.options.get("mag_ratios")
-        else:
-            method = CacheMethod.parse(text, router=router, thres=thres)
-            shape = SimpleNamespace(depth=model.depth, hidden_size=model.hidden_size, num_tokens=model.num_tokens)
-            self.engine = method.engine(shape, steps, priors, packs)
-            self.schedule, self.compensator = self.engine.schedule, self.engine.compensator
-            self.spec = None
+    text: str
+    library: str
+    name: str
+    options: dict
+    run: RunShape
 
-    # ------------------------------------------------------------------ hooks
-    def _config(self):
-        options = dict(self.spec.defaults) | self.options
-        if self.spec.timestep:
-            options["current_timestep_callback"] = lambda: self._t
-        if self.spec.calibrate:
-            options.setdefault("num_inference_steps", self.steps)
-            options["mag_ratios"] = self._ratios
-        try:
-            return self.spec.config_cls(**options)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(f"diffusers rejects the options of {self.text!r}: {exc}") from None
+    @property
+    def label(self) -> str:
+        return self.text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+Method = ResolvedMethod | PeerMethod
+"""What the edge turns a method string into: ours (:class:`~goc_utils.cache.method.ResolvedMethod`) or another
+library's cache (:class:`PeerMethod`)."""
+
+
+def resolve_any(text: str, run: RunShape, resources: Resources | None = None) -> Method:
+    """A method string of any library, resolved once for ``run``: ours through
+    :func:`~goc_utils.cache.method.resolve_method`, ``diffusers:`` / ``cachedit:`` ones through :func:`parse_peer`
+    (checked against the run's steps, ``resources.cfg_scale`` and depth)."""
+    resources = resources or Resources()
+    if not is_peer(text):
+        return resolve_method(text, run, resources)
+    name, options = parse_peer(text, run.steps, resources.cfg_scale)
+    library = "cachedit" if cachedit.is_cachedit(text) else "diffusers"
+    if library == "cachedit":
+        cachedit.check_depth(text, options, run.depth)
+    return PeerMethod(text, library, name, options, run)
+
+
+class Runner(Protocol):
+    """What samples one method: ``forward(x, t, y, step)`` for the sampler, ``prepare()`` before sampling (MagCache's
+    calibration) and ``cost(macs, run)``: the MACs columns (``run(forward)`` samples once, for the caches whose work
+    is counted rather than known). :class:`~goc_utils.cache.engine.CacheEngine` is one (our ``DiT``), and so are
+    the three runners of a diffusers transformer: :class:`EngineRunner`, :class:`DiffusersCacheRunner`,
+    :class:`CacheDitRunner` (:func:`make_runner`)."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor: ...
+
+    def prepare(self) -> None: ...
+
+    def cost(self, macs, run: Callable[[Callable], None] | None = None) -> dict: ...
+
+
+class _HookRunner:
+    """A method on a :class:`~goc_utils.integrations.diffusers.hooks.DiffusersDiT` through hooks on its transformer.
+
+    Several runners may share a transformer: a run's first step applies this runner's hooks (with fresh state) and
+    its last step (or an error) removes them, so between runs the transformer computes plainly. Subclasses say how
+    their hooks go on (:meth:`_apply`) and how a call runs (:meth:`_call`).
+    """
+
+    def __init__(self, model: DiffusersDiT, method: Method) -> None:
+        self.model, self.transformer, self.method = model, model.transformer, method
+        self.text, self.steps = method.text, method.run.steps
+        self.counter: UnitCounter | None = None
+
+    def _apply(self) -> None:
+        raise NotImplementedError
 
     def _remove_all(self) -> None:
         cachedit.remove(self.transformer)
@@ -290,27 +305,105 @@ class HookRunner:
     def activate(self) -> None:
         """Make this runner's hooks the transformer's (state reset); called at every run's first step."""
         unit_dispatch(self.transformer)  # our unit hooks stay innermost: they see only what really runs
-        active = getattr(self.transformer, "_goc_runner", None)
         registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
-        if active is not self:
+        if getattr(self.transformer, "_goc_runner", None) is not self:
             self._remove_all()
             self.transformer._goc_runner = None
-            if self.engine is not None:
-                attach_engine(self.transformer, self.engine)
-            elif self.cachedit is not None:
-                cachedit.apply(self.transformer, self.cachedit, self.steps)
-            else:
-                self.prepare()
-                self.spec.apply(self.transformer, self._config())
-                registry.invalidate_child_registries_cache()
+            self._apply()
             self.transformer._goc_runner = self
         registry.reset_stateful_hooks()
-        if self.cachedit is not None:
-            cachedit.refresh(self.transformer, self.steps)
+
+    def deactivate(self) -> None:
+        """Take this runner's hooks off the transformer (done after a run's last step and on errors)."""
+        if getattr(self.transformer, "_goc_runner", None) is self:
+            self._remove_all()
+            self.transformer._goc_runner = None
 
     def prepare(self) -> None:
-        """Run what must precede sampling (MagCache's calibration); the harness calls it before sampling."""
-        if self.spec is not None and self.spec.calibrate and self._ratios is None:
+        """Run what must precede sampling (nothing, but for MagCache's calibration)."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        if step == 0:
+            self.activate()
+        try:
+            if self.counter is not None:
+                self.counter.call(step, x.shape[0])
+            out = self._call(x, t, y)
+        except BaseException:
+            self.deactivate()
+            raise
+        if step == self.steps - 1:  # outside a run the transformer computes plainly
+            self._finish()
+            self.deactivate()
+        return out
+
+    def _finish(self) -> None:
+        """After a run's last step, before the hooks come off."""
+
+    def _call(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model(x, t, y)
+
+    def cost(self, macs, run: Callable[[Callable], None] | None = None) -> dict:
+        """The MACs columns, from counting what one run (``run(forward)``) really computes."""
+        if run is None:
+            raise InvalidArgumentError(f"{self.text!r}: its cost is measured by one sampling run; none was given")
+        self.prepare()
+        self.counter = UnitCounter(self.transformer, self.steps)
+        try:
+            run(self.forward)
+            return self.counter.cost(macs)
+        finally:
+            self.counter.close()
+            self.counter = None
+
+
+class EngineRunner(_HookRunner):
+    """Our method through :func:`~goc_utils.integrations.diffusers.hooks.attach_engine`'s hooks (one engine per
+    runner; its cost is the method's, exactly: tests check the hooks agree)."""
+
+    def __init__(self, model: DiffusersDiT, method: ResolvedMethod) -> None:
+        super().__init__(model, method)
+        self.engine = method.engine()
+        self.schedule, self.compensator = self.engine.schedule, self.engine.compensator
+
+    def _apply(self) -> None:
+        attach_engine(self.transformer, self.engine)
+
+    def cost(self, macs, run: Callable[[Callable], None] | None = None) -> dict:
+        return self.engine.cost(macs)
+
+
+class DiffusersCacheRunner(_HookRunner):
+    """One of diffusers' caches (:data:`PEERS`), its config built from the method's options and the run."""
+
+    def __init__(self, model: DiffusersDiT, method: PeerMethod, calibration: Callable[[Callable], None] | None = None):
+        super().__init__(model, method)
+        self.name, self.options = method.name, method.options
+        self.spec = PEERS[self.name]
+        self._calibration = calibration
+        self._ratios = self.options.get("mag_ratios")
+        self._t = 0
+
+    def _config(self):
+        options = dict(self.spec.defaults) | self.options
+        if self.spec.timestep:
+            options["current_timestep_callback"] = lambda: self._t
+        if self.spec.calibrate:
+            options.setdefault("num_inference_steps", self.steps)
+            options["mag_ratios"] = self._ratios
+        try:
+            return self.spec.config_cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"diffusers rejects the options of {self.text!r}: {exc}") from None
+
+    def _apply(self) -> None:
+        self.prepare()
+        self.spec.apply(self.transformer, self._config())
+        HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
+
+    def prepare(self) -> None:
+        """MagCache's calibration (when no ``mag_ratios`` were given); the harness calls it before sampling."""
+        if self.spec.calibrate and self._ratios is None:
             self._calibrate()
 
     def _calibrate(self) -> None:
@@ -323,7 +416,7 @@ class HookRunner:
         HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
         HookRegistry.check_if_exists_or_initialize(self.transformer).reset_stateful_hooks()
         with contextlib.redirect_stdout(io.StringIO()):  # diffusers prints the ratios
-            self._calibration(self._plain_forward)
+            self._calibration(lambda x, t, y, step: self.model(x, t, y))
         leader = self.transformer.transformer_blocks[0]._diffusers_hook.get_hook(self.spec.hooks[0])
         states = getattr(getattr(leader, "state_manager", None), "_state_cache", {})
         ratios = next((list(s.calibration_ratios) for s in states.values() if len(s.calibration_ratios)), None)
@@ -333,62 +426,57 @@ class HookRunner:
             raise InvalidArgumentError(f"MagCache calibration gave no ratios for {self.steps} steps ({self.text!r})")
         self._ratios = ratios
 
-    def _plain_forward(self, x, t, y, step):
-        return self.model(x, t, y)
-
-    # ------------------------------------------------------------------ sampling
-    def deactivate(self) -> None:
-        """Take this runner's hooks off the transformer (done after a run's last step and on errors)."""
-        if getattr(self.transformer, "_goc_runner", None) is self:
-            self._remove_all()
-            self.transformer._goc_runner = None
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-        if step == 0:
-            self.activate()
-        try:
-            out = self._forward(x, t, y, step)
-        except BaseException:
-            self.deactivate()
-            raise
-        if step == self.steps - 1:  # outside a run the transformer computes plainly
-            if self.cachedit is not None:
-                self.cachedit_account = cachedit.account(self.transformer)
-            self.deactivate()
-        return out
-
-    def _forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-        if self.counter is not None:
-            self.counter.call(step, x.shape[0])
+    def _call(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._t = int(t.reshape(-1)[0])
-        if self.cachedit is not None:
-            return cachedit.call(self.model, self.cachedit, x, t, y)
-        if self.spec is not None and self.spec.swap_cfg and not self.options.get("is_guidance_distilled"):
+        if self.spec.swap_cfg and not self.options.get("is_guidance_distilled"):
             if x.shape[0] % 2:
                 raise InvalidArgumentError(f"{self.text!r} needs classifier-free guidance (a cfg scale other than 1)")
             half = x.shape[0] // 2
             swap = lambda z: torch.cat([z[half:], z[:half]])  # noqa: E731
-            return swap(self._call(swap(x), swap(t), swap(y)))
-        return self._call(x, t, y)
+            return swap(self._run(swap(x), swap(t), swap(y)))
+        return self._run(x, t, y)
 
-    def _call(self, x, t, y):
-        if self.spec is not None and self.spec.context:
+    def _run(self, x, t, y):
+        if self.spec.context:
             with CacheMixin.cache_context(self.transformer, "goc"):
                 return self.model(x, t, y)
         return self.model(x, t, y)
 
-    def measure(self, run: Callable[[Callable], None], macs) -> dict:
-        """The MACs columns, from counting what one run (``run(forward)``) really computes."""
-        if self.engine is not None:  # ours: exactly the schedule (tests check the hooks agree)
-            return self.engine.cost(macs)
-        self.prepare()
-        self.counter = UnitCounter(self.transformer, self.steps)
-        try:
-            run(self.forward)
-            return self.counter.cost(macs)
-        finally:
-            self.counter.close()
-            self.counter = None
+
+class CacheDitRunner(_HookRunner):
+    """cache-dit's DBCache (:mod:`goc_utils.integrations.cachedit`); ``cachedit_account`` holds cache-dit's own
+    account of the last run (:func:`goc_utils.integrations.cachedit.account`)."""
+
+    def __init__(self, model: DiffusersDiT, method: PeerMethod) -> None:
+        super().__init__(model, method)
+        self.cachedit = method.options
+        self.cachedit_account: dict | None = None
+
+    def _apply(self) -> None:
+        cachedit.apply(self.transformer, self.cachedit, self.steps)
+
+    def activate(self) -> None:
+        super().activate()
+        cachedit.refresh(self.transformer, self.steps)
+
+    def _finish(self) -> None:
+        self.cachedit_account = cachedit.account(self.transformer)
+
+    def _call(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cachedit.call(self.model, self.cachedit, x, t, y)
+
+
+def make_runner(model, method: Method, calibration: Callable[[Callable], None] | None = None) -> Runner:
+    """What samples ``method`` on ``model``: an engine on our ``DiT``; on a diffusers transformer
+    (:class:`~goc_utils.integrations.diffusers.hooks.DiffusersDiT`, ``--backend diffusers``) the runner of its
+    library. ``calibration(forward)`` samples once un-cached (MagCache)."""
+    if isinstance(method, ResolvedMethod):
+        return EngineRunner(model, method) if isinstance(model, DiffusersDiT) else method.engine(model)
+    if not isinstance(model, DiffusersDiT):
+        raise InvalidArgumentError(f"{method.text!r} is another library's cache: it runs with --backend diffusers")
+    if method.library == "cachedit":
+        return CacheDitRunner(model, method)
+    return DiffusersCacheRunner(model, method, calibration)
 
 
 def diffusers_backend(model) -> DiffusersDiT:
