@@ -63,6 +63,15 @@ class Compensator:
     def reuse(self, key: UnitKey, step: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def plan_reuse(self, key: UnitKey, step: int) -> tuple[str, tuple] | None:
+        """For compiled sampling (:mod:`goc_utils.cache.compiled`): what :meth:`reuse` would compute, as a recipe
+        of :data:`REUSE_RECIPES` and its input tensors, run inside the step's graph; the graph's result then goes to
+        :meth:`commit_reuse`. None (the default): :meth:`reuse` runs eagerly before the graph."""
+        return None
+
+    def commit_reuse(self, key: UnitKey, step: int, value: torch.Tensor) -> None:
+        """Record the value a planned reuse (:meth:`plan_reuse`) returned, as :meth:`reuse` records it."""
+
     def extra_macs(self, schedule, tokens: int) -> int:
         """Multiply-accumulates the compensator adds to one sampling run of one image (0: elementwise work only)."""
         return 0
@@ -94,6 +103,17 @@ class ReuseCompensator(Compensator):
 
     def reuse(self, key: UnitKey, step: int) -> torch.Tensor:
         return self.state[key][-1]
+
+    def plan_reuse(self, key: UnitKey, step: int) -> tuple[str, tuple]:
+        return "same", (self.state[key][-1],)
+
+
+REUSE_RECIPES: dict[str, Callable[..., torch.Tensor]] = {
+    "same": lambda previous: previous,
+    "extrapolate": lambda previous, before, weight: previous + weight * (previous - before),
+}
+"""Pure functions a compensator's planned reuse may name (:meth:`Compensator.plan_reuse`): traced into the compiled
+graph of a step, so the arithmetic of a reused unit fuses with the step's kernels."""
 
 
 @dataclass

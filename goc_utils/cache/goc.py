@@ -140,6 +140,7 @@ class GOCCompensator(Compensator):
         self._block_coupled = self.config.coupling == "block"
         self._eligible = np.zeros(0, dtype=bool)  # (depth,) blocks whose units may be corrected at _plan_step
         self._plan_step = -1
+        self._weights: dict[float, torch.Tensor] = {}  # w as 0-d tensors for the compiled graphs
 
     def reset(self) -> None:
         super().reset()
@@ -167,9 +168,8 @@ class GOCCompensator(Compensator):
     def computed(self, key: UnitKey, step: int, value: torch.Tensor) -> None:
         self._queue(key, value)
 
-    def reuse(self, key: UnitKey, step: int) -> torch.Tensor:
-        queue = self.state[key]
-        previous = queue[-1]
+    def _corrects(self, key: UnitKey, step: int) -> bool:
+        """Whether the reuse of ``key`` at ``step`` is corrected (a correction step, the block coupling, two queued)."""
         corrects = self._correct is None or step in self._correct
         if corrects and self._block_coupled:
             if self._plan_step != step:
@@ -178,10 +178,30 @@ class GOCCompensator(Compensator):
                     "before reuse (the cache engine does)"
                 )
             corrects = bool(self._eligible[key[0]])
-        if corrects and len(queue) == 2:
+        return corrects and len(self.state[key]) == 2
+
+    def reuse(self, key: UnitKey, step: int) -> torch.Tensor:
+        queue = self.state[key]
+        previous = queue[-1]
+        if self._corrects(key, step):
             out = previous + self.config.weight_at(step, key) * (previous - queue[0])
             self.note_correction(step, key)
         else:
             out = previous
         self._queue(key, out)
         return out
+
+    def plan_reuse(self, key: UnitKey, step: int) -> tuple[str, tuple]:
+        """The reuse as a recipe for the compiled graph: ``extrapolate`` (with w as a 0-d tensor) or ``same``."""
+        queue = self.state[key]
+        if not self._corrects(key, step):
+            return "same", (queue[-1],)
+        self.note_correction(step, key)
+        w = self.config.weight_at(step, key)
+        weight = self._weights.get(w)
+        if weight is None or weight.device != queue[-1].device or weight.dtype != queue[-1].dtype:
+            weight = self._weights[w] = torch.tensor(w, dtype=queue[-1].dtype, device=queue[-1].device)
+        return "extrapolate", (queue[-1], queue[0], weight)
+
+    def commit_reuse(self, key: UnitKey, step: int, value: torch.Tensor) -> None:
+        self._queue(key, value)

@@ -205,11 +205,18 @@ class ResolvedMethod:
         """The compensator's config as this run uses it (its dataclass, defaults and checks applied)."""
         return COMPENSATORS[self.method.compensator].config_cls(**self.compensator_options)
 
-    def engine(self, model=None) -> CacheEngine:
+    def engine(self, model=None, compile: bool | str = False):
         """A fresh engine (empty compensator state) for one run; ``model``: the ``DiT`` that
-        :meth:`~goc_utils.cache.engine.CacheEngine.forward` drives (None for the diffusers hooks)."""
+        :meth:`~goc_utils.cache.engine.CacheEngine.forward` drives (None for the diffusers hooks). ``compile``: True
+        or a :func:`torch.compile` mode (``"reduce-overhead"``: CUDA graphs) runs the model calls as compiled graphs,
+        one per step pattern (:class:`~goc_utils.cache.compiled.CompiledEngine`; same results to float tolerance)."""
         compensator = build_compensator(self.method.compensator, **self.compensator_options)
-        return CacheEngine(self.schedule, compensator, model=model, tokens=self.run.tokens)
+        engine = CacheEngine(self.schedule, compensator, model=model, tokens=self.run.tokens)
+        if not compile:
+            return engine
+        from goc_utils.cache.compiled import CompiledEngine  # torch.compile's import cost only when asked
+
+        return CompiledEngine(engine, "default" if compile is True else compile)
 
     def cost(self, macs: MACs) -> dict[str, float]:
         """:func:`~goc_utils.cache.engine.method_cost` of this method (the compensator's own MACs included)."""

@@ -90,7 +90,7 @@ def time_engines(
 
 @dataclass
 class BenchRow:
-    """One method's timing."""
+    """One method's timing (``compiled``: its model calls ran as compiled graphs, :mod:`goc_utils.cache.compiled`)."""
 
     method: str
     cache_ratio: float
@@ -102,24 +102,41 @@ class BenchRow:
     rmse_vs_none: float | None = None
     measured_speedup: float = 1.0
     overhead_vs_host: float | None = None
+    compiled: bool = False
+    compile_s: float | None = None
+    speedup_vs_eager: float | None = None
 
     @property
     def efficiency(self) -> float:
         """measured / theoretical speedup."""
         return self.measured_speedup / self.theoretical_speedup
 
+    @property
+    def name(self) -> str:
+        return f"{self.method} (compiled)" if self.compiled else self.method
 
-def run_bench(
-    model: DiT,
-    methods: Sequence[Method],
-    batch: int = 1,
-    cfg_scale: float = 4.0,
-    repeats: int = 5,
-    warmup: int = 1,
-    progress: bool = True,
-) -> list[BenchRow]:
-    """Time ``generate`` under each resolved method (labels ``0, 1, ...``, the noise of seed 0); ``none`` is the
-    baseline. The methods share one run (:class:`~goc_utils.cache.run.RunShape`): its steps are the bench's."""
+
+@dataclass(frozen=True)
+class BenchSetup:
+    """How ``goc bench`` times: ``batch`` images per run (labels ``0, 1, ...``, the noise of seed 0), guidance
+    ``cfg_scale``, ``warmup`` untimed and ``repeats`` timed rounds; ``compile``: also every method compiled
+    (:class:`~goc_utils.cache.compiled.CompiledEngine`, ``mode``), timed in the same rounds as the eager ones."""
+
+    batch: int = 1
+    cfg_scale: float = 4.0
+    repeats: int = 5
+    warmup: int = 1
+    compile: bool = False
+    mode: str = "default"
+
+
+def run_bench(model: DiT, methods: Sequence[Method], setup: BenchSetup = BenchSetup(), progress: bool = True
+              ) -> list[BenchRow]:  # fmt: skip
+    """Time ``generate`` under each resolved method; ``none`` is the baseline (of the eager rows, and the compiled
+    ``none`` of the compiled ones). The methods share one run (:class:`~goc_utils.cache.run.RunShape`): its steps are
+    the bench's. Our methods only are compiled (other libraries' caches decide from data, step by step, and are left to
+    their own compile support)."""
+    batch, cfg_scale = setup.batch, setup.cfg_scale
     if batch < 1:
         raise InvalidArgumentError(f"--batch must be >= 1 (got {batch})")
     if not methods:
@@ -130,33 +147,44 @@ def run_bench(
     noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size)
     macs = model_macs(model)
     calibration = _calibration(model, steps, cfg_scale)
-    engines = {m.text: make_runner(model, m, calibration) for m in methods}
+    engines = {(m.text, False): make_runner(model, m, calibration) for m in methods}
+    if setup.compile:
+        from goc_utils.cache.compiled import CompiledEngine  # torch.compile's import cost only when asked
+
+        for m in methods:  # ours, on our DiT or through the diffusers hooks (DiffusersDiT takes the same unit_fn)
+            if isinstance(m, ResolvedMethod):
+                engines[(m.text, True)] = CompiledEngine(m.engine(model), setup.mode)
     for engine in engines.values():
         engine.prepare()
-    times, finals = time_engines(model, engines, (labels, noise), Sampling(steps, cfg_scale), repeats, warmup,
-                                 progress)  # fmt: skip
-    reference = finals.get("none")
-    rows: dict[str, BenchRow] = {}
-    for text, engine in engines.items():
+    timing = Sampling(steps, cfg_scale)
+    times, finals = time_engines(model, engines, (labels, noise), timing, setup.repeats, setup.warmup, progress)
+    rows: dict[tuple, BenchRow] = {}
+    for (text, compiled), engine in engines.items():
         cost = engine.cost(macs, lambda forward: generate(
             model, labels, steps=steps, cfg_scale=cfg_scale, forward=forward, noise=noise))  # fmt: skip
-        rows[text] = BenchRow(
+        reference = finals.get(("none", False))
+        key = (text, compiled)
+        rows[key] = BenchRow(
             method=text,
             cache_ratio=cost["cache_ratio"],
             cache_ratio_macs=cost["cache_ratio_macs"],
-            median_s=statistics.median(times[text]),
-            min_s=min(times[text]),
-            max_s=max(times[text]),
+            median_s=statistics.median(times[key]),
+            min_s=min(times[key]),
+            max_s=max(times[key]),
             theoretical_speedup=cost["macs_speedup"],
-            rmse_vs_none=None if reference is None else float(((finals[text] - reference) ** 2).mean().sqrt()),
+            rmse_vs_none=None if reference is None else float(((finals[key] - reference) ** 2).mean().sqrt()),
+            compiled=compiled,
+            compile_s=getattr(engine, "compile_seconds", None) if compiled else None,
         )
-    baseline = rows.get("none")
-    for row in rows.values():
+    for (text, compiled), row in rows.items():
+        baseline = rows.get(("none", compiled))
         if baseline is not None:
             row.measured_speedup = baseline.median_s / row.median_s
-        host = rows.get(row.method.split("+")[0])
-        if "+" in row.method and host is not None:
+        host = rows.get((text.split("+")[0], compiled))
+        if "+" in text and host is not None:
             row.overhead_vs_host = row.median_s / host.median_s - 1
+        if compiled:
+            row.speedup_vs_eager = rows[(text, False)].median_s / row.median_s
     return list(rows.values())
 
 
@@ -171,11 +199,13 @@ def _calibration(model, steps: int, cfg_scale: float, seed: int = 0) -> Callable
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    """Markdown table of a benchmark."""
+    """Markdown table of a benchmark (with compiled rows: their speedup over the same method eager and their
+    compilation time)."""
+    compiled = any(r.compiled for r in rows)
     return markdown_table(
         [
             {
-                "method": r.method,
+                "method": r.name,
                 "cached units": f"{100 * r.cache_ratio:.1f}%",
                 "cached MACs": f"{100 * r.cache_ratio_macs:.1f}%",
                 "median s": f"{r.median_s:.4f}",
@@ -186,6 +216,10 @@ def format_table(rows: list[BenchRow]) -> str:
                 "overhead vs host": "" if r.overhead_vs_host is None else f"{100 * r.overhead_vs_host:+.1f}%",
                 "final RMSE vs none": "" if r.rmse_vs_none is None else f"{r.rmse_vs_none:.4f}",
             }
+            | ({} if not compiled else {
+                "compiled vs eager": "" if r.speedup_vs_eager is None else f"{r.speedup_vs_eager:.3f}x",
+                "compile s": "" if r.compile_s is None else f"{r.compile_s:.1f}",
+            })  # fmt: skip
             for r in rows
         ]
     )
@@ -202,13 +236,15 @@ def same_noise_runs(
     seed: int = 0,
     cfg_scale: float = 4.0,
     vae=None,
+    compile: bool = False,
 ) -> tuple[dict[str, SampleResult], dict[str, np.ndarray], dict[str, dict]]:
     """Run every resolved method from the same noise; return ``(results, per-step RMSE vs the un-cached run,
     costs)`` keyed by method text (the un-cached run ``none`` first, added when missing).
 
     ``results[method]`` is a :class:`~goc_utils.evaluation.sampling.SampleResult`; the per-step error of
     method m is the RMSE between its sample after step s and the un-cached sample after step s; ``costs[method]``
-    is its :meth:`~goc_utils.cache.method.ResolvedMethod.cost`.
+    is its :meth:`~goc_utils.cache.method.ResolvedMethod.cost`. ``compile``: the model calls run as compiled graphs
+    (:class:`~goc_utils.cache.compiled.CompiledEngine`; the same samples to float tolerance).
     """
     if not methods:
         raise InvalidArgumentError("same_noise_runs needs at least one method")
@@ -226,7 +262,7 @@ def same_noise_runs(
             steps=method.run.steps,
             cfg_scale=cfg_scale,
             vae=vae,
-            forward=method.engine(model).forward,
+            forward=method.engine(model, compile).forward,
             callback=lambda s, x, states=states: states.append(x[: len(labels)].clone()),
         )
         trajectories[text] = torch.stack(states)
