@@ -58,12 +58,12 @@ CASES = [
     # sizes checked before any allocation
     ([*SAMPLE[:1], "--steps", "1000000000"], "steps must be in 1..1000"),
     (["bench", "--steps", "0", "--methods", "none,fora-50"], "steps must be in 1..1000"),
-    (["bench", "--repeats", "0", "--steps", "4", "--methods", "none"], "repeats >= 1"),
-    (["bench", "--warmup=-1", "--steps", "4", "--methods", "none"], "warmup >= 0"),
-    (["bench", "--batch", "0", "--steps", "4", "--methods", "none"], "--batch must be >= 1"),
+    (["bench", "--repeats", "0", "--steps", "4", "--methods", "none"], "--repeats: must be an integer >= 1 (got 0)"),
+    (["bench", "--warmup=-1", "--steps", "4", "--methods", "none"], "--warmup: must be an integer >= 0 (got -1)"),
+    (["bench", "--batch", "0", "--steps", "4", "--methods", "none"], "--batch: must be an integer >= 1 (got 0)"),
     (["priors", "--batch-size", "0", "--steps", "4", "--classes", "0", "--out", "OUT/p.safetensors"], "--batch-size"),
-    (["info", "--image-size=-8"], "positive number of pixels"),
-    (["info", "--image-size", "0"], "positive number of pixels"),
+    (["info", "--image-size=-8"], "argument --image-size: must be an integer >= 1 (got -8)"),
+    (["info", "--image-size", "0"], "argument --image-size: must be an integer >= 1 (got 0)"),
     (["info", "--image-size", "7"], "not a positive multiple of the patch size 2"),
     # outputs checked before the work
     ([*SAMPLE, "--save-npz", "/proc/x.npz"], "is not writable"),
@@ -78,7 +78,7 @@ CASES = [
     ([*SAMPLE[:1], "--steps", "20", "--cache", "matrix", "--matrix", "MATRIX_2"], "holds 2"),
     ([*SAMPLE[:1], "--steps", "20", "--cache", "matrix", "--matrix", "MATRIX_NAN"], "holds nan"),
     # other values
-    ([*SAMPLE, "--device", "tpu"], "unknown --device 'tpu'"),
+    ([*SAMPLE, "--device", "tpu"], "argument --device: unknown device 'tpu'"),
     ([*SAMPLE, "--cfg-scale", "inf"], "'inf' is not a finite number"),
     (["inflections", "PRIORS_NO_STEPS"], "its header lacks steps"),
     (["inflections", "data/priors/tiny-digits_ddim20_cfg4.safetensors", "--weight", "nan"], "not a finite number"),

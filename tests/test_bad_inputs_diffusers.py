@@ -101,7 +101,7 @@ CASES = [
     ([*EXPORT, "NOTES"], "is not a DiT transformer folder written by goc export-diffusers"),
     ([*EXPORT, "THEIR_DIT"], "is not a DiT transformer folder written by goc export-diffusers"),
     ([*EXPORT, "LINK"], "is not a DiT transformer folder written by goc export-diffusers"),
-    ([*EXPORT, "A_FILE"], "is not a DiT transformer folder written by goc export-diffusers"),
+    ([*EXPORT, "A_FILE"], "is a file; give a folder"),
     # 2. diffusers' cache options, by kind, at parse time
     ([*EVAL, "--method", "diffusers:taylorseer:cache_interval=0"], INTERVAL),
     ([*EVAL, "--method", "diffusers:taylorseer:cache_interval=-3"], INTERVAL),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from goc_utils import paths
 from goc_utils.cli import main
 from goc_utils.model.presets import create_model
 from tests.conftest import router_file
@@ -91,7 +92,7 @@ def test_sample_writes_grid_and_npz(tmp_path, tiny_ckpt, capsys):
         (["--classes", "3,12"], "class id 12 is out of range for tiny-digits; use 0..9"),
         (["--classes", "x"], "malformed class list"),
         (["--steps", "0"], "steps must be in 1..1000"),
-        (["--cfg-scale", "-1"], "cfg scale must be a number >= 0"),
+        (["--cfg-scale", "-1"], "argument --cfg-scale: must be a number >= 0 (got -1)"),
         (["--cfg-scale", "nan"], "'nan' is not a finite number"),
         (["--cfg-scale", "abc"], "not a number"),
         (["--out", "/proc/forbidden/grid.png"], "--out '/proc/forbidden/grid.png'"),
@@ -189,7 +190,7 @@ def test_sample_with_cache_reports_its_ratio(tmp_path, tiny_ckpt, capsys):
     [
         (["--goc-weight", "1.2"], "--goc-weight needs --compensator goc"),
         (["--compensator", "goc"], "needs a schedule that reuses units"),
-        (["--cache", "fora", "--fora-interval", "-2"], "FORA interval must be >= 1"),
+        (["--cache", "fora", "--fora-interval", "-2"], "argument --fora-interval: must be an integer >= 1 (got -2)"),
         (["--cache", "fora", "--fora-range", "x"], "malformed step range"),
         (["--cache", "l2c"], "needs a Learning-to-Cache router: pass --router PATH"),
         (["--cache", "l2c", "--router", "ROUTER20"], "needs 20 routers of 24 units"),
@@ -199,14 +200,15 @@ def test_sample_with_cache_reports_its_ratio(tmp_path, tiny_ckpt, capsys):
             ["--cache", "fora-50", "--compensator", "goc", "--goc-steps", "auto", "--priors", "/nonexistent.st"],
             "create it with `goc priors",
         ),
-        (["--cache", "fora-50", "--compensator", "goc", "--priors", "p.st"], "--priors needs --goc-steps auto"),
+        (["--cache", "fora-50", "--compensator", "goc", "--priors", "PRIORS"], "--priors needs --goc-steps auto"),
         (["--cache", "fora-50", "--compensator", "goc", "--goc-steps", "3,40"], "step 40 is outside"),
         (["--cache", "matrix"], "needs exactly one of --matrix PATH"),
     ],
 )
 def test_bad_cache_options_are_one_line(argv, message, tiny_ckpt, tmp_path, capsys):
     router = str(router_file(tmp_path / "xl20.pt", np.zeros((20, 56))))  # shaped like the DiT-XL/2 routers
-    argv = [router if a == "ROUTER20" else a for a in argv]
+    priors = str(paths.DATA_DIR / "priors" / "tiny-digits_ddim20_cfg4.safetensors")
+    argv = [{"ROUTER20": router, "PRIORS": priors}.get(a, a) for a in argv]
     code, _, err = _run(["sample", "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "g.png")] + argv, capsys)
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1

@@ -1,8 +1,10 @@
 """The ``goc`` command: thin argument parsing over ``goc_utils``, one module per command group.
 
 ``build_parser`` lists every command; a command's own flags are added (and its module imported) only
-when that command runs, so ``goc --help`` does not import torch. Every user error is printed as one
-line ``goc <command>: error: <what and how to fix>`` with exit status 2.
+when that command runs, so ``goc --help`` does not import torch. Every option declares its kind
+(:mod:`goc_utils.cli.kinds`), checked when it is parsed and, for paths and method strings, before the command
+runs. Every user error is printed as one line ``goc <command>: error: <what and how to fix>``, and ``main``
+returns exit status 2.
 
 ========================  =========================================
 module                    commands
@@ -23,7 +25,6 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from goc_utils.cli.common import Parser
 from goc_utils.errors import GocError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,6 +52,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 """Command -> (module in ``goc_utils.cli``, one-line help). Each module has ``add_<command>(parser)``."""
 
 
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are a single line (no usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every option of ``args.command`` with a value checked by its kind (``Kind.check``: inputs exist and are of
+    their format, outputs can be written, method strings parse), before the command does anything."""
+    command = parser._subparsers._group_actions[0].choices[args.command]
+    for action in command._actions:
+        value = getattr(args, action.dest, None)
+        if value is not None and hasattr(action, "kind"):
+            action.kind.check_action(action, value)
+
+
 def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``goc`` parser; with ``commands``, only their flags are built (their modules imported)."""
     parser = Parser(prog="goc", description="goc-study: Gradient-Optimized Cache for Diffusion Transformers.")
@@ -69,8 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser([command] if command in COMMANDS else [])
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a refused option (its line is printed) is an exit status, as every refusal
+        if not exc.code:  # --help
+            raise
+        return exc.code
+    try:
+        check_options(parser, args)
         return args.func(args)
     except GocError as exc:
         print(f"goc {args.command}: error: {exc}", file=sys.stderr)

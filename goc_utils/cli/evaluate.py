@@ -21,11 +21,21 @@ from goc_utils.cli.common import (
     add_tcc_pack_argument,
     add_tf32_argument,
     add_threads_argument,
-    at_least,
+)
+from goc_utils.cli.kinds import (
+    Choice,
+    InputPath,
+    Integer,
+    Kind,
+    Method,
+    Number,
+    NumberList,
+    OutputPath,
+    Preset,
+    Seed,
+    add_option,
     check_output_dir,
     check_writable,
-    number,
-    seed,
 )
 from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.evaluation.eval import (
@@ -52,7 +62,6 @@ from goc_utils.evaluation.sampling import check_space
 from goc_utils.evaluation.tables import markdown_table, write_table
 from goc_utils.evaluation.verdicts import MAX_RESAMPLES, check_same_noise, verdict_rows
 from goc_utils.integrations.diffusers.peers import diffusers_backend
-from goc_utils.lists import number_list
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.presets import preset_info
 from goc_utils.model.sampler import image_shape, set_tf32
@@ -67,6 +76,29 @@ METHOD_HELP = (
     "their config fields (diffusers:fbc:threshold=0.05; ranges lo..hi), and cache-dit's DBCache (extra .[peers]): "
     "cachedit:dbcache:fn=1:bn=0:threshold=0.08:warmup=4[:calibrator=taylorseer|foca|dmd][:separate_cfg=true]."
 )
+
+
+BATCH_FIX = "make samples with `goc eval-sample` or pass a reference batch (.npz) as {flag}"
+REF_BATCH = InputPath("batch file", BATCH_FIX, "npz")
+INCEPTION_WEIGHTS = InputPath(
+    "Inception weights", "pass {flag} PATH to weights-inception-2015-12-05-6726825d.pth", "torch"
+)
+ONE_METHOD = Method(lambda text: parse_methods(text, single=True))
+METHODS = Method(parse_methods, several=True, example="none,fora-50")
+CFG_LIST = NumberList(float, "cfg list", "1.5 or 1.5,4.0", minimum=0)
+RESAMPLES = Integer(2, MAX_RESAMPLES)
+TABLE = OutputPath(suffixes=(".csv", ".md"))
+
+
+def samples_of(what: str) -> InputPath:
+    """The samples of a method: an ADM batch .npz or a goc eval method folder holding ``samples.npz``."""
+    return InputPath(
+        what,
+        "pass an ADM batch .npz or a goc eval method folder holding samples.npz",
+        "npz",
+        folder=None,
+        holds="samples.npz",
+    )
 
 
 def _eval_settings(args: argparse.Namespace, cfg_scale: float) -> EvalSettings:
@@ -91,8 +123,6 @@ def _eval_settings(args: argparse.Namespace, cfg_scale: float) -> EvalSettings:
 def _load_for_eval(args: argparse.Namespace, settings: EvalSettings):
     """Model, VAE, process group and the settings with the effective TF32 for the sampling commands (CPU threads
     and TF32 applied before anything runs)."""
-    if args.num_samples < 1:
-        raise InvalidArgumentError(f"--num-samples must be >= 1 (got {args.num_samples})")
     if args.threads:
         torch.set_num_threads(args.threads)
     dist = init_distributed(resolve_device(args.device))
@@ -109,9 +139,11 @@ def _load_for_eval(args: argparse.Namespace, settings: EvalSettings):
 def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_sampling_arguments(p, cfg_scale=None, seed_help="run seed; sample i is seeded from (seed, i) (default 0)")
-    p.add_argument("--num-samples", type=int, default=50000, help="images per method (default 50000)")
-    p.add_argument("--per-device-batch", type=int, default=32, help="images per forward and per shard (default 32)")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
+    add_option(
+        p, "--num-samples", Integer(1, what="--num-samples"), default=50000, help="images per method (default 50000)"
+    )
+    add_option(p, "--per-device-batch", Integer(1), default=32, help="images per forward and per shard (default 32)")
+    add_option(p, "--sampler", Choice(["ddim", "ddpm"]), default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
     add_router_arguments(p, help_extra=" (default: the tiny tier's committed router)")
     add_priors_argument(p)
     add_tcc_pack_argument(p)
@@ -144,22 +176,28 @@ def add_eval_sample(p: argparse.ArgumentParser) -> None:
         "Multi-GPU: torchrun --nproc_per_node K -m goc_utils.cli eval-sample ... " + METHOD_HELP
     )
     _add_eval_sampling_arguments(p)
-    p.add_argument("--method", default="none", help="one method string (default none); see the description")
-    p.add_argument("--cfg-scale", type=number, default=1.5, help="guidance scale (default 1.5, DiT's FID setting)")
-    p.add_argument("--out", required=True, help="output folder (created; holds run.json, shards/, samples.npz)")
+    add_option(p, "--method", ONE_METHOD, default="none", help="one method string (default none); see the description")
+    add_option(p, "--cfg-scale", Number(0), default=1.5, help="guidance scale (default 1.5, DiT's FID setting)")
+    add_option(
+        p, "--out", OutputPath(folder=True), required=True,
+        help="output folder (created; holds run.json, shards/, samples.npz)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_eval_sample)
 
 
 def _add_feature_arguments(p: argparse.ArgumentParser, default: str | None, default_help: str) -> None:
-    p.add_argument(
+    add_option(
+        p,
         "--features",
-        choices=list(FEATURE_EXTRACTORS),
+        Choice(FEATURE_EXTRACTORS),
         default=default,
         help=f"feature extractor: inception (ImageNet, ADM evaluator), digits or fashion (the tiny tiers' judges) "
         f"(default: {default_help})",
     )
-    p.add_argument(
+    add_option(
+        p,
         "--inception-weights",
+        INCEPTION_WEIGHTS,
         default=None,
         help="local weights-inception-2015-12-05-6726825d.pth (or set GOC_INCEPTION_WEIGHTS)",
     )
@@ -174,12 +212,19 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 def add_fid(p: argparse.ArgumentParser) -> None:
     """The ADM evaluator's numbers for two ADM-format batches (arr_0 uint8 NHWC)."""
-    p.add_argument("ref", help="reference batch, e.g. VIRTUAL_imagenet256_labeled.npz or data/reference/digits_ref.npz")
-    p.add_argument("samples", help="sample batch (goc eval-sample's samples.npz)")
+    add_option(
+        p, "ref", InputPath("batch file", BATCH_FIX, "npz"),
+        help="reference batch, e.g. VIRTUAL_imagenet256_labeled.npz or data/reference/digits_ref.npz",
+    )  # fmt: skip
+    add_option(
+        p, "samples", InputPath("batch file", BATCH_FIX, "npz"),
+        help="sample batch (goc eval-sample's samples.npz)",
+    )  # fmt: skip
     _add_feature_arguments(p, None, "the features the reference batch was made with, else inception")
-    p.add_argument(
+    add_option(
+        p,
         "--pr-precision",
-        choices=["float16", "float32"],
+        Choice(["float16", "float32"]),
         default="float16",
         help="k-NN distances of precision / recall: float16-rounded like the ADM evaluator (default) or float32",
     )
@@ -221,16 +266,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cfg_list(text: str) -> list[float]:
-    try:
-        values = number_list(text, float, "cfg list", "1.5 or 1.5,4.0")
-    except InvalidArgumentError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"malformed cfg list {text!r} (a negative scale); use e.g. 1.5 or 1.5,4.0")
-    return values
-
-
 def add_eval(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Run goc eval-sample for each method and cfg scale (resumable, torchrun), then score every batch "
@@ -238,26 +273,33 @@ def add_eval(p: argparse.ArgumentParser) -> None:
         "one batch per method and write OUT/results.csv and .md. " + METHOD_HELP
     )
     _add_eval_sampling_arguments(p)
-    p.add_argument(
-        "--methods", default=",".join(TABLE_METHODS), help=f"comma-separated (default {','.join(TABLE_METHODS)})"
-    )
-    p.add_argument("--cfg-scale", type=_cfg_list, default=[1.5], help="guidance scale(s), e.g. 1.5,4.0 (default 1.5)")
-    p.add_argument(
+    add_option(
+        p, "--methods", METHODS, default=",".join(TABLE_METHODS),
+        help=f"comma-separated (default {','.join(TABLE_METHODS)})",
+    )  # fmt: skip
+    add_option(p, "--cfg-scale", CFG_LIST, default=[1.5], help="guidance scale(s), e.g. 1.5,4.0 (default 1.5)")
+    add_option(
+        p,
         "--ref-batch",
+        REF_BATCH,
         default=None,
         help="ADM reference npz (default for the tiny tiers: data/reference/digits_ref.npz, fashion_test_ref.npz)",
     )
     _add_feature_arguments(p, None, "digits for tiny-digits, fashion for tiny-fashion, else inception")
-    p.add_argument("--latency-batch", type=int, default=8, help="images per timed batch (default 8)")
-    p.add_argument("--latency-repeats", type=int, default=3, help="timed runs per method (default 3)")
-    p.add_argument(
+    add_option(p, "--latency-batch", Integer(1), default=8, help="images per timed batch (default 8)")
+    add_option(p, "--latency-repeats", Integer(1), default=3, help="timed runs per method (default 3)")
+    add_option(
+        p,
         "--fid-bootstrap",
-        type=at_least(2, off=True),
+        Integer(2, MAX_RESAMPLES, off=True),
         default=0,
         help="also report FID's bootstrap std over N >= 2 resamples (default 0: off)",
     )
-    p.add_argument("--out", required=True, help="folder for the samples (OUT/cfg<c>/<method>/) and results.*")
-    p.add_argument("--table", default=None, help="path prefix of the table (default OUT/results -> .csv, .md)")
+    add_option(
+        p, "--out", OutputPath(folder=True), required=True,
+        help="folder for the samples (OUT/cfg<c>/<method>/) and results.*",
+    )  # fmt: skip
+    add_option(p, "--table", TABLE, default=None, help="path prefix of the table (default OUT/results -> .csv, .md)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -265,14 +307,6 @@ def _samples_file(text: str) -> Path:
     """A batch file, or an eval folder (``OUT/cfg1.5/fora-50``) holding ``samples.npz``."""
     path = Path(text)
     return path / "samples.npz" if path.is_dir() else path
-
-
-def resample_count(text: str) -> int:
-    """``--resamples``: bootstrap resamples, 2 .. :data:`MAX_RESAMPLES` (one line otherwise, before any allocation)."""
-    value = at_least(2)(text)
-    if value > MAX_RESAMPLES:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_RESAMPLES:,} (got {shorten(value)})")
-    return value
 
 
 def _refuse_self_pair(flag: str, a: str, b: str, same: bool) -> None:
@@ -314,21 +348,28 @@ def add_verdicts(p: argparse.ArgumentParser) -> None:
     against the un-cached samples and the paired FID difference against the reference, each with its paired
     bootstrap std (the same images resampled for both methods) and whether it is resolved (beyond 2 std). Nothing
     is sampled: run goc eval with the methods first."""
-    p.add_argument("run", help="a goc eval --out folder (holding cfg1.5/<method>/samples.npz)")
-    p.add_argument("--pair", nargs=2, action="append", required=True, metavar=("A", "B"),
-                   help="two method strings of the run; repeat for more pairs")  # fmt: skip
-    p.add_argument("--model", default="tiny-fashion", help="preset whose judge gives the features (default "
-                   "tiny-fashion)")  # fmt: skip
-    p.add_argument("--cfg-scale", type=lambda t: number_list(t, float, "--cfg-scale", "1.5,4.0"), default=[1.5],
-                   help="comma-separated cfg scales of the run (default 1.5)")  # fmt: skip
-    p.add_argument("--features", choices=list(FEATURE_EXTRACTORS), default=None,
-                   help="feature extractor (default: the model's judge, inception for DiT)")  # fmt: skip
-    p.add_argument("--ref-batch", default=None, help="reference npz (default: the features' committed reference)")
-    p.add_argument("--inception-weights", default=None, help="local FID Inception weights (inception features)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--resamples", type=resample_count, default=200, help="bootstrap resamples (default 200)")
-    p.add_argument("--seed", type=seed, default=0, help="seed of the resampling (default 0)")
-    p.add_argument("--table", default=None, help="path prefix of the table to write (.csv and .md)")
+    add_option(
+        p, "run", InputPath("eval run", "pass RUN, a goc eval --out folder", folder=True),
+        help="a goc eval --out folder (holding cfg1.5/<method>/samples.npz)",
+    )  # fmt: skip
+    add_option(p, "--pair", Kind(), nargs=2, action="append", required=True, metavar=("A", "B"),
+               help="two method strings of the run; repeat for more pairs")  # fmt: skip
+    add_option(p, "--model", Preset(), default="tiny-fashion", help="preset whose judge gives the features (default "
+               "tiny-fashion)")  # fmt: skip
+    add_option(p, "--cfg-scale", CFG_LIST, default=[1.5], help="comma-separated cfg scales of the run (default 1.5)")
+    add_option(p, "--features", Choice(FEATURE_EXTRACTORS), default=None,
+               help="feature extractor (default: the model's judge, inception for DiT)")  # fmt: skip
+    add_option(
+        p, "--ref-batch", REF_BATCH, default=None, help="reference npz (default: the features' committed reference)"
+    )
+    add_option(
+        p, "--inception-weights", INCEPTION_WEIGHTS, default=None,
+        help="local FID Inception weights (inception features)",
+    )  # fmt: skip
+    add_device_argument(p, "auto | cpu | cuda (default auto)")
+    add_option(p, "--resamples", RESAMPLES, default=200, help="bootstrap resamples (default 200)")
+    add_option(p, "--seed", Seed(), default=0, help="seed of the resampling (default 0)")
+    add_option(p, "--table", TABLE, default=None, help="path prefix of the table to write (.csv and .md)")
     p.set_defaults(func=cmd_verdicts)
 
 
@@ -352,9 +393,14 @@ def add_compare(p: argparse.ArgumentParser) -> None:
     sample count resolves it: each method's PSNR against the reference batch and the paired bootstrap standard
     deviation of the difference (the same images resampled for both). A and B: samples.npz files or goc eval's
     method folders (OUT/cfg1.5/fora-50+goc)."""
-    p.add_argument("a", help="samples of method A (npz, or an eval folder holding samples.npz)")
-    p.add_argument("b", help="samples of method B, same noise and count")
-    p.add_argument("--reference", required=True, help="the un-cached samples of the same noise (e.g. OUT/cfg1.5/none)")
-    p.add_argument("--resamples", type=resample_count, default=200, help="bootstrap resamples (default 200)")
-    p.add_argument("--seed", type=seed, default=0, help="seed of the resampling (default 0)")
+    add_option(
+        p, "a", samples_of("samples of A"), help="samples of method A (npz, or an eval folder holding samples.npz)"
+    )
+    add_option(p, "b", samples_of("samples of B"), help="samples of method B, same noise and count")
+    add_option(
+        p, "--reference", samples_of("--reference samples"), required=True,
+        help="the un-cached samples of the same noise (e.g. OUT/cfg1.5/none)",
+    )  # fmt: skip
+    add_option(p, "--resamples", RESAMPLES, default=200, help="bootstrap resamples (default 200)")
+    add_option(p, "--seed", Seed(), default=0, help="seed of the resampling (default 0)")
     p.set_defaults(func=cmd_compare)

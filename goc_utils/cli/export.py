@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from goc_utils.cli.common import add_model_arguments, check_output_dir
+from goc_utils.cli.common import add_model_arguments
+from goc_utils.cli.kinds import OutputPath, add_option, check_output_dir
 from goc_utils.datasets import FASHION_CLASSES
 from goc_utils.integrations.diffusers.transformer import check_export_target, export_diffusers
 from goc_utils.model.checkpoints import load_model
@@ -20,7 +21,10 @@ def add_export_diffusers(p: argparse.ArgumentParser) -> None:
     tiny-fashion (its VAE is committed) or with --vae, a full DiTPipeline folder (transformer/, vae/, scheduler/,
     model_index.json) that DiTPipeline.from_pretrained loads."""
     add_model_arguments(p)
-    p.add_argument("--out", required=True, help="folder to write (created; an old folder of the same kind is replaced)")
+    add_option(
+        p, "--out", OutputPath(folder=True), required=True,
+        help="folder to write (created; an old folder of the same kind is replaced)",
+    )  # fmt: skip
     p.set_defaults(func=run_export_diffusers)
 
 

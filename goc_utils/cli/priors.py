@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import replace
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from goc_utils.cache import Resources, build_schedule
+from goc_utils.cache import CacheMethod, Resources, build_schedule
 from goc_utils.cache.l2c import default_router
 from goc_utils.cache.options import parse_int_list
 from goc_utils.cache.tcc import (
@@ -26,32 +25,49 @@ from goc_utils.cache.tcc import (
     pack_summary,
 )
 from goc_utils.cli.common import (
+    PRIORS,
     add_model_arguments,
     add_router_arguments,
     add_sampling_arguments,
     add_threads_argument,
+)
+from goc_utils.cli.kinds import (
+    Choice,
+    ClassList,
+    InputFiles,
+    Integer,
+    Method,
+    Number,
+    NumberList,
+    OutputPath,
+    Preset,
+    Seed,
+    Weight,
+    add_option,
     check_writable,
-    number,
-    weight,
 )
 from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.evaluation.tables import markdown_table, write_table
 from goc_utils.evaluation.tcc_alpha import HOLDOUT_SEED, Holdout, choose_tcc_alpha
-from goc_utils.files import input_file, output_lock
-from goc_utils.lists import number_list
+from goc_utils.files import output_lock
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.presets import preset_info
-from goc_utils.model.sampler import parse_classes
 from goc_utils.model.vae import load_vae, vae_spec
 from goc_utils.priors.auto import GRANULARITIES, auto_goc
 from goc_utils.priors.extraction import extract_priors
-from goc_utils.priors.stats import GRAM_SOURCES, MISSING, PriorsError, PriorStats, default_priors_path
+from goc_utils.priors.stats import GRAM_SOURCES, MISSING, PriorStats, default_priors_path
 from goc_utils.priors.tcc_fit import TCCFit, fit_tcc_pack, host_method
 
 
-def alpha_list(text: str) -> list[float]:
-    """``--alpha``: one alpha or a comma-separated grid to choose from."""
-    return number_list(text, float, "alpha list", "1.75 or 0.25,0.5,1,1.75")
+def plain_schedule(text: str) -> CacheMethod:
+    """``--host``: a method string without a compensator (the pack is fitted for the schedule's stale outputs)."""
+    method = CacheMethod.parse(text)
+    if method.compensator != "none":
+        raise InvalidArgumentError(
+            f"--host {shorten(text)!r} must be a plain schedule (fora-50, l2c, ...): the pack is fitted for its stale "
+            "outputs"
+        )
+    return method
 
 
 def _model_and_classes(args: argparse.Namespace, device: str):
@@ -60,7 +76,7 @@ def _model_and_classes(args: argparse.Namespace, device: str):
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, args.ckpt, args.image_size, device)
-    return model, list(range(model.num_classes)) if args.classes == "all" else parse_classes(args.classes)
+    return model, list(range(model.num_classes)) if args.classes == "all" else args.classes
 
 
 def cmd_priors(args: argparse.Namespace) -> int:
@@ -69,15 +85,7 @@ def cmd_priors(args: argparse.Namespace) -> int:
         if out is None:
             raise InvalidArgumentError("--merge needs --out PATH for the merged file")
         check_writable(out, "--out")
-        shards = [input_file(p, "--merge file", MISSING, error=PriorsError) for p in args.merge]
-        for i, shard in enumerate(shards):
-            twin = next((other for other in shards[:i] if os.path.samefile(other, shard)), None)
-            if twin is not None:
-                raise InvalidArgumentError(
-                    f"--merge lists the file {shorten(twin)!r} twice"
-                    + ("" if str(twin) == str(shard) else f" (also as {shorten(shard)!r})")
-                    + "; each shard once, or its samples would be counted twice"
-                )
+        shards = [Path(p) for p in args.merge]
         with output_lock(out):
             stats = PriorStats.load(shards[0])
             for other in shards[1:]:
@@ -86,8 +94,6 @@ def cmd_priors(args: argparse.Namespace) -> int:
         print(f"merged {len(args.merge)} files ({stats.count} samples) -> {out}")
         return 0
     out = check_writable(out or default_priors_path(args.model, args.steps, args.cfg_scale), "--out")
-    if args.per_class < 1:
-        raise InvalidArgumentError(f"--per-class must be >= 1 (got {args.per_class})")
     device = resolve_device(args.device)
     with output_lock(out):
         model, classes = _model_and_classes(args, device)
@@ -117,14 +123,20 @@ def add_priors(p: argparse.ArgumentParser) -> None:
     """Un-cached sampling per (class, seed), statistics accumulated on the fly."""
     add_model_arguments(p, vae=False)
     add_sampling_arguments(p, seed_help=None)
-    p.add_argument("--classes", default="all", help="all | 0-99 | 3,5 (default all)")
-    p.add_argument("--per-class", type=int, default=1, help="samples (seeds 0..K-1) per class (default 1)")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per sampling batch (default 16)")
-    p.add_argument("--out", default=None, help="priors file (default data/priors/<model>_ddim<steps>_cfg<cfg>...)")
-    p.add_argument("--merge", nargs="+", default=None, metavar="FILE", help="merge shard files into --out instead")
-    p.add_argument(
+    add_option(p, "--classes", ClassList(everything=True), default="all", help="all | 0-99 | 3,5 (default all)")
+    add_option(p, "--per-class", Integer(1), default=1, help="samples (seeds 0..K-1) per class (default 1)")
+    add_option(p, "--batch-size", Integer(1), default=16, help="samples per sampling batch (default 16)")
+    add_option(
+        p, "--out", OutputPath(), default=None, help="priors file (default data/priors/<model>_ddim<steps>_cfg<cfg>...)"
+    )
+    add_option(
+        p, "--merge", InputFiles("--merge file", MISSING, "safetensors"), nargs="+", default=None, metavar="FILE",
+        help="merge shard files into --out instead",
+    )  # fmt: skip
+    add_option(
+        p,
         "--checkpoint-seconds",
-        type=number,
+        Number(0),
         default=300.0,
         help="save progress to OUT.partial at most this often; a rerun resumes from it (default 300)",
     )
@@ -173,26 +185,29 @@ def _change(error: float, plain: float) -> str:
 
 def add_inflections(p: argparse.ArgumentParser) -> None:
     """Replay GOC on the prior trajectory: correction steps, weight, predicted error."""
-    p.add_argument("priors", help="priors file from `goc priors`")
-    p.add_argument("--schedule", choices=["fora-25", "fora-50", "l2c"], default="fora-50", help="host schedule")
+    add_option(p, "priors", PRIORS, help="priors file from `goc priors`")
+    add_option(p, "--schedule", Choice(["fora-25", "fora-50", "l2c"]), default="fora-50", help="host schedule")
     add_router_arguments(p)
-    p.add_argument("--weight", type=weight, default=None, help="w, or auto (least squares); default the paper's")
-    p.add_argument(
+    add_option(p, "--weight", Weight(), default=None, help="w, or auto (least squares); default the paper's")
+    add_option(
+        p,
         "--source",
-        choices=list(GRAM_SOURCES),
+        Choice(GRAM_SOURCES),
         default=None,
         help="replay on the per-sample trajectories (default when the file has them) or on the class-averaged "
         "mean trajectory (the paper's prior knowledge)",
     )
-    p.add_argument(
+    add_option(
+        p,
         "--granularity",
-        choices=list(GRANULARITIES),
+        Choice(GRANULARITIES),
         default="global",
         help="auto weight: one w, one per step, or one per unit (default global)",
     )
-    p.add_argument(
+    add_option(
+        p,
         "--coupling",
-        choices=["block", "unit"],
+        Choice(["block", "unit"]),
         default="block",
         help="GOC corrects a unit only when its whole block is reused (block, published) or each unit on its own",
     )
@@ -203,10 +218,6 @@ def cmd_tcc_pack(args: argparse.Namespace) -> int:
     host = args.host.split(":")[0].split("@")[0]
     out = args.out or default_pack_path(args.model, args.steps, args.cfg_scale, host, args.pooling)
     out = check_writable(Path(out), "--out")
-    if any(a <= 0 for a in args.alpha):
-        raise InvalidArgumentError(f"--alpha must be > 0 (got {args.alpha}); TCC with alpha <= 0 corrects nothing")
-    if args.holdout_per_class < 1:
-        raise InvalidArgumentError(f"--holdout-per-class must be >= 1 (got {args.holdout_per_class})")
     device = resolve_device(args.device)
     with output_lock(out):
         model, classes = _model_and_classes(args, device)
@@ -268,8 +279,11 @@ def cmd_tcc_packs(args: argparse.Namespace) -> int:
 def add_tcc_packs(p: argparse.ArgumentParser) -> None:
     """The committed TCC packs of a model (data/tcc/): host, cfg, pooling, samples, the rank of M, trace(R)/D and how
     alpha was chosen."""
-    p.add_argument("--model", default="tiny-fashion", help="preset whose packs to list (default tiny-fashion)")
-    p.add_argument("--table", default=None, help="also write PREFIX.csv and PREFIX.md (e.g. figures/00_tcc_packs)")
+    add_option(p, "--model", Preset(), default="tiny-fashion", help="preset whose packs to list (default tiny-fashion)")
+    add_option(
+        p, "--table", OutputPath(suffixes=(".csv", ".md")), default=None,
+        help="also write PREFIX.csv and PREFIX.md (e.g. figures/00_tcc_packs)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_tcc_packs)
 
 
@@ -279,48 +293,58 @@ def add_tcc_pack(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, vae=False)
     add_sampling_arguments(p, cfg_scale=1.5, seed_help="noise seed of the fit (default 1: not the eval noise, 0)")
     p.set_defaults(seed=1)
-    p.add_argument("--host", default="fora-50", help="host schedule: fora-50, fora-25, l2c, ... (default fora-50)")
+    add_option(
+        p, "--host", Method(plain_schedule), default="fora-50",
+        help="host schedule: fora-50, fora-25, l2c, ... (default fora-50)",
+    )  # fmt: skip
     add_router_arguments(p, help_extra=" (default: the tiny tier's committed router)")
-    p.add_argument("--classes", default="all", help="all | 0-99 | 3,5 (default all)")
-    p.add_argument("--per-class", type=int, default=32, help="samples per class (default 32; published: 100)")
-    p.add_argument(
+    add_option(p, "--classes", ClassList(everything=True), default="all", help="all | 0-99 | 3,5 (default all)")
+    add_option(p, "--per-class", Integer(1), default=32, help="samples per class (default 32; published: 100)")
+    add_option(
+        p,
         "--target-steps",
-        type=parse_int_list,
+        NumberList(int, "step list", "1,3,5,7", minimum=0, read=parse_int_list),
         default=None,
         help="corrected steps, e.g. 1,3,5,7 (default: the host's reuse steps in 1..7, the published DDIM-20 window)",
     )
-    p.add_argument(
+    add_option(
+        p,
         "--alpha",
-        type=alpha_list,
+        NumberList(float, "--alpha", "1.75 or 0.25,0.5,1,1.75", minimum=0, above=True),
         default=[PUBLISHED_ALPHA],
         help="the alpha the pack is used with (its replay applies the earlier targets' maps at it; default 1.75, "
         "the published DiT scripts'); several (0.25,0.5,1,1.75): fit one pack per alpha and keep the best on "
         "held-out noise",
     )
-    p.add_argument(
+    add_option(
+        p,
         "--holdout-per-class",
-        type=int,
+        Integer(1),
         default=10,
         help="held-out samples per class that choose among several --alpha (default 10)",
     )
-    p.add_argument(
+    add_option(
+        p,
         "--holdout-seed",
-        type=int,
+        Seed(),
         default=HOLDOUT_SEED,
         help=f"noise seed of the held-out samples (default {HOLDOUT_SEED}: neither the fit's nor the evaluation's)",
     )
-    p.add_argument(
+    add_option(
+        p,
         "--pooling",
-        choices=POOLINGS,
+        Choice(POOLINGS),
         default="class",
         help="fit points: class (one mean per class: the published DiT scripts, the default), sample (one token "
         "mean per sample: the published PixArt / ToCa collector) or token (every token)",
     )
-    p.add_argument("--variant", choices=VARIANTS, default="full", help="map family (default full: similarity)")
-    p.add_argument("--svd", choices=SVD_DRIVERS, default="gesdd", help="LAPACK driver of the Procrustes SVD")
-    p.add_argument("--batch-size", type=int, default=64, help="samples per sampling batch (default 64)")
-    p.add_argument(
+    add_option(p, "--variant", Choice(VARIANTS), default="full", help="map family (default full: similarity)")
+    add_option(p, "--svd", Choice(SVD_DRIVERS), default="gesdd", help="LAPACK driver of the Procrustes SVD")
+    add_option(p, "--batch-size", Integer(1), default=64, help="samples per sampling batch (default 64)")
+    add_option(
+        p,
         "--out",
+        OutputPath(),
         default=None,
         help="pack file (default data/tcc/<model>_ddim<steps>_cfg<cfg>_<host>[_<pooling>].safetensors)",
     )

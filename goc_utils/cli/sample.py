@@ -11,22 +11,34 @@ import torch
 
 from goc_utils.cache import COMPENSATORS, SCHEDULES, CacheMethod, Resources, RunShape, resolve_method
 from goc_utils.cli.common import (
+    MAX_IMAGE_SIZE,
     add_model_arguments,
     add_priors_argument,
     add_router_arguments,
     add_sampling_arguments,
     add_tcc_pack_argument,
     add_tf32_argument,
-    at_least,
+)
+from goc_utils.cli.kinds import (
+    Choice,
+    ClassList,
+    Flag,
+    InputPath,
+    Integer,
+    Method,
+    NumberList,
+    OutputPath,
+    Preset,
+    StepRange,
+    Weight,
+    add_option,
     check_writable,
-    step_list,
-    step_range,
-    weight,
 )
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.sampling import save_samples_npz
 from goc_utils.files import check_disk, check_memory
 from goc_utils.model.checkpoints import load_model, resolve_device
+from goc_utils.model.diffusion import NUM_TRAIN_TIMESTEPS
 from goc_utils.model.macs import model_macs
 from goc_utils.model.presets import model_info, preset_info
 from goc_utils.model.sampler import (
@@ -34,7 +46,6 @@ from goc_utils.model.sampler import (
     class_labels,
     generate,
     image_shape,
-    parse_classes,
     set_tf32,
 )
 from goc_utils.model.vae import load_vae, vae_spec
@@ -110,7 +121,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     thres = 0.1 if args.router_thres is None else args.router_thres
     resources = Resources(args.router, thres, priors, args.model, args.cfg_scale, args.tcc_pack)
     resolved = resolve_method(method, RunShape.of(model, args.steps), resources)
-    engine = resolved.engine(model)
+    engine = resolved.engine(model, args.compile)
     started = time.perf_counter()
     result = generate(
         model,
@@ -140,6 +151,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         f"sampled {len(labels)} images ({args.model}, {args.sampler}-{args.steps}, cfg {args.cfg_scale}, "
         f"seed {args.seed}) in {elapsed:.2f} s ({len(labels) / elapsed:.1f} images/s) -> {out}"
         + (f", {npz}" if npz else "")
+        + (f" (compiled: {engine.compile_seconds:.1f} s of compilation included)" if args.compile else "")
     )
     return 0
 
@@ -163,70 +175,87 @@ def _check_sizes(args: argparse.Namespace, model, vae, npz: Path | None) -> int:
     return upscale
 
 
-def _classes(text: str) -> list[int]:
-    try:
-        return parse_classes(text)
-    except InvalidArgumentError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_sample(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_sampling_arguments(p)
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
-    p.add_argument("--classes", type=_classes, default="0-9", help="class ids, e.g. 207,992,387 or 0-9 (default 0-9)")
-    p.add_argument("--per-class", type=int, default=1, help="samples per class (default 1)")
-    p.add_argument("--out", default="samples.png", help="grid PNG to write (default samples.png)")
-    p.add_argument("--save-npz", default=None, help="also write arr_0 (uint8 NHWC), labels, final (float32)")
-    p.add_argument(
-        "--upscale", type=at_least(1), default=None, help="grid pixel upscaling (default 4 for images under 64 px)"
+    add_option(p, "--sampler", Choice(["ddim", "ddpm"]), default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
+    add_option(p, "--classes", ClassList(), default="0-9", help="class ids, e.g. 207,992,387 or 0-9 (default 0-9)")
+    add_option(p, "--per-class", Integer(1), default=1, help="samples per class (default 1)")
+    add_option(p, "--out", OutputPath(), default="samples.png", help="grid PNG to write (default samples.png)")
+    add_option(
+        p, "--save-npz", OutputPath(), default=None, help="also write arr_0 (uint8 NHWC), labels, final (float32)"
     )
+    add_option(
+        p, "--upscale", Integer(1, name="size"), default=None,
+        help="grid pixel upscaling (default 4 for images under 64 px)",
+    )  # fmt: skip
     add_tf32_argument(p)
+    add_option(
+        p,
+        "--compile",
+        Flag(),
+        help="run the model calls as compiled graphs, one torch.compile graph per step pattern (the same samples to "
+        "float tolerance; pays a few seconds of compilation per pattern)",
+    )
     g = p.add_argument_group(
         "feature caching (schedule x compensator)",
         "--method takes the method string of every command; --cache, --compensator and their flags are its alias "
         "(--cache fora --fora-interval 3 --compensator goc --goc-weight 1.0 = --method fora:interval=3+goc:w=1.0). "
         "--router, --router-thres, --priors and --tcc-pack are resources, read alike by both.",
     )
-    g.add_argument(
+    add_option(
+        g,
         "--method",
+        Method(CacheMethod.parse),
         default=None,
         help="a method string instead of the flags below, e.g. fora:interval=3+goc:w=1.0 or l2c:router=r.pt+goc:auto",
     )
-    g.add_argument("--cache", choices=list(SCHEDULES), default="none", help="which units are reused (default none)")
-    g.add_argument("--fora-interval", type=int, default=None, help="fora: refresh every N steps (default 2)")
-    g.add_argument("--fora-range", type=step_range, default=None, help="fora: cache only in steps a:b")
-    g.add_argument("--matrix", default=None, help="matrix: 0/1 table (.json/.csv/.npy), rows = steps, 1 = recompute")
+    add_option(g, "--cache", Choice(SCHEDULES), default="none", help="which units are reused (default none)")
+    add_option(
+        g, "--fora-interval", Integer(1, NUM_TRAIN_TIMESTEPS), default=None,
+        help="fora: refresh every N steps (default 2)",
+    )  # fmt: skip
+    add_option(g, "--fora-range", StepRange(), default=None, help="fora: cache only in steps a:b")
+    add_option(
+        g, "--matrix", InputPath("schedule matrix", "pass {flag} PATH (.json/.csv/.npy, one row per step)"),
+        default=None, help="matrix: 0/1 table (.json/.csv/.npy), rows = steps, 1 = recompute",
+    )  # fmt: skip
     add_router_arguments(g, thres_default=None)
-    g.add_argument(
+    add_option(
+        g,
         "--compensator",
-        choices=list(COMPENSATORS),
+        Choice(COMPENSATORS),
         default="none",
         help="what a reused unit returns: none = previous output (default), " + ", ".join(list(COMPENSATORS)[1:]),
     )
-    g.add_argument(
+    add_option(
+        g,
         "--goc-weight",
-        type=weight,
+        Weight(),
         default=None,
         help="goc: w, or auto (least squares on priors; default 1.2 with FORA, 0.8 with L2C)",
     )
-    g.add_argument(
+    add_option(
+        g,
         "--goc-steps",
-        type=step_list,
+        NumberList(int, "step list", "3,5,7,9 or auto", minimum=0, auto=True),
         default=None,
         help="goc: correction steps, e.g. 3,5,7,9, or auto (inflection-aware, from priors; default: the paper's "
         "list for the schedule)",
     )
-    g.add_argument(
+    add_option(
+        g,
         "--goc-coupling",
-        choices=["block", "unit"],
+        Choice(["block", "unit"]),
         default=None,
         help="goc: correct a unit only when its whole block is reused (block, the published default) or each unit "
         "on its own (unit)",
     )
     add_priors_argument(g)
     add_tcc_pack_argument(g)
-    g.add_argument("--taylor-order", type=int, default=None, help="taylor: forecast order k (default 1)")
+    add_option(
+        g, "--taylor-order", Integer(0, NUM_TRAIN_TIMESTEPS), default=None, help="taylor: forecast order k (default 1)"
+    )
     p.set_defaults(func=cmd_sample)
 
 
@@ -236,7 +265,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def add_info(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny-digits", help="preset name (default tiny-digits)")
-    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the preset's)")
+    add_option(p, "--model", Preset(), default="tiny-digits", help="preset name (default tiny-digits)")
+    add_option(
+        p, "--image-size", Integer(1, MAX_IMAGE_SIZE, name="size"), default=None, help="pixels (default: the preset's)"
+    )
     p.set_defaults(func=cmd_info)
-

@@ -15,6 +15,7 @@ from goc_utils import paths
 from goc_utils.cache import Resources, RunShape, split_methods, without_router
 from goc_utils.cache.l2c import default_router
 from goc_utils.cli.common import (
+    CHECKPOINT,
     add_backend_argument,
     add_model_arguments,
     add_priors_argument,
@@ -23,14 +24,23 @@ from goc_utils.cli.common import (
     add_tcc_pack_argument,
     add_tf32_argument,
     add_threads_argument,
+)
+from goc_utils.cli.kinds import (
+    Choice,
+    Flag,
+    InputPath,
+    Integer,
+    Items,
+    Method,
+    NumberList,
+    OutputPath,
+    add_option,
     check_output_dir,
 )
-from goc_utils.errors import InvalidArgumentError
-from goc_utils.evaluation.bench import DEFAULT_METHODS, format_table, rows_as_dicts, run_bench
+from goc_utils.evaluation.bench import DEFAULT_METHODS, BenchSetup, format_table, rows_as_dicts, run_bench
+from goc_utils.evaluation.eval import parse_methods
 from goc_utils.integrations.diffusers.peers import diffusers_backend, is_peer, parse_peer, resolve_any
-from goc_utils.lists import number_list, refuse_repeats, split_items
 from goc_utils.model.checkpoints import load_model, resolve_device
-from goc_utils.model.diffusion import NUM_TRAIN_TIMESTEPS
 from goc_utils.model.presets import check_preset, create_model
 from goc_utils.model.sampler import set_tf32
 from goc_utils.priors.stats import priors_for_run
@@ -51,13 +61,7 @@ from goc_utils.study.tier_report import check_fashion_tier_report, fashion_tier_
 
 
 def cmd_tiny_report(args: argparse.Namespace) -> int:
-    if not 1 <= args.steps <= NUM_TRAIN_TIMESTEPS:
-        raise InvalidArgumentError(f"--steps must be in 1..{NUM_TRAIN_TIMESTEPS} (got {args.steps})")
-    if args.per_class is not None and args.per_class < 1:
-        raise InvalidArgumentError("--per-class must be >= 1")
-    counts = number_list(args.fid_samples, int, "--fid-samples list", "2000,5000")
-    if not all(n >= 2 for n in counts):
-        raise InvalidArgumentError(f"--fid-samples must be comma-separated counts >= 2 (got {args.fid_samples!r})")
+    counts = args.fid_samples
     report_inputs(args.model, args.per_class, args.ckpt)  # every input checked before a folder is made
     if args.model == "tiny-fashion":  # and its tier report's, before the samples' figures are written
         check_fashion_tier_report(counts)
@@ -81,30 +85,31 @@ def add_tiny_report(p: argparse.ArgumentParser) -> None:
     """Sample a tiny tier at cfg 1.5 and 4.0 and judge the samples with its classifier: writes
     figures/tiny-digits/00_tiny_samples.png and 00_tiny_agreement.md (tiny-digits) or figures/00_fashion_*
     (tiny-fashion)."""
-    p.add_argument(
-        "--model", choices=["tiny-digits", "tiny-fashion"], default="tiny-digits", help="tier (default tiny-digits)"
+    add_option(
+        p, "--model", Choice(["tiny-digits", "tiny-fashion"]), default="tiny-digits", help="tier (default tiny-digits)"
     )
-    p.add_argument(
-        "--per-class", type=int, default=None, help="samples per class and cfg scale (tiny-digits 50, tiny-fashion 100)"
-    )
+    add_option(
+        p, "--per-class", Integer(1), default=None,
+        help="samples per class and cfg scale (tiny-digits 50, tiny-fashion 100)",
+    )  # fmt: skip
     add_sampling_arguments(p, cfg_scale=None)
-    p.add_argument("--ckpt", default=None, help="weights (default: the tier's committed EMA weights)")
-    p.add_argument(
+    add_option(p, "--ckpt", CHECKPOINT, default=None, help="weights (default: the tier's committed EMA weights)")
+    add_option(
+        p,
         "--fid-samples",
+        NumberList(int, "--fid-samples list", "2000,5000", minimum=2),
         default="2000,5000",
         help="tiny-fashion: un-cached FID at these sample counts, cfg 1.5, with bootstrap spread (default 2000,5000)",
     )
-    p.add_argument(
-        "--out-dir", default=None, help="output folder (default: the model's figures, figures/ or figures/tiny-digits/)"
-    )
+    add_option(
+        p, "--out-dir", OutputPath(folder=True), default=None,
+        help="output folder (default: the model's figures, figures/ or figures/tiny-digits/)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_tiny_report)
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
-    only = None
-    if args.only is not None:
-        numbers = [number.zfill(2) for number in split_items(args.only, "--only list", "01,03")]
-        only = refuse_repeats(numbers, "--only list", args.only, "01,03")
+    only = args.only
     params = load_params_file(args.params)
     smoke = smoke_mode(args.smoke, params)  # --smoke or smoke: true in --params: figures follow what runs
     model = preset_model(args.preset, params)
@@ -122,23 +127,31 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
 
 def add_notebooks(p: argparse.ArgumentParser) -> None:
     """Execute notebooks/NN_*.ipynb in order; executed copies go to runs/notebooks/."""
-    p.add_argument(
+    add_option(
+        p,
         "--preset",
-        choices=list(PRESETS),
+        Choice(PRESETS),
         default=DEFAULT_PRESET,
         help="fashion (the default: embedded latent tiny-fashion + its VAE; figures/), tiny (embedded tiny-digits; "
         "figures/tiny-digits/) or xl (DiT-XL/2; figures/DiT-XL-2/)",
     )
-    p.add_argument("--smoke", action="store_true", help="fast mode (few samples), as in the tests")
-    p.add_argument("--params", default=None, help="YAML file of parameter overrides (e.g. ckpt and vae for xl)")
-    p.add_argument(
+    add_option(p, "--smoke", Flag(), help="fast mode (few samples), as in the tests")
+    add_option(
+        p, "--params", InputPath("params file", "pass {flag} FILE.yaml"), default=None,
+        help="YAML file of parameter overrides (e.g. ckpt and vae for xl)",
+    )  # fmt: skip
+    add_option(
+        p,
         "--only",
+        Items("--only list", "notebook number", "01,03", pattern=r"\d\d", normalize=lambda number: number.zfill(2)),
         default=None,
         help="comma-separated notebook numbers, e.g. 01,03 (default: all but 08, the 30-minute ablations, which runs "
         "when named or with --smoke; make ablations)",
     )
-    p.add_argument(
+    add_option(
+        p,
         "--figures-dir",
+        OutputPath(folder=True),
         default=None,
         help="where figures and tables go (default: the model's, figures/ for tiny-fashion, figures/tiny-digits/ ...; "
         "with --smoke: runs/smoke/figures/)",
@@ -170,7 +183,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     resources = Resources(router, args.router_thres, functools.cache(priors), args.model, args.cfg_scale, args.tcc_pack)
     run = RunShape.of(model, args.steps)
     resolved = [resolve_any(text, run, resources) for text in methods]
-    rows = run_bench(model, resolved, args.batch, args.cfg_scale, args.repeats, args.warmup)
+    setup = BenchSetup(args.batch, args.cfg_scale, args.repeats, args.warmup, args.compile, args.compile_mode)
+    rows = run_bench(model, resolved, setup)
     header = (
         f"goc bench: {args.model}{' (random weights)' if args.random_weights else ''}, {device}, "
         f"DDIM-{args.steps}, batch {args.batch}, cfg {args.cfg_scale}, {args.repeats} repeats"
@@ -187,9 +201,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_bench(p: argparse.ArgumentParser) -> None:
     """Time sampling under each caching method (warm-up, then repeats)."""
     add_model_arguments(p, vae=False)
-    p.add_argument("--random-weights", action="store_true", help="DiT-initialised random weights (timing only)")
-    p.add_argument(
+    add_option(p, "--random-weights", Flag(), help="DiT-initialised random weights (timing only)")
+    add_option(
+        p,
         "--methods",
+        Method(parse_methods, several=True, example="none,fora-50"),
         default=",".join(DEFAULT_METHODS),
         help="comma-separated method strings, e.g. fora-50+goc:auto, fora-25+taylor:k=2, fora:interval=3",
     )
@@ -198,12 +214,25 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     add_tcc_pack_argument(p)
     add_backend_argument(p)
     add_sampling_arguments(p, seed_help=None)
-    p.add_argument("--batch", type=int, default=1, help="images per run (default 1; CFG doubles it)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    add_option(p, "--batch", Integer(1), default=1, help="images per run (default 1; CFG doubles it)")
+    add_option(p, "--repeats", Integer(1), default=5, help="timed runs per method (default 5)")
+    add_option(p, "--warmup", Integer(0), default=1, help="untimed runs first (default 1)")
     add_threads_argument(p)
     add_tf32_argument(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_option(
+        p,
+        "--compile",
+        Flag(),
+        help="also time every method of ours compiled (one torch.compile graph per step pattern), beside its eager row",
+    )
+    add_option(
+        p,
+        "--compile-mode",
+        Choice(["default", "reduce-overhead", "max-autotune"]),
+        default="default",
+        help="torch.compile mode of --compile (reduce-overhead: CUDA graphs on a GPU; default: default)",
+    )
+    add_option(p, "--json", Flag(), help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
 
 
@@ -225,14 +254,14 @@ def add_report(p: argparse.ArgumentParser) -> None:
     """Write a tiny tier's results report, README.md in its figures folder (figures/README.md for tiny-fashion,
     figures/tiny-digits/README.md), from the CSVs there: sections whose CSVs are missing are left out, numbers are
     copied as the CSVs write them."""
-    p.add_argument("--model", choices=list(TIERS), default="tiny-fashion", help="tier (default tiny-fashion)")
-    p.add_argument(
+    add_option(p, "--model", Choice(TIERS), default="tiny-fashion", help="tier (default tiny-fashion)")
+    add_option(
+        p,
         "--figures-dir",
+        OutputPath(folder=True),
         default=None,
         help="folder of the CSVs, where README.md is written (default: the model's figures, figures/ or "
         "figures/tiny-digits/)",
     )
-    p.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 when the folder's README.md differs from its CSVs'"
-    )
+    add_option(p, "--check", Flag(), help="write nothing; exit 1 when the folder's README.md differs from its CSVs'")
     p.set_defaults(func=cmd_report)

@@ -10,13 +10,18 @@ import torch
 from goc_utils import paths
 from goc_utils.cache.l2c import router_mask
 from goc_utils.cache.schedule import CacheSchedule
-from goc_utils.cli.common import (
-    add_model_arguments,
-    add_threads_argument,
+from goc_utils.cli.common import STEPS, add_model_arguments, add_threads_argument
+from goc_utils.cli.kinds import (
+    Choice,
+    InputPath,
+    Integer,
+    Items,
+    Number,
+    OutputPath,
+    Seed,
+    add_option,
     check_output_dir,
     check_writable,
-    number,
-    seed,
 )
 from goc_utils.datasets import load_digits_tensors, load_fashion_mnist, load_fashion_tensors
 from goc_utils.errors import InvalidArgumentError
@@ -40,13 +45,11 @@ from goc_utils.training.routers import (
 )
 from goc_utils.training.vae import VAETrainConfig, train_fashion_vae
 
+LEARNING_RATE = Number(0, above=True)
+IMAGE_FOLDER = InputPath("image folder", "pass {flag} DIR, an ImageNet-style folder (class_x/*.JPEG)", folder=True)
+
 
 def cmd_train_tiny(args: argparse.Namespace) -> int:
-    for flag in ("train_steps", "batch_size"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise InvalidArgumentError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
-    if args.lr is not None and not args.lr > 0:
-        raise InvalidArgumentError(f"--lr must be > 0 (got {args.lr})")
     config = default_train_config(
         args.model, steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads
     )
@@ -60,16 +63,20 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
 def add_train_tiny(p: argparse.ArgumentParser) -> None:
     """Train (or resume) a tiny DiT preset with DiT's recipe (eps MSE + VLB, class dropout 0.1, EMA weights):
     tiny-digits on the digits' pixels, tiny-fashion on the tier VAE's latents of Fashion-MNIST."""
-    p.add_argument("--model", choices=TRAINABLE_PRESETS, default="tiny-digits", help="preset (default tiny-digits)")
-    p.add_argument(
-        "--train-steps", type=int, default=None, help="optimiser steps (tiny-digits 20000, tiny-fashion 8000)"
+    add_option(p, "--model", Choice(TRAINABLE_PRESETS), default="tiny-digits", help="preset (default tiny-digits)")
+    add_option(
+        p, "--train-steps", Integer(1), default=None, help="optimiser steps (tiny-digits 20000, tiny-fashion 8000)"
     )
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 128)")
-    p.add_argument("--lr", type=number, default=None, help="AdamW learning rate (default 4e-4)")
-    p.add_argument("--seed", type=seed, default=0, help="seed (default 0)")
+    add_option(p, "--batch-size", Integer(1), default=None, help="batch size (default 128)")
+    add_option(p, "--lr", LEARNING_RATE, default=None, help="AdamW learning rate (default 4e-4)")
+    add_option(p, "--seed", Seed(), default=0, help="seed (default 0)")
     add_threads_argument(p, default=2)
-    p.add_argument("--run-dir", default=None, help="checkpoints and log (default runs/train_<preset>)")
-    p.add_argument("--out", default=None, help="exported EMA weights (default: the preset's file under data/)")
+    add_option(
+        p, "--run-dir", OutputPath(folder=True), default=None, help="checkpoints and log (default runs/train_<preset>)"
+    )
+    add_option(
+        p, "--out", OutputPath(), default=None, help="exported EMA weights (default: the preset's file under data/)"
+    )
     p.set_defaults(func=cmd_train_tiny)
 
 
@@ -124,27 +131,29 @@ def cmd_train_router(args: argparse.Namespace) -> int:
 
 def add_train_router(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--data", default=None, help="DiT's presets: ImageNet-style image folder (tiny presets: built in)")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps the routers are for (default 20)")
-    p.add_argument("--train-steps", type=int, default=2000, help="optimiser steps (default 2000)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    p.add_argument("--lr", type=number, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--l1", type=number, default=5e-6, help="weight of the sum of router scores (default 5e-6)")
-    p.add_argument("--seed", type=seed, default=0, help="seed (default 0)")
+    add_option(
+        p, "--data", IMAGE_FOLDER, default=None,
+        help="DiT's presets: ImageNet-style image folder (tiny presets: built in)",
+    )  # fmt: skip
+    add_option(p, "--steps", STEPS, default=20, help="DDIM steps the routers are for (default 20)")
+    add_option(p, "--train-steps", Integer(1), default=2000, help="optimiser steps (default 2000)")
+    add_option(p, "--batch-size", Integer(1), default=64, help="batch size (default 64)")
+    add_option(p, "--lr", LEARNING_RATE, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    add_option(p, "--l1", Number(0), default=5e-6, help="weight of the sum of router scores (default 5e-6)")
+    add_option(p, "--seed", Seed(), default=0, help="seed (default 0)")
     add_threads_argument(p)
-    p.add_argument(
+    add_option(
+        p,
         "--checkpoint-seconds",
-        type=number,
+        Number(0),
         default=300.0,
         help="save the training state to OUT.partial at most this often; a rerun resumes from it (default 300)",
     )
-    p.add_argument("--out", required=True, help="router checkpoint to write (.pt)")
+    add_option(p, "--out", OutputPath(), required=True, help="router checkpoint to write (.pt)")
     p.set_defaults(func=cmd_train_router)
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    if args.epochs is not None and args.epochs < 1:
-        raise InvalidArgumentError(f"--epochs must be >= 1 (got {args.epochs})")
     out = check_writable(Path(args.out), "--out") if args.out else None
     if args.model == "tiny-fashion":
         out, accuracy = train_fashion_classifier(epochs=args.epochs or 8, seed=args.seed, out=out)
@@ -157,12 +166,10 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 def add_train_classifier(p: argparse.ArgumentParser) -> None:
     """Train a tiny tier's judge, the classifier whose features are its FID / sFID / IS / P / R features."""
-    p.add_argument(
-        "--model", choices=TRAINABLE_PRESETS, default="tiny-digits", help="whose judge (default tiny-digits)"
-    )
-    p.add_argument("--epochs", type=int, default=None, help="epochs (tiny-digits 60, tiny-fashion 8)")
-    p.add_argument("--seed", type=seed, default=0, help="seed (default 0)")
-    p.add_argument("--out", default=None, help="weights (default: the judge's file under data/)")
+    add_option(p, "--model", Choice(TRAINABLE_PRESETS), default="tiny-digits", help="whose judge (default tiny-digits)")
+    add_option(p, "--epochs", Integer(1), default=None, help="epochs (tiny-digits 60, tiny-fashion 8)")
+    add_option(p, "--seed", Seed(), default=0, help="seed (default 0)")
+    add_option(p, "--out", OutputPath(), default=None, help="weights (default: the judge's file under data/)")
     p.set_defaults(func=cmd_train_classifier)
 
 
@@ -214,10 +221,7 @@ def _run_fashion_stage(stage: str, threads: int) -> None:
 
 
 def cmd_train_fashion(args: argparse.Namespace) -> int:
-    stages = FASHION_STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
-    unknown = [s for s in stages if s not in FASHION_STAGES]
-    if unknown:
-        raise InvalidArgumentError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(FASHION_STAGES)}")
+    stages = args.stages
     outputs = _fashion_outputs()
     todo = [s for s in FASHION_STAGES if s in stages and not all(path.exists() for path in outputs[s])]
     if any(stage != "priors" for stage in todo):
@@ -236,8 +240,12 @@ def add_train_fashion(p: argparse.ArgumentParser) -> None:
     with the judge's statistics, the latent DiT, its L2C router and its priors at cfg 1.5 and 4.0. A stage
     whose outputs under data/ exist is skipped (delete them to redo it and the stages after it); an interrupted
     stage resumes from its checkpoint under runs/."""
-    p.add_argument(
-        "--stages", default="all", help=f"comma-separated subset of {','.join(FASHION_STAGES)} (default all)"
+    add_option(
+        p,
+        "--stages",
+        Items("stage list", "stage", "vae,judge", choices=FASHION_STAGES, everything="all"),
+        default="all",
+        help=f"comma-separated subset of {','.join(FASHION_STAGES)} (default all)",
     )
     add_threads_argument(p, default=2)
     p.set_defaults(func=cmd_train_fashion)
