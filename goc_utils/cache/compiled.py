@@ -11,15 +11,15 @@ before the graph (what a reused unit returns depends only on earlier steps), TCC
 updated after the graph (the computed outputs it stores, the values its reuse returned), so the results equal the
 eager engine's to float tolerance (``tests/test_compiled.py``).
 
-Graphs are cached per model, pattern and input shape (:data:`_GRAPHS`), so methods that share patterns (``fora-50``
-and ``fora-50+goc``) compile them once; :attr:`CompiledEngine.compile_seconds` is the compilation this engine paid
+Graphs are cached on the model, per pattern and input shape (:data:`GRAPHS_ATTRIBUTE`), so methods that share
+patterns (``fora-50`` and ``fora-50+goc``) compile them once and the graphs go with the model;
+:attr:`CompiledEngine.compile_seconds` is the compilation this engine paid
 (first calls, less one run of the same call).
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -32,8 +32,9 @@ from goc_utils.errors import InvalidArgumentError
 MODES = ("default", "reduce-overhead", "max-autotune")
 """:func:`torch.compile` modes (``reduce-overhead``: CUDA graphs on a GPU)."""
 
-_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""model -> {(pattern, mode): compiled step function}: graphs shared by every engine of a model."""
+GRAPHS_ATTRIBUTE = "_goc_compiled_graphs"
+"""The model's attribute holding ``{(pattern, mode, shapes...): compiled step function}``: graphs shared by every
+engine of the model, freed with it (a dictionary keyed by the model would keep it alive: each graph refers to it)."""
 
 
 def _pattern(recompute: np.ndarray, keep: np.ndarray, recipes: dict) -> tuple:
@@ -121,7 +122,7 @@ class CompiledEngine:
         """Nothing to do before sampling (graphs compile on first use)."""
 
     def _graph(self, pattern: tuple, args: tuple) -> Callable:
-        graphs = _GRAPHS.setdefault(self.model, {})
+        graphs = self.model.__dict__.setdefault(GRAPHS_ATTRIBUTE, {})
         key = (pattern, self.mode, *(tuple(a.shape) for a in args[:3]), args[0].device, args[0].dtype)
         graph = graphs.get(key)
         if graph is None:
@@ -159,6 +160,8 @@ class CompiledEngine:
         pattern = _pattern(recompute, keep, recipes)
         args = (x, t, y, tuple(inputs))
         out, kept, reused = self._graph(pattern, args)(*args)
+        if self.mode == "reduce-overhead":  # CUDA graphs reuse their output memory: keep copies across steps
+            out, kept, reused = out.clone(), tuple(v.clone() for v in kept), tuple(v.clone() for v in reused)
         reused_keys = [k for k in keys if not recompute[k]]
         values = dict(zip(reused_keys, reused, strict=True))
         for key in planned:
