@@ -87,8 +87,8 @@ class CompiledEngine:
         >>> from goc_utils.model.checkpoints import load_model
         >>> model = load_model("tiny-digits")
         >>> engine = CompiledEngine(resolve_method("fora-50+goc", RunShape.of(model, 20)).engine(model))
-        >>> len(engine.patterns())  # every even step computes all units, every odd step reuses all
-        2
+        >>> len(engine.patterns())  # even steps compute all units (the last keeps none), odd steps reuse all
+        3
     """
 
     def __init__(self, engine: CacheEngine, mode: str = "default") -> None:
