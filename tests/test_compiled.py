@@ -107,3 +107,18 @@ def test_the_python_api_compiles_on_request(setup):
     assert isinstance(compiled, CompiledEngine) and compiled.mode == "default"
     assert torch.allclose(_final(model, compiled.forward), _final(model, method.engine(model).forward),
                           rtol=RTOL, atol=ATOL)  # fmt: skip
+
+
+def test_eval_sample_compiles_on_request_and_records_it(tmp_path):
+    from goc_utils.evaluation.eval import EvalSettings, eval_sample
+    from goc_utils.model.checkpoints import load_model
+
+    model = load_model("tiny-digits")
+    eager = eval_sample(model, EvalSettings(steps=6, per_device_batch=2), "fora-50+goc", tmp_path / "e", 2,
+                        progress=False)  # fmt: skip
+    settings = EvalSettings(steps=6, per_device_batch=2, compile=True)
+    compiled = eval_sample(model, settings, "fora-50+goc", tmp_path / "c", 2, progress=False)
+    assert '"compile": true' in (tmp_path / "c" / "run.json").read_text()
+    assert "compile" not in (tmp_path / "e" / "run.json").read_text()  # eager manifests stay as they were
+    a, b = (np.load(p)["arr_0"].astype(int) for p in (eager, compiled))
+    assert np.abs(a - b).max() <= 1  # float tolerance, through uint8 rounding

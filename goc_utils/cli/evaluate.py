@@ -24,6 +24,7 @@ from goc_utils.cli.common import (
 )
 from goc_utils.cli.kinds import (
     Choice,
+    Flag,
     InputPath,
     Integer,
     Kind,
@@ -117,6 +118,7 @@ def _eval_settings(args: argparse.Namespace, cfg_scale: float) -> EvalSettings:
         priors=args.priors,
         tcc_pack=args.tcc_pack,
         backend=args.backend,
+        compile=args.compile,
     )
 
 
@@ -150,6 +152,13 @@ def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
     add_backend_argument(p)
     add_threads_argument(p)
     add_tf32_argument(p)
+    add_option(
+        p,
+        "--compile",
+        Flag(),
+        help="run our methods' model calls as compiled graphs, one torch.compile graph per step pattern (equal to "
+        "eager to float tolerance; recorded in run.json)",
+    )
 
 
 def cmd_eval_sample(args: argparse.Namespace) -> int:

@@ -70,6 +70,8 @@ class EvalSettings:
             methods through :mod:`goc_utils.integrations.diffusers.hooks`; also runs ``diffusers:*`` caches).
         tf32: TF32 matmuls on CUDA as :func:`~goc_utils.model.sampler.set_tf32` applied them (True as published,
             False for strict fp32); None on the CPU, where there is no TF32 (then ``run.json`` has no entry).
+        compile: our methods' model calls as compiled graphs (:mod:`goc_utils.cache.compiled`; equal to eager to
+            float tolerance, so ``run.json`` records it and a run is not resumed across the two).
     """
 
     model: str = "tiny-digits"
@@ -87,15 +89,18 @@ class EvalSettings:
     tcc_pack: str | None = None
     backend: str = "native"
     tf32: bool | None = None
+    compile: bool = False
 
     def manifest(self, method: Method) -> dict:
         """``run.json``: what must match for a rerun to resume (the sample count may grow)."""
-        ignored = ("router", "thres", "priors", "tcc_pack", "backend", "tf32")
+        ignored = ("router", "thres", "priors", "tcc_pack", "backend", "tf32", "compile")
         record = {k: v for k, v in asdict(self).items() if k not in ignored}
         if self.backend != "native":  # native runs keep the manifests they had before backends existed
             record["backend"] = self.backend
         if self.tf32 is not None:  # CUDA only: CPU runs keep their manifests (and bytes)
             record["tf32"] = self.tf32
+        if self.compile:  # eager runs keep the manifests they had before compiling existed
+            record["compile"] = True
         record["method"] = method.text
         if isinstance(method, PeerMethod):  # another library's cache: diffusers_* or cachedit_* options
             options = method.options
@@ -190,7 +195,7 @@ def eval_sample(
     """Sample ``num_samples`` images of one method (text, or resolved by :meth:`EvalSettings.resolve`) into
     ``out_dir/samples.npz`` (resumable)."""
     (method,) = settings.resolve(model, [method]) if isinstance(method, str) else (method,)
-    runner = make_runner(model, method, calibration=_calibration(model, settings))
+    runner = make_runner(model, method, _calibration(model, settings), settings.compile)
     runner.prepare()  # MagCache's calibration, before any sampling
     run = NpzRun(num_samples, settings.per_device_batch, settings.manifest(method), settings.seed, settings.steps,
                  settings.sampler, settings.cfg_scale)  # fmt: skip
@@ -461,7 +466,7 @@ def run_eval(
         return None
     labels, noise = per_sample_inputs(model, range(scoring.latency_batch), settings.seed)
     calibration = _calibration(model, settings)
-    runners = {m.text: make_runner(model, m, calibration=calibration) for m in methods_timed}
+    runners = {m.text: make_runner(model, m, calibration, settings.compile) for m in methods_timed}
     times, _ = time_engines(model, runners, (labels, noise), settings, scoring.latency_repeats, progress=progress)
     latency = {text: statistics.median(values) for text, values in times.items()}
     return score_methods(model, settings, methods, samples, scoring, latency, progress)

@@ -466,10 +466,15 @@ class CacheDitRunner(_HookRunner):
         return cachedit.call(self.model, self.cachedit, x, t, y)
 
 
-def make_runner(model, method: Method, calibration: Callable[[Callable], None] | None = None) -> Runner:
+def make_runner(model, method: Method, calibration: Callable[[Callable], None] | None = None,
+                compile: bool = False) -> Runner:  # fmt: skip
     """What samples ``method`` on ``model``: an engine on our ``DiT``; on a diffusers transformer
     (:class:`~goc_utils.integrations.diffusers.hooks.DiffusersDiT`, ``--backend diffusers``) the runner of its
-    library. ``calibration(forward)`` samples once un-cached (MagCache)."""
+    library. ``calibration(forward)`` samples once un-cached (MagCache). ``compile``: our methods run as compiled
+    graphs (:class:`~goc_utils.cache.compiled.CompiledEngine`, on either backend: the diffusers transformer takes the
+    same ``unit_fn``); other libraries' caches are left to their own compile support."""
+    if isinstance(method, ResolvedMethod) and compile:
+        return method.engine(model, compile=True)
     if isinstance(method, ResolvedMethod):
         return EngineRunner(model, method) if isinstance(model, DiffusersDiT) else method.engine(model)
     if not isinstance(model, DiffusersDiT):
