@@ -163,7 +163,8 @@ def read_torch_file(
     one line (:class:`InvalidArgumentError`) naming ``what``, the path and ``fix``: the path is not a regular file
     (:func:`input_file`), cannot be read (garbage, a truncated file, a safetensors file), or is not a dict holding
     every key of ``kinds`` with a value of that type (``kind`` says what it should be: ``"a checkpoint of `goc
-    train-router`"``). The one check of the resume files and caches that training reads.
+    train-router`"``), or a float tensor in it holds NaN or infinite values. The one check of the resume files and
+    caches that training reads.
 
     Example:
         >>> read_torch_file("/nonexistent.pt", "training checkpoint", "delete it", {"step": int}, "a checkpoint")
@@ -184,7 +185,23 @@ def read_torch_file(
         for key, wanted in kinds.items()
     ):
         raise InvalidArgumentError(f"{what} {name} is not {kind}; {fix}")
+    where = _not_finite(state)
+    if where is not None:
+        raise InvalidArgumentError(f"{what} {name} holds NaN or infinite values in {shorten(where, 60)}; {fix}")
     return state
+
+
+def _not_finite(value: object, where: str = "") -> str | None:
+    """Where in ``value`` (nested dicts, lists and tuples) a floating-point tensor holds NaN or infinite values
+    (``"model.x_embedder.proj.weight"``), or None: weights, moments and latents are finite."""
+    if isinstance(value, torch.Tensor):
+        return where if value.is_floating_point() and not torch.isfinite(value).all() else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else ()
+    for key, item in items:
+        found = _not_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def _load_failure(exc: Exception) -> str:
@@ -434,18 +451,35 @@ def check_disk(folder: str | Path, nbytes: int | float, what: str, fix: str) -> 
 def exclusive_lock(lock_path: str | Path, busy: str) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_path`` (created if needed) for the block; when another process holds it,
     raise :class:`InvalidArgumentError` with the one-line message ``busy`` at once. The kernel drops the lock
-    when its process ends, also on ``kill -9``, so a stopped job never leaves a stale lock."""
+    when its process ends, also on ``kill -9``, so a stopped job never leaves a stale lock. The file is removed when
+    the block ends (nothing is left beside an output); a process that opened it just before holds a removed file,
+    sees that the path is no longer its file, and takes the lock anew."""
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
+    while True:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - closed below, after the lock is released
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise InvalidArgumentError(busy) from None
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(handle.fileno())
+        if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+            break
+        handle.close()  # the holder before removed it: lock the file now at that path
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(lock_path)
+        except FileNotFoundError:
+            pass
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def output_lock(path: str | Path, flag: str = "--out") -> AbstractContextManager[None]:

@@ -92,6 +92,7 @@ def files(exported, tmp_path_factory):
 
 SAMPLE = ["sample", "--steps", "4", "--classes", "1", "--out", "OUT/x.png"]
 EVAL = ["eval-sample", "--backend", "diffusers", "--steps", "4", "--num-samples", "2", "--out", "OUT"]
+EVAL_5 = [*EVAL[:3], "--steps", "5", *EVAL[5:]]
 BENCH = ["bench", "--backend", "diffusers", "--steps", "4", "--repeats", "1", "--warmup", "0"]
 EXPORT = ["export-diffusers", "--model", "tiny-digits", "--out"]
 INTERVAL = "an interval N (compute once every N calls) must be >= 1"
@@ -135,7 +136,7 @@ CASES = [
     ([*EVAL, "--method", "diffusers:fbc:threshold=" + "7" * 100_000], "a threshold must be a finite number"),
     ([*EVAL, "--method", "diffusers:fbc:" + "x" * 100_000], "diffusers:fbc takes key=value with keys: threshold"),
     ([*EVAL, "--method", "cachedit:dbcache:fn=1:thresh=0.1"], "cachedit:dbcache takes key=value with keys: fn, bn,"),
-    ([*EVAL, "--method", "cachedit:dbcache:mask=1111", "--steps", "5"], "has 4 digits; give one per step (5)"),
+    ([*EVAL_5, "--method", "cachedit:dbcache:mask=1111"], "has 4 digits; give one per step (5)"),
     ([*BENCH, "--methods", "none,cachedit:dbcache:fn=1:threshold=-1"], "threshold=-1 in 'cachedit:dbcache:fn=1:"),
     ([*EVAL, "--cfg-scale", "1", "--method", "cachedit:dbcache:separate_cfg=true"], "or separate_cfg=false"),
     # 4. broken diffusers folders as --ckpt

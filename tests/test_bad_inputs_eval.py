@@ -103,6 +103,7 @@ REF = str(paths.DIGITS_REFERENCE_BATCH)
 FID = ["fid", "--features", "digits", "--device", "cpu"]
 EVAL_SAMPLE = ["eval-sample", "--num-samples", "2", "--steps", "4", "--device", "cpu"]
 EVAL = ["eval", "--methods", "none", "--num-samples", "2", "--steps", "4", "--device", "cpu", "--out", "OUT"]
+EVAL_SAMPLE_N, EVAL_N = [*EVAL_SAMPLE[:1], *EVAL_SAMPLE[3:]], [*EVAL[:3], *EVAL[5:-2]]  # --num-samples (--out) left out
 REFUSE_RUN = "cannot be checked without it: delete"
 
 CASES = [
@@ -145,8 +146,8 @@ CASES = [
     (["sample", "--steps", "4", "--classes", "1", "--upscale", "200000"], "--upscale 200000 (1 image) would need"),
     (["sample", "--steps", "4", "--upscale", "0"], "argument --upscale: must be an integer >= 1 (got 0)"),
     (["sample", "--steps", "4", "--per-class", "100000000"], "--per-class 100000000 (1,000,000,000 images) would"),
-    ([*EVAL_SAMPLE, "--num-samples", "1000000000000", "--out", "OUT"], "--num-samples 1000000000000 would write"),
-    ([*EVAL[:-4], "--num-samples", "1000000000000", "--out", "OUT"], "x 1 method(s) x 1 cfg scale(s) would write"),
+    ([*EVAL_SAMPLE_N, "--num-samples", "1000000000000", "--out", "OUT"], "--num-samples 1000000000000 would write"),
+    ([*EVAL_N, "--num-samples", "1000000000000", "--out", "OUT"], "x 1 method(s) x 1 cfg scale(s) would write"),
     ([*EVAL, "--fid-bootstrap=-3"], "argument --fid-bootstrap: must be 0 (off) or an integer >= 2 (got -3)"),
     ([*EVAL, "--fid-bootstrap", "1"], "must be 0 (off) or an integer >= 2 (got 1)"),  # one resample has no spread
     # 6. --tf32 is a switch

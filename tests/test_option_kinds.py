@@ -1,7 +1,7 @@
 """Every option of every ``goc`` command declares its kind (:mod:`goc_utils.cli.kinds`), and bad values generated
 from that kind (negative, zero, huge, NaN, infinite, empty, a folder where a file belongs, a missing file, a device,
-an unwritable path, a name too long, a repeated item or file, ...) are refused before any work: exit status 2,
-exactly one line on stderr naming the option, nothing written.
+an unwritable path, a name too long, a repeated item or file, the option itself given twice, ...) are refused
+before any work: exit status 2, exactly one line on stderr naming the option, nothing written.
 
 The fast part tries the first two bad values of every option; the slow part every bad value, and checks that no
 committed output (``data/``, ``figures/``) changed. An option added without a kind fails
@@ -51,11 +51,20 @@ OPTIONS = [
 ]
 
 
+TWICE = "given twice"
+"""The option given a second time, with a valid value (argparse would keep the last one silently)."""
+
+
 def labels(action: argparse.Action, every: bool) -> list[str]:
-    """The bad values tried on ``action``: the first two of its kind, or ``every`` one; and a file given twice to
-    an option taking several."""
+    """The bad values tried on ``action``: the first two of its kind, or ``every`` one; a file given twice to an
+    option taking several; and the option given twice (every option but positionals and ``append`` ones)."""
     found = [label for label, _ in action.kind.bad_values(DRY)]
-    return (found if every else found[:2]) + (["a file twice in the list"] if action.nargs == "+" else [])
+    twice = action.option_strings and not isinstance(action, argparse._AppendAction)
+    return (
+        (found if every else found[:2])
+        + (["a file twice in the list"] if action.nargs == "+" else [])
+        + ([TWICE] if twice else [])
+    )
 
 
 def cases(every: bool) -> list:
@@ -113,6 +122,8 @@ def argv(name: str, dest: str, label: str, fixtures: Path) -> list[str]:
     action = next(a for a in options(command) if a.dest == dest)
     if label == "a file twice in the list":
         bad = [action.option_strings[0], *[action.kind.example(fixtures)] * 2]
+    elif label == TWICE:
+        bad = _value(action, None, fixtures) * 2
     else:
         bad = _value(action, dict(action.kind.bad_values(fixtures))[label], fixtures)
     words = [name]
@@ -200,4 +211,20 @@ def test_every_bad_value_of_every_option_is_refused(name, option, fixtures, tmp_
 def test_case_counts():
     """The fast part tries two bad values of each option; the slow part every one."""
     fast, slow = len(cases(every=False)), len(cases(every=True))
-    assert len(OPTIONS) >= 200 and fast >= 2 * len(OPTIONS) - 20 and slow > 3 * fast, (len(OPTIONS), fast, slow)
+    twice = sum(TWICE in labels(a, every=False) for _, a in OPTIONS)
+    assert len(OPTIONS) >= 200 and twice >= len(OPTIONS) - 20, (len(OPTIONS), twice)
+    assert fast >= 3 * len(OPTIONS) - 40 and slow > 2.5 * fast, (len(OPTIONS), fast, slow)
+
+
+SIZED = [name for name, command in COMMANDS.items() if {"model", "image_size"} <= {a.dest for a in options(command)}]
+"""The commands that take a preset and an image size, which are checked together (``kinds.check_together``)."""
+
+
+@pytest.mark.parametrize("name", SIZED)
+def test_an_image_size_the_preset_cannot_make_is_refused_first(name, fixtures, tmp_path, capsys, monkeypatch, guarded):
+    """An odd size is a whole number of patches of no preset (DiT's patch is 2 pixels or latent cells)."""
+    command = COMMANDS[name]
+    required = [a for a in options(command) if (a.required or not a.option_strings) and a.dest != "image_size"]
+    words = [name, *[w for a in required for w in _value(a, None, fixtures)], "--image-size", "9"]
+    refused(words, "--image-size", tmp_path, fixtures, capsys, monkeypatch)
+    assert len(SIZED) >= 8, SIZED

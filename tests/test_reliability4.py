@@ -36,9 +36,22 @@ needs_fashion = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashio
 # ----------------------------------------------------------------------------- 1. training resume files
 
 
+def with_options(argv: list[str], *extra: str) -> list[str]:
+    """``argv`` with the ``--flag value`` pairs of ``extra``: a flag already there gets the new value (an option is
+    given once), the others are appended."""
+    argv = list(argv)
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    return argv
+
+
 def _train(run_dir: Path, out: Path, *extra: str) -> list[str]:
-    return ["train-tiny", "--train-steps", "2", "--batch-size", "4", "--threads", "1", "--run-dir", str(run_dir),
-            "--out", str(out), *extra]  # fmt: skip
+    argv = ["train-tiny", "--train-steps", "2", "--batch-size", "4", "--threads", "1", "--run-dir", str(run_dir),
+            "--out", str(out)]  # fmt: skip
+    return with_options(argv, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +323,7 @@ TINY_REPORTS = [
 @pytest.mark.parametrize("extra, message", TINY_REPORTS, ids=lambda v: " ".join(v)[:40] if isinstance(v, list) else "")
 def test_tiny_report_refuses_before_writing_anything(extra, message, tmp_path, capsys):
     out = tmp_path / "report"
-    argv = ["tiny-report", "--steps", "2", "--out-dir", str(out), *extra]
+    argv = with_options(["tiny-report", "--steps", "2", "--out-dir", str(out)], *extra)
     run_bad_input(argv, message, capsys)
     assert not out.exists()
 

@@ -269,14 +269,16 @@ def test_goc_tcc_pack_then_goc_sample_and_one_line_refusals(tmp_path, capsys):
     assert main(fit + ["--pooling", "token"]) == 0
     assert "at steps 1,3; rank of M 31..31 of 128" in capsys.readouterr().out  # 2 samples x 16 tokens
     assert TCCPack.load(pack).header()["pooling"] == "token"
-    grid = ["sample", "--steps", "4", "--classes", "1", "--out", str(tmp_path / "g.png"), "--cfg-scale", "1.5"]
-    assert main(grid + ["--method", "fora-50+tcc", "--tcc-pack", str(pack)]) == 0
+    def grid(steps: str = "4", cfg: str = "1.5") -> list[str]:
+        return ["sample", "--steps", steps, "--classes", "1", "--out", str(tmp_path / "g.png"), "--cfg-scale", cfg]
+
+    assert main(grid() + ["--method", "fora-50+tcc", "--tcc-pack", str(pack)]) == 0
     assert (tmp_path / "g.png").is_file()
     capsys.readouterr()
-    with_pack = [*grid, "--tcc-pack", str(pack)]
-    run_bad_input([*with_pack, "--method", "fora-25+tcc"], "host 'fora-50'", capsys)
-    run_bad_input([*with_pack, "--method", "fora-50+tcc", "--cfg-scale", "4"], "cfg 1.5, not 4", capsys)
-    run_bad_input([*grid, "--method", "fora-50+tcc", "--steps", "5"], "ddim5_cfg1.5_fora-50.safetensors' does", capsys)
+    with_pack = ["--tcc-pack", str(pack)]
+    run_bad_input([*grid(), *with_pack, "--method", "fora-25+tcc"], "host 'fora-50'", capsys)
+    run_bad_input([*grid(cfg="4"), *with_pack, "--method", "fora-50+tcc"], "cfg 1.5, not 4", capsys)
+    run_bad_input([*grid(steps="5"), "--method", "fora-50+tcc"], "ddim5_cfg1.5_fora-50.safetensors' does", capsys)
     run_bad_input([*fit, "--host", "fora-50+goc"], "must be a plain schedule", capsys)
     run_bad_input([*fit, "--target-steps", "2"], "2 is not one", capsys)
 

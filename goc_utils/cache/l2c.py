@@ -35,20 +35,39 @@ L2C_GOC_WEIGHT = 0.8
 """GOC's published w with Learning-to-Cache."""
 
 
-def load_router_logits(path: str | Path) -> np.ndarray:
-    """Router logits ``(num_routers, 2 * depth)`` float32 from an official-format checkpoint."""
+def _read_router_file(path: str | Path) -> tuple[object, str]:
+    """What ``torch.load`` finds in a router file (``weights_only``) and the file's name for messages."""
     fix = "pass --router PATH (an L2C router .pt)"
     path = input_file(path, "router file", fix, error=ScheduleError)
     name = shorten(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch adds multi-line advice to refused pickles; our line says it
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.load(str(path), map_location="cpu", weights_only=True), name
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
         raise ScheduleError(
             f"cannot read router file {name!r} ({first_line(exc, 120)}); "
             "expected Learning-to-Cache's {'routers': state_dict} checkpoint"
         ) from None
+
+
+def check_router_model(path: str | Path, model: str) -> None:
+    """One line when the router file was trained for another model than the preset ``model``: the model its
+    ``args`` record (as Learning-to-Cache's ``train.py`` and ``goc train-router`` write them). A file that records
+    none, or a name that is no preset, is taken as it is; its shape is checked when the schedule is built
+    (:func:`l2c`)."""
+    obj, name = _read_router_file(path)
+    trained = getattr(obj.get("args") if isinstance(obj, dict) else None, "model", None)
+    if trained in DiT_models and trained != model:
+        raise ScheduleError(
+            f"router file {name!r} was trained for model {shorten(trained, 40)!r}, not {model!r}; pass a router "
+            f"trained for it (goc train-router --model {model})"
+        )
+
+
+def load_router_logits(path: str | Path) -> np.ndarray:
+    """Router logits ``(num_routers, 2 * depth)`` float32 from an official-format checkpoint."""
+    obj, name = _read_router_file(path)
     routers = obj.get("routers") if isinstance(obj, dict) else None
     if not isinstance(routers, dict) or not routers:
         raise ScheduleError(f"router file {name!r} has no 'routers' entry with '<k>.prob' tensors")

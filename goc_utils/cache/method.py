@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from goc_utils.cache.compensator import COMPENSATORS, build_compensator
 from goc_utils.cache.engine import CacheEngine, method_cost
-from goc_utils.cache.options import parse_options
+from goc_utils.cache.l2c import check_router_model
+from goc_utils.cache.options import parse_options, path_parameters
 from goc_utils.cache.plugins import load_plugins
 from goc_utils.cache.run import MethodContext, Resources, RunShape
 from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, build_schedule
@@ -66,10 +68,10 @@ class CacheMethod:
         return "router" in SCHEDULES[self.schedule].options and self.schedule_options.get("router") is None
 
     def resolve(self, run: RunShape, resources: Resources | None = None, text: str | None = None) -> ResolvedMethod:
-        """This method for one run: the schedule built, every resource found and checked (router and threshold,
-        GOC's published or ``auto`` w and steps, TCC's pack), the compensator's options validated; one line for
-        whatever is missing or does not fit, before any sampling. ``text``: the string it was written as (default
-        :meth:`label`)."""
+        """This method for one run: the schedule built, every resource found and checked (router, the model it was
+        trained for and threshold, GOC's published or ``auto`` w and steps, TCC's pack), the compensator's options
+        validated; one line for whatever is missing or does not fit, before any sampling. ``text``: the string it was
+        written as (default :meth:`label`)."""
         resources = resources or Resources()
         options = dict(self.schedule_options)
         label = self.label()
@@ -81,6 +83,8 @@ class CacheMethod:
                     f"{self.schedule}:router=PATH (short: {self.schedule}:PATH@THRES)"
                 )
             _check_thres(options["thres"], label)
+            if resources.model is not None:
+                check_router_model(options["router"], resources.model)
         schedule = build_schedule(self.schedule, run.steps, run.depth, **options)
         if self.compensator != "none" and schedule.reused_units == 0:
             raise InvalidArgumentError(
@@ -138,6 +142,24 @@ class CacheMethod:
         except TypeError as exc:
             raise InvalidArgumentError(f"bad options in method {shown}: {exc}") from None
         return cls(schedule, options, compensator, comp)
+
+    def files(self) -> list[tuple[str, str]]:
+        """``(option, path)`` of every file the string names (``l2c:router=PATH``, ``matrix:path=PATH``,
+        ``tcc:pack=FILE``): the options their builder or config declares as a ``Path``
+        (:func:`~goc_utils.cache.options.path_parameters`). ``goc`` checks them before anything loads.
+
+        Example:
+            >>> CacheMethod.parse("l2c:r.pt@0.2+goc").files()
+            [('router', 'r.pt')]
+        """
+        declared = [(self.schedule_options, SCHEDULES[self.schedule].build),
+                    (self.compensator_options, COMPENSATORS[self.compensator].config_cls)]  # fmt: skip
+        return [
+            (key, str(value))
+            for options, owner in declared
+            for key in sorted(path_parameters(owner) & set(options))
+            if isinstance(value := options[key], (str, Path))
+        ]
 
     def label(self) -> str:
         """Short name such as ``fora-50+goc``, with non-default text options (``l2c+goc:coupling=unit``)."""

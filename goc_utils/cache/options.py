@@ -50,6 +50,19 @@ def _converter(hint) -> Converter | None:
     return None
 
 
+def path_parameters(declared: Callable | type) -> set[str]:
+    """The keyword parameters of a schedule builder, or fields of a config dataclass, declared as a file to read
+    (``Path`` among the types of the hint: ``router: str | Path | None``): a method string naming one names a file,
+    which ``goc`` checks before anything loads (:meth:`~goc_utils.cache.method.CacheMethod.files`)."""
+    hints = typing.get_type_hints(declared)
+
+    def is_path(hint) -> bool:
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        return Path in (typing.get_args(hint) if union else (hint,))
+
+    return {name for name, hint in hints.items() if is_path(hint)}
+
+
 def _convert(convert: Converter, key: str, value: str, text: str):
     shown = f"option {key}={shorten(value)!r} in method {shorten(text)!r}"
     try:

@@ -30,6 +30,7 @@ and ``R`` is determined by the data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ from goc_utils import paths
 from goc_utils.cache.compensator import Compensator, UnitKey, register_compensator
 from goc_utils.cache.run import MethodContext, RunShape
 from goc_utils.errors import GocError, InvalidArgumentError, first_line, shorten
-from goc_utils.files import atomic_save_safetensors, input_file
+from goc_utils.files import atomic_save_safetensors, input_file, state_dict_sha256
 
 TCC_FORMAT = "goc-tcc-pack/1"
 VARIANTS = ("full", "scale_shift", "shift_only")
@@ -61,6 +62,10 @@ PUBLISHED_WINDOW = (1, 7)
 """Steps (ours, s = 0 noisiest) of the published DDIM-20 window: reverse steps 18..12."""
 PUBLISHED_ALPHA = 1.75
 """The correction strength of the published DiT FORA / L2C scripts."""
+
+
+PACK_FLOATS = ("R", "s", "mu_a", "mu_b")
+"""A pack's float tensors (the maps); ``rank`` and ``host_mask`` hold integers."""
 
 
 class TCCPackError(GocError):
@@ -118,6 +123,14 @@ class TCCPack:
     def index(self, step: int) -> int | None:
         """Position of ``step`` in :attr:`targets`, or None when the pack does not correct it."""
         return self.targets.index(step) if step in self.targets else None
+
+    def digest(self) -> str:
+        """sha256 of the pack's contents (header and tensors): what a run that used it records
+        (:func:`~goc_utils.evaluation.eval.input_digests`), so that a pack refitted in place is noticed."""
+        tensors = {"R": self.R, "s": self.s, "mu_a": self.mu_a, "mu_b": self.mu_b, "rank": self.rank,
+                   "host_mask": torch.from_numpy(np.ascontiguousarray(self.host_mask))}  # fmt: skip
+        header = json.dumps(self.header(), sort_keys=True, default=str)
+        return hashlib.sha256(f"{header}\n{state_dict_sha256(tensors)}".encode()).hexdigest()
 
     def header(self) -> dict:
         return {
@@ -178,8 +191,16 @@ class TCCPack:
         for name, shape in expected.items():
             if found[name] != shape:
                 raise bad(f"has tensor {name} of shape {found[name]}, but its header needs {shape}")
-        if not all(torch.isfinite(tensors[n]).all() for n in ("R", "s", "mu_a", "mu_b")):
+        for name in expected:
+            if tensors[name].is_floating_point() != (name in PACK_FLOATS):
+                kind = "floats" if name in PACK_FLOATS else "integers"
+                raise bad(f"has tensor {name} of dtype {tensors[name].dtype}, but a pack's {name} holds {kind}")
+        if not all(torch.isfinite(tensors[n]).all() for n in PACK_FLOATS):
             raise bad("holds NaN or infinite values")
+        if not ((tensors["host_mask"] == 0) | (tensors["host_mask"] == 1)).all():
+            raise bad("has a host_mask with values other than 0 (reuse) and 1 (recompute)")
+        if not ((tensors["rank"] >= 0) & (tensors["rank"] <= hidden)).all():
+            raise bad(f"has a rank outside 0..{hidden} (its width)")
         return cls(
             header["model"], header["steps"], header["cfg_scale"], header["host"],
             tensors["host_mask"].numpy().astype(bool), [int(t) for t in header["targets"]],
@@ -412,7 +433,7 @@ class TCCConfig:
 
     alpha: float | None = None
     any_alpha: bool = False
-    pack: TCCPack | str | None = None
+    pack: TCCPack | Path | str | None = None
     pooling: str | None = None
 
     FLAGS: ClassVar[dict[str, dict]] = {"any_alpha": {"any_alpha": True}}

@@ -52,21 +52,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
 """Command -> (module in ``goc_utils.cli``, one-line help). Each module has ``add_<command>(parser)``."""
 
 
+GIVEN = "_goc_given"
+"""The attribute of a :class:`Parser` that holds, during one parse, the options already given (dest -> how it was
+written), so that :func:`goc_utils.cli.kinds.add_option`'s options refuse a second one; reset at each parse."""
+
+
 class Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are a single line (no usage block)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        setattr(self, GIVEN, {})  # each parse starts with no option given (kinds.add_option refuses a second one)
+        return super().parse_known_args(args, namespace)
+
 
 def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every option of ``args.command`` with a value checked by its kind (``Kind.check``: inputs exist and are of
-    their format, outputs can be written, method strings parse), before the command does anything."""
+    their format, outputs can be written, method strings parse) and the options that depend on each other together
+    (``kinds.check_together``), before the command does anything."""
+    from goc_utils.cli.kinds import check_together  # imported with the command's flags already
+
     command = parser._subparsers._group_actions[0].choices[args.command]
     for action in command._actions:
         value = getattr(args, action.dest, None)
         if value is not None and hasattr(action, "kind"):
             action.kind.check_action(action, value)
+    check_together(args, command._actions)
 
 
 def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ from goc_utils.cli.common import (
     add_threads_argument,
 )
 from goc_utils.cli.kinds import (
+    Batch,
     Choice,
     Flag,
     InputPath,
@@ -35,7 +36,6 @@ from goc_utils.cli.kinds import (
     Preset,
     Seed,
     add_option,
-    check_output_dir,
     check_writable,
 )
 from goc_utils.errors import InvalidArgumentError, shorten
@@ -64,7 +64,7 @@ from goc_utils.evaluation.tables import markdown_table, write_table
 from goc_utils.evaluation.verdicts import MAX_RESAMPLES, check_same_noise, verdict_rows
 from goc_utils.integrations.diffusers.peers import diffusers_backend
 from goc_utils.model.checkpoints import load_model, resolve_device
-from goc_utils.model.presets import preset_info
+from goc_utils.model.presets import preset_info, smallest_image_shape
 from goc_utils.model.sampler import image_shape, set_tf32
 from goc_utils.model.vae import load_vae, vae_spec
 
@@ -144,7 +144,9 @@ def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
     add_option(
         p, "--num-samples", Integer(1, what="--num-samples"), default=50000, help="images per method (default 50000)"
     )
-    add_option(p, "--per-device-batch", Integer(1), default=32, help="images per forward and per shard (default 32)")
+    add_option(
+        p, "--per-device-batch", Batch("num_samples"), default=32, help="images per forward and per shard (default 32)"
+    )
     add_option(p, "--sampler", Choice(["ddim", "ddpm"]), default="ddim", help="ddim (eta 0) or ddpm (default ddim)")
     add_router_arguments(p, help_extra=" (default: the tiny tier's committed router)")
     add_priors_argument(p)
@@ -163,7 +165,9 @@ def _add_eval_sampling_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval_sample(args: argparse.Namespace) -> int:
     (method,) = parse_methods(args.method, single=True, steps=args.steps, cfg_scales=[args.cfg_scale])
-    check_output_dir(Path(args.out), "--out")
+    # --out was probed (its kind) and is created when sampling starts: a refusal leaves no folder behind
+    shape, _ = smallest_image_shape(args.model, args.image_size)  # before loading; exact once loaded
+    check_space(Path(args.out), args.num_samples, args.per_device_batch, shape)
     model, vae, dist, settings = _load_for_eval(args, _eval_settings(args, args.cfg_scale))
     (resolved,) = settings.resolve(model, [method])  # every resource found and checked, before any sampling
     started = time.perf_counter()
@@ -250,15 +254,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "--ref-batch is required for Inception features: the ADM reference batch, "
             "e.g. VIRTUAL_imagenet256_labeled.npz"
         )
-    batch_info(ref)
-    check_output_dir(Path(args.out), "--out")
+    batch_info(ref)  # --out was probed (its kind): it is created when the first run starts sampling
     table = Path(args.table) if args.table else Path(args.out) / "results"
     for suffix in (".csv", ".md"):  # before any sampling: a table that cannot be written fails now
         check_writable(table.with_name(table.name + suffix), "--table")
-    model, vae, dist, settings = _load_for_eval(args, _eval_settings(args, args.cfg_scale[0]))
     runs = f"--num-samples {args.num_samples} x {len(methods)} method(s) x {len(args.cfg_scale)} cfg scale(s)"
-    check_space(Path(args.out), args.num_samples, args.per_device_batch, image_shape(model, vae),
-                len(methods) * len(args.cfg_scale), runs)  # fmt: skip
+    space = (Path(args.out), args.num_samples, args.per_device_batch)
+    count = len(methods) * len(args.cfg_scale)
+    check_space(*space, smallest_image_shape(args.model, args.image_size)[0], count, runs)  # before loading
+    model, vae, dist, settings = _load_for_eval(args, _eval_settings(args, args.cfg_scale[0]))
+    check_space(*space, image_shape(model, vae), count, runs)  # the VAE's channels known
     runs = {cfg: replace(settings, cfg_scale=cfg) for cfg in args.cfg_scale}
     resolved = {cfg: run.resolve(model, methods) for cfg, run in runs.items()}  # all, before any sampling
     extractor = build_extractor(features, dist.device, args.inception_weights) if dist.rank == 0 else None
@@ -295,7 +300,7 @@ def add_eval(p: argparse.ArgumentParser) -> None:
         help="ADM reference npz (default for the tiny tiers: data/reference/digits_ref.npz, fashion_test_ref.npz)",
     )
     _add_feature_arguments(p, None, "digits for tiny-digits, fashion for tiny-fashion, else inception")
-    add_option(p, "--latency-batch", Integer(1), default=8, help="images per timed batch (default 8)")
+    add_option(p, "--latency-batch", Batch(), default=8, help="images per timed batch (default 8)")
     add_option(p, "--latency-repeats", Integer(1), default=3, help="timed runs per method (default 3)")
     add_option(
         p,

@@ -28,6 +28,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from goc_utils.cli import GIVEN
 from goc_utils.errors import GocError, InvalidArgumentError, shorten
 from goc_utils.files import input_file
 from goc_utils.lists import number_list, refuse_repeats, split_items
@@ -147,6 +148,21 @@ class Integer(Kind):
         ]
 
 
+class Batch(Integer):
+    """Images per model forward (``--batch``, ``--per-device-batch``, ``--batch-size``): a count that reaches the
+    allocator, so beyond its range it is checked with the command's ``--model`` and ``--image-size``
+    (:func:`check_together`): one guided forward of that many images must fit this machine's memory. ``capped_by``:
+    the option whose count caps the batch (``--num-samples``: a batch is never larger than the run)."""
+
+    def __init__(self, capped_by: str | None = None):
+        super().__init__(1, name="batch size")
+        self.capped_by = capped_by
+
+    def bad_values(self, folder: Path) -> BadValues:
+        huge = [] if self.capped_by else [("more than the memory holds", str(10**12))]  # capped: it may be fine
+        return [*super().bad_values(folder), *huge]
+
+
 class Seed(Integer):
     """A seed: an integer in 0 .. 2**63 - 1 (one rule for every command)."""
 
@@ -251,7 +267,7 @@ class Flag(Kind):
 
 
 class Device(Kind):
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether that GPU is there is the command's to say)."""
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a GPU must be visible (checked before anything loads)."""
 
     name = "device"
 
@@ -260,11 +276,17 @@ class Device(Kind):
             raise argparse.ArgumentTypeError(f"unknown device {shorten(text)!r}; use auto, cpu, cuda or cuda:N")
         return text
 
+    def check(self, value: str, flag: str) -> None:
+        from goc_utils.model.checkpoints import resolve_device  # torch's import only once a command runs
+
+        resolve_device(value)  # "--device cuda:3: only 2 GPU(s) are visible"
+
     def example_text(self) -> str:
         return "cpu"
 
     def bad_values(self, folder: Path) -> BadValues:
-        return [("unknown", "tpu"), ("a negative GPU", "cuda:-1"), ("empty", ""), ("too long", "c" * 300)]
+        return [("unknown", "tpu"), ("a negative GPU", "cuda:-1"), ("empty", ""), ("too long", "c" * 300),
+                ("a GPU that is not here", "cuda:4096")]  # fmt: skip
 
 
 class Preset(Kind):
@@ -298,8 +320,10 @@ class Method(Kind):
 
     def check(self, value: str, flag: str) -> None:
         try:
-            self.validate(value)  # its own message first: "empty method list ''"
+            parsed = self.validate(value)  # its own message first: "empty method list ''"
             super().parse(value)
+            for text in parsed if isinstance(parsed, list) else [value]:
+                _check_method_files(text)
         except (GocError, ValueError, argparse.ArgumentTypeError) as exc:
             raise InvalidArgumentError(f"argument {flag}: {exc}") from None
 
@@ -308,8 +332,22 @@ class Method(Kind):
 
     def bad_values(self, folder: Path) -> BadValues:
         bad = [("unknown", "no-such-method"), ("empty", ""), ("a dangling +", "fora-50+"),
-               ("a control character", "fora-50\n")]  # fmt: skip
+               ("a control character", "fora-50\n"), ("a missing file inside", f"l2c:router={folder / 'missing'}"),
+               ("a folder inside", f"fora-50+tcc:pack={folder}")]  # fmt: skip
         return bad + ([("repeated", "none,none"), ("an empty item", "none,,fora-50")] if self.several else [])
+
+
+def _check_method_files(text: str) -> None:
+    """The files a method string names (``l2c:router=PATH``, ``tcc:pack=FILE``: :meth:`CacheMethod.files`) exist
+    and are regular files, before anything loads; their contents are read and checked by their loaders."""
+    from goc_utils.cache.method import CacheMethod
+
+    try:
+        method = CacheMethod.parse(text)
+    except GocError:  # another library's cache (diffusers:..., cachedit:...): no files of ours
+        return
+    for key, path in method.files():
+        input_file(path, f"{key} file", f"give an existing file as {key}= in method {shorten(text)!r}")
 
 
 class NumberList(Kind):
@@ -696,13 +734,10 @@ def _probe(folder: Path) -> None:
 
 
 def check_writable(path: Path, flag: str) -> Path:
-    """:func:`check_output` for a file, then create its folder; returns the path (``~`` expanded)."""
+    """:func:`check_output` for a file; returns the path (``~`` expanded). Nothing is created: its folder is made
+    when the file is written (:func:`~goc_utils.files.atomic_write`), so a later refusal leaves nothing behind."""
     path = path.expanduser()
     check_output(path, flag, folder=False)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidArgumentError(f"{flag} {str(path)!r}: cannot create its folder ({exc.strerror})") from None
     return path
 
 
@@ -731,10 +766,69 @@ class InputFiles(InputPath):
                 raise InvalidArgumentError(f"{flag} lists the file {shorten(twin)!r} twice{also}; give each file once")
 
 
+def check_together(args: argparse.Namespace, actions: Sequence[argparse.Action]) -> None:
+    """The checks of options that depend on each other, run by ``goc``'s ``main`` after each option's own
+    :meth:`Kind.check` and before the command, on ``--model``'s DiT built on the meta device (no memory, no
+    weights): ``--image-size`` must make a whole number of patches (and of latent cells, for a latent preset), and
+    every :class:`Batch` option's images must fit one forward in memory."""
+    model = getattr(args, "model", None)
+    if not isinstance(model, str):
+        return
+    import torch  # only once a command runs
+
+    from goc_utils.files import check_memory
+    from goc_utils.model.presets import create_model, forward_bytes_at_least
+
+    size = getattr(args, "image_size", None)
+    if size is not None:
+        try:
+            with torch.device("meta"):
+                create_model(model, size)
+        except GocError as exc:
+            raise InvalidArgumentError(f"argument --image-size: {exc}") from None
+    for action in actions:
+        value = getattr(args, action.dest, None)
+        if isinstance(getattr(action, "kind", None), Batch) and isinstance(value, int):
+            cap = getattr(args, action.kind.capped_by, None) if action.kind.capped_by else None
+            images = min(value, cap) if isinstance(cap, int) else value
+            flag = action.option_strings[0]
+            check_memory(forward_bytes_at_least(model, size, images), f"{flag} {value:,}", f"choose a smaller {flag}")
+
+
+class _Once:
+    """An option given a second time is refused (argparse would keep the last value silently): ``--steps 4 ...
+    --steps 5``, ``--x --no-x``. ``action="append"`` options (``--pair A B --pair C D``) are given repeatedly by
+    design and do not take this."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(parser, GIVEN, None)
+        if given is not None:
+            if self.dest in given:
+                first = given[self.dest]
+                again = "" if first == option_string else f" (as {first}, then as {option_string})"
+                raise argparse.ArgumentError(self, f"given twice{again}; give it once")
+            given[self.dest] = option_string
+        super().__call__(parser, namespace, values, option_string)
+
+
+_ONCE_CLASSES: dict[type, type] = {}
+
+
+def _given_once(action: argparse.Action) -> None:
+    if isinstance(action, argparse._AppendAction) or not action.option_strings:
+        return
+    cls = type(action)
+    if cls not in _ONCE_CLASSES:
+        _ONCE_CLASSES[cls] = type(cls.__name__, (_Once, cls), {"__doc__": cls.__doc__})
+    action.__class__ = _ONCE_CLASSES[cls]
+
+
 def add_option(container, name: str, kind: Kind, **kwargs) -> argparse.Action:
     """``container.add_argument(name, **kwargs)`` with its ``kind`` declared: what argparse needs to apply it
     (``type``, ``choices`` or ``action``) and the action's ``kind`` attribute, which ``goc``'s ``main`` checks
-    before the command runs and the tests enumerate."""
+    before the command runs and the tests enumerate. The option is taken once: given twice, it is refused
+    (:class:`_Once`), except an ``append`` option."""
     action = container.add_argument(name, **kind.argparse_kwargs(), **kwargs)
     action.kind = kind
+    _given_once(action)
     return action

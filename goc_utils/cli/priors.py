@@ -32,6 +32,7 @@ from goc_utils.cli.common import (
     add_threads_argument,
 )
 from goc_utils.cli.kinds import (
+    Batch,
     Choice,
     ClassList,
     InputFiles,
@@ -125,7 +126,7 @@ def add_priors(p: argparse.ArgumentParser) -> None:
     add_sampling_arguments(p, seed_help=None)
     add_option(p, "--classes", ClassList(everything=True), default="all", help="all | 0-99 | 3,5 (default all)")
     add_option(p, "--per-class", Integer(1), default=1, help="samples (seeds 0..K-1) per class (default 1)")
-    add_option(p, "--batch-size", Integer(1), default=16, help="samples per sampling batch (default 16)")
+    add_option(p, "--batch-size", Batch(), default=16, help="samples per sampling batch (default 16)")
     add_option(
         p, "--out", OutputPath(), default=None, help="priors file (default data/priors/<model>_ddim<steps>_cfg<cfg>...)"
     )
@@ -340,7 +341,7 @@ def add_tcc_pack(p: argparse.ArgumentParser) -> None:
     )
     add_option(p, "--variant", Choice(VARIANTS), default="full", help="map family (default full: similarity)")
     add_option(p, "--svd", Choice(SVD_DRIVERS), default="gesdd", help="LAPACK driver of the Procrustes SVD")
-    add_option(p, "--batch-size", Integer(1), default=64, help="samples per sampling batch (default 64)")
+    add_option(p, "--batch-size", Batch(), default=64, help="samples per sampling batch (default 64)")
     add_option(
         p,
         "--out",

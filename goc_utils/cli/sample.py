@@ -40,7 +40,7 @@ from goc_utils.files import check_disk, check_memory
 from goc_utils.model.checkpoints import load_model, resolve_device
 from goc_utils.model.diffusion import NUM_TRAIN_TIMESTEPS
 from goc_utils.model.macs import model_macs
-from goc_utils.model.presets import model_info, preset_info
+from goc_utils.model.presets import model_info, preset_info, smallest_image_shape
 from goc_utils.model.sampler import (
     check_sampling_args,
     class_labels,
@@ -110,9 +110,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     set_tf32(device, args.tf32)
     torch.set_grad_enabled(False)
+    _check_sizes(args, *smallest_image_shape(args.model, args.image_size), npz)  # huge sizes: refused before loading
     model = load_model(args.model, args.ckpt, args.image_size, device)
     vae = load_vae(vae_spec(args.vae, args.ckpt, args.model), device, args.model) if info.latent else None
-    upscale = _check_sizes(args, model, vae, npz)
+    upscale = _check_sizes(args, image_shape(model, vae), model.in_channels * model.input_size**2, npz)
     labels = class_labels(args.classes, args.per_class)
     check_sampling_args(model, labels, args.steps, args.cfg_scale, args.model)
     if args.priors is not None and not method.needs_priors:
@@ -156,12 +157,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_sizes(args: argparse.Namespace, model, vae, npz: Path | None) -> int:
-    """Before sampling: memory for the images of ``--classes`` x ``--per-class`` and for the upscaled grid, disk for
+def _check_sizes(args: argparse.Namespace, shape: tuple[int, int, int], model_values: int, npz: Path | None) -> int:
+    """Before sampling: memory for the images (``shape``: H, W, C) of ``--classes`` x ``--per-class`` and their
+    latents (``model_values`` floats each: noise, CFG batch, chain state, final) and for the upscaled grid, disk for
     ``--save-npz`` (one line naming the limit); returns the grid's upscale factor."""
-    height, width, channels = image_shape(model, vae)
+    height, width, channels = shape
     n = len(args.classes) * args.per_class
-    model_values = model.in_channels * model.input_size**2  # noise, CFG batch, chain state, final: float32
     check_memory(
         n * (height * width * channels + 4 * 6 * model_values),
         f"--per-class {args.per_class} ({n:,} images)",

@@ -26,6 +26,7 @@ from goc_utils.cli.common import (
     add_threads_argument,
 )
 from goc_utils.cli.kinds import (
+    Batch,
     Choice,
     Flag,
     InputPath,
@@ -51,6 +52,7 @@ from goc_utils.study.notebooks import (
     figures_dir_for,
     for_selection,
     load_params_file,
+    naming_params_file,
     preset_model,
     run_notebooks,
     smoke_mode,
@@ -111,11 +113,13 @@ def add_tiny_report(p: argparse.ArgumentParser) -> None:
 def cmd_notebooks(args: argparse.Namespace) -> int:
     only = args.only
     params = load_params_file(args.params)
-    smoke = smoke_mode(args.smoke, params)  # --smoke or smoke: true in --params: figures follow what runs
-    model = preset_model(args.preset, params)
-    check_preset(model)  # before any folder is made (the notebooks would refuse it only once running)
+    with naming_params_file(args.params):
+        smoke = smoke_mode(args.smoke, params)  # --smoke or smoke: true in --params: figures follow what runs
+        model = preset_model(args.preset, params)
+        check_preset(model)  # before any folder is made (the notebooks would refuse it only once running)
     notebooks = study_notebooks(only, include_long=smoke)
-    check_parameters(for_selection(params, notebooks), notebooks)
+    with naming_params_file(args.params):
+        check_parameters(for_selection(params, notebooks), notebooks)
     figures = check_output_dir(figures_dir_for(smoke, args.figures_dir, model), "--figures-dir")
     started = time.perf_counter()
     done = run_notebooks(args.preset, args.smoke, params, only, figures_dir=figures)
@@ -214,7 +218,7 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     add_tcc_pack_argument(p)
     add_backend_argument(p)
     add_sampling_arguments(p, seed_help=None)
-    add_option(p, "--batch", Integer(1), default=1, help="images per run (default 1; CFG doubles it)")
+    add_option(p, "--batch", Batch(), default=1, help="images per run (default 1; CFG doubles it)")
     add_option(p, "--repeats", Integer(1), default=5, help="timed runs per method (default 5)")
     add_option(p, "--warmup", Integer(0), default=1, help="untimed runs first (default 1)")
     add_threads_argument(p)

@@ -12,6 +12,7 @@ from goc_utils.cache.l2c import router_mask
 from goc_utils.cache.schedule import CacheSchedule
 from goc_utils.cli.common import STEPS, add_model_arguments, add_threads_argument
 from goc_utils.cli.kinds import (
+    Batch,
     Choice,
     InputPath,
     Integer,
@@ -67,7 +68,7 @@ def add_train_tiny(p: argparse.ArgumentParser) -> None:
     add_option(
         p, "--train-steps", Integer(1), default=None, help="optimiser steps (tiny-digits 20000, tiny-fashion 8000)"
     )
-    add_option(p, "--batch-size", Integer(1), default=None, help="batch size (default 128)")
+    add_option(p, "--batch-size", Batch(), default=None, help="batch size (default 128)")
     add_option(p, "--lr", LEARNING_RATE, default=None, help="AdamW learning rate (default 4e-4)")
     add_option(p, "--seed", Seed(), default=0, help="seed (default 0)")
     add_threads_argument(p, default=2)
@@ -137,7 +138,7 @@ def add_train_router(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_option(p, "--steps", STEPS, default=20, help="DDIM steps the routers are for (default 20)")
     add_option(p, "--train-steps", Integer(1), default=2000, help="optimiser steps (default 2000)")
-    add_option(p, "--batch-size", Integer(1), default=64, help="batch size (default 64)")
+    add_option(p, "--batch-size", Batch(), default=64, help="batch size (default 64)")
     add_option(p, "--lr", LEARNING_RATE, default=1e-3, help="AdamW learning rate (default 1e-3)")
     add_option(p, "--l1", Number(0), default=5e-6, help="weight of the sum of router scores (default 5e-6)")
     add_option(p, "--seed", Seed(), default=0, help="seed (default 0)")

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
+import json
 import os
 import re
 import statistics
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,7 +37,7 @@ from goc_utils.evaluation.metrics.features import extract_cached
 from goc_utils.evaluation.metrics.fidelity import file_fidelity
 from goc_utils.evaluation.sampling import Distributed, NpzRun, sample_to_npz
 from goc_utils.evaluation.tables import csv_text, markdown_table
-from goc_utils.files import atomic_write_text
+from goc_utils.files import atomic_write_text, state_dict_sha256
 from goc_utils.integrations.diffusers.peers import (
     CALIBRATION_SAMPLES,
     Method,
@@ -91,10 +94,14 @@ class EvalSettings:
     tf32: bool | None = None
     compile: bool = False
 
-    def manifest(self, method: Method) -> dict:
-        """``run.json``: what must match for a rerun to resume (the sample count may grow)."""
+    def manifest(self, method: Method, inputs: dict[str, str] | None = None) -> dict:
+        """``run.json``: what must match for a rerun to resume (the sample count may grow). ``inputs``: the
+        contents the run read (:func:`input_digests`), recorded as ``inputs`` so that a file changed in place
+        between two parts of a run is refused; runs recorded before it resume without it."""
         ignored = ("router", "thres", "priors", "tcc_pack", "backend", "tf32", "compile")
         record = {k: v for k, v in asdict(self).items() if k not in ignored}
+        if inputs:
+            record["inputs"] = dict(inputs)
         if self.backend != "native":  # native runs keep the manifests they had before backends existed
             record["backend"] = self.backend
         if self.tf32 is not None:  # CUDA only: CPU runs keep their manifests (and bytes)
@@ -125,6 +132,52 @@ class EvalSettings:
         resources = Resources(self.router, self.thres, priors, self.model, self.cfg_scale, self.tcc_pack)
         run = RunShape.of(model, self.steps)
         return [resolve_any(text, run, resources) for text in texts]
+
+
+_MODULE_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def module_sha256(module: torch.nn.Module) -> str:
+    """:func:`~goc_utils.files.state_dict_sha256` of a module's weights, computed once per module and state
+    (a weight written in place since is seen by its tensor's version counter, and hashed again)."""
+    state = module.state_dict()
+    key = tuple((name, t.data_ptr(), t._version) for name, t in state.items())
+    known = _MODULE_DIGESTS.get(module)
+    if known is None or known[0] != key:
+        known = (key, state_dict_sha256(state))
+        _MODULE_DIGESTS[module] = known
+    return known[1]
+
+
+def _sha256_text(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def input_digests(model: torch.nn.Module, method: Method, vae=None) -> dict[str, str]:
+    """sha256 of the contents a run reads besides its settings, for ``run.json`` (:meth:`EvalSettings.manifest`):
+    the DiT's weights, the VAE's weights and config, the schedule the method resolved to (an L2C router's
+    decisions), and every resolved resource of its compensator that has a ``digest`` (a TCC pack). A file
+    changed in place (retrained weights, a refitted pack or router) changes them, and a resumed run refuses it.
+
+    Example:
+        >>> from goc_utils.cache import Resources, RunShape, resolve_method
+        >>> from goc_utils.model.checkpoints import load_model
+        >>> model = load_model("tiny-digits")
+        >>> method = resolve_method("fora-50", RunShape.of(model, 20), Resources())
+        >>> sorted(input_digests(model, method))
+        ['schedule', 'weights']
+    """
+    digests = {"weights": module_sha256(model)}
+    if vae is not None:
+        config = json.dumps(dict(getattr(vae, "config", {})), sort_keys=True, default=str)
+        digests["vae"] = _sha256_text(module_sha256(vae), config)
+    if not isinstance(method, PeerMethod):  # another library's cache has no schedule of ours
+        mask = np.ascontiguousarray(method.schedule.mask, dtype=bool)
+        digests["schedule"] = _sha256_text(str(mask.shape), mask.tobytes().hex())
+        for key, value in method.compensator_options.items():
+            if callable(getattr(value, "digest", None)):
+                digests[f"compensator_{key}"] = value.digest()
+    return digests
 
 
 def _portable(value):
@@ -197,8 +250,9 @@ def eval_sample(
     (method,) = settings.resolve(model, [method]) if isinstance(method, str) else (method,)
     runner = make_runner(model, method, _calibration(model, settings), settings.compile)
     runner.prepare()  # MagCache's calibration, before any sampling
-    run = NpzRun(num_samples, settings.per_device_batch, settings.manifest(method), settings.seed, settings.steps,
-                 settings.sampler, settings.cfg_scale)  # fmt: skip
+    manifest = settings.manifest(method, input_digests(model, method, vae))
+    run = NpzRun(num_samples, settings.per_device_batch, manifest, settings.seed, settings.steps, settings.sampler,
+                 settings.cfg_scale)  # fmt: skip
     return sample_to_npz(model, out_dir, run, runner.forward, vae, dist, progress)
 
 

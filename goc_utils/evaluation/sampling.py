@@ -129,13 +129,15 @@ def check_manifest(out_dir: Path, manifest: dict, num_samples: int | None = None
     path = out_dir / MANIFEST_NAME
     if path.exists() or path.is_symlink():
         stored = read_manifest(out_dir)
-        diff = [k for k in sorted(set(stored) | set(manifest)) if k != RESULT_KEY and stored.get(k) != manifest.get(k)]
+        keys = sorted((set(stored) | set(manifest)) - {RESULT_KEY, INPUTS_KEY})
+        diff = [k for k in keys if stored.get(k) != manifest.get(k)]
         if diff:
             k = diff[0]
             raise InvalidArgumentError(
                 f"{out_dir} holds a run with {k}={stored.get(k)!r} (this one: {manifest.get(k)!r}); "
                 "rerun with the same settings to resume, or choose a new --out"
             )
+        _check_inputs(out_dir, stored.get(INPUTS_KEY), manifest.get(INPUTS_KEY))  # same settings, other contents
         finished = stored.get(RESULT_KEY) or {}
         if num_samples is not None and num_samples < finished.get("count", 0):
             raise InvalidArgumentError(
@@ -144,6 +146,27 @@ def check_manifest(out_dir: Path, manifest: dict, num_samples: int | None = None
             )
         return
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+INPUTS_KEY = "inputs"
+"""``run.json`` entry: sha256 of the contents the run read (weights, VAE, schedule, packs), compared on a rerun
+where the stored run has it (runs recorded before it resume on their settings alone)."""
+
+
+def _check_inputs(out_dir: Path, stored: dict | None, current: dict | None) -> None:
+    """A rerun reads the contents the run was sampled with: every digest the stored run recorded must be equal."""
+    if stored is None or current is None:
+        return
+    if not isinstance(stored, dict):
+        raise InvalidArgumentError(f"{out_dir / MANIFEST_NAME} has inputs that are not a mapping; choose a new --out")
+    for name in sorted(set(stored) | set(current)):
+        was, now = stored.get(name), current.get(name)
+        if was != now:
+            was, now = (f"sha256 {str(v)[:12]}..." if v else "none" for v in (was, now))
+            raise InvalidArgumentError(
+                f"{out_dir} was sampled with {name} of {was}, this run has {now}: a file changed since the run's "
+                "first part; restore it to resume, or choose a new --out"
+            )
 
 
 RESULT_KEY = "samples"

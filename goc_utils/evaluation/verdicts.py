@@ -20,8 +20,25 @@ from goc_utils.evaluation.metrics.features import FeatureExtractor, extract_cach
 from goc_utils.evaluation.metrics.fidelity import paired_psnr_difference
 from goc_utils.evaluation.sampling import MANIFEST_NAME, read_manifest
 
-SAME_NOISE_KEYS = ("model", "ckpt", "image_size", "vae", "steps", "sampler", "cfg_scale", "seed")
-"""The ``run.json`` settings that samples compared image by image must share: the same weights, noise and chain."""
+SAME_NOISE_KEYS = (
+    "model", "ckpt", "image_size", "vae", "steps", "sampler", "cfg_scale", "seed", "inputs.weights", "inputs.vae",
+)  # fmt: skip
+"""The ``run.json`` settings that samples compared image by image must share: the same weights, noise and chain
+(``inputs.*``: the contents' sha256, where both runs recorded them)."""
+
+
+def _setting(manifest: Mapping, key: str):
+    """``manifest[key]``, ``inputs.weights`` read as ``manifest["inputs"]["weights"]``; a missing entry is
+    :data:`_MISSING`."""
+    value = manifest
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+_MISSING = object()
 
 MAX_RESAMPLES = 100_000
 """The most bootstrap resamples a verdict draws: a spread is settled long before (the default is 200)."""
@@ -37,7 +54,14 @@ def check_same_noise(samples: Mapping[str, Path]) -> None:
         if (path.parent / MANIFEST_NAME).exists() or (path.parent / MANIFEST_NAME).is_symlink()
     }
     for key in SAME_NOISE_KEYS:
-        seen = [(role, manifest[key]) for role, manifest in manifests.items() if key in manifest]
+        found = [(role, _setting(manifest, key)) for role, manifest in manifests.items()]
+        seen = [(role, value) for role, value in found if value is not _MISSING]
+        lacking = next((role for role, value in found if value is _MISSING), None)
+        if seen and lacking is not None and not key.startswith("inputs."):  # digests: only newer runs have them
+            raise InvalidArgumentError(
+                f"{lacking}'s run.json does not record {key}, which {seen[0][0]}'s records ({shorten(seen[0][1], 60)});"
+                " compare samples of the same noise and model: sample them with goc eval-sample"
+            )
         other = next(((role, value) for role, value in seen if json.dumps(value) != json.dumps(seen[0][1])), None)
         if other is not None:
             (role_a, value_a), (role_b, value_b) = seen[0], other

@@ -97,7 +97,9 @@ def _dit_input_size(shapes: dict[str, tuple[int, ...]], patch: int) -> int:
 
 
 def check_state_dict(model: DiT, state_dict: dict[str, torch.Tensor], source: str, preset: str) -> None:
-    """Strict key and shape check; the error lists the differences and the likely preset."""
+    """Strict key and shape check (the error lists the differences and the likely preset), then every weight
+    floating-point and finite: ``load_state_dict`` would cast integer weights silently, and NaN weights give NaN
+    samples."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -107,6 +109,7 @@ def check_state_dict(model: DiT, state_dict: dict[str, torch.Tensor], source: st
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
     if not (missing or unexpected or wrong):
+        _check_values(state_dict, source)
         return
 
     def _few(items: list[str]) -> str:
@@ -127,6 +130,16 @@ def check_state_dict(model: DiT, state_dict: dict[str, torch.Tensor], source: st
     else:
         hint = f"it looks like {preset!r} with a {guess[1]}x{guess[1]} input: use the matching --image-size"
     raise CheckpointError(f"checkpoint {source!r} does not fit preset {preset!r} ({'; '.join(parts)}); {hint}")
+
+
+def _check_values(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """One line naming the first weight that is not floating-point or holds NaN or infinite values."""
+    fix = "pass the checkpoint as it was trained (a damaged or hand-edited copy is not one)"
+    for key, value in state_dict.items():
+        if not value.is_floating_point():
+            raise CheckpointError(f"checkpoint {source!r}: {key} holds {value.dtype} values, not weights; {fix}")
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"checkpoint {source!r} holds NaN or infinite values in {key}; {fix}")
 
 
 def load_model(

@@ -159,6 +159,37 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def smallest_image_shape(name: str, image_size: int | None = None) -> tuple[tuple[int, int, int], int]:
+    """What a preset's samples need at least, known without weights (its DiT built on the meta device): the
+    ``(H, W, C)`` of its uint8 images, where C is 1 for a latent preset (the VAE's output channels, 1 or 3, are
+    known once it loads), and the float values of one latent (``C * H * W`` of the DiT's input). For the memory
+    and disk checks that refuse a job before anything loads; the exact ones follow the load.
+
+    Example:
+        >>> smallest_image_shape("DiT-XL/2")
+        ((256, 256, 1), 4096)
+    """
+    info = preset_info(name)
+    with torch.device("meta"):
+        model = create_model(name, image_size)
+    side = model.input_size * (info.vae_factor if info.latent else 1)
+    return (side, side, 1 if info.latent else model.in_channels), model.in_channels * model.input_size**2
+
+
+def forward_bytes_at_least(name: str, image_size: int | None, images: int) -> int:
+    """A lower bound of the memory a guided forward of ``images`` images of the preset takes: its activations,
+    2 x images (CFG) x tokens x hidden float32 values, alive 8 times over in a block (its input, q, k, v and the
+    MLP's 4x hidden layer). For refusing a batch that cannot fit before anything loads.
+
+    Example:
+        >>> forward_bytes_at_least("DiT-XL/2", None, 1) // 2**20  # MiB per image, at least
+        18
+    """
+    with torch.device("meta"):
+        model = create_model(name, image_size)
+    return 2 * images * model.num_tokens * model.hidden_size * 4 * 8
+
+
 def model_info(name: str, image_size: int | None = None) -> dict:
     """Architecture facts of a preset (``goc info``), built on the meta device (no memory, no weights)."""
     info = preset_info(name)

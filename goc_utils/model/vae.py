@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -69,12 +70,13 @@ def vae_spec(spec: str | None, ckpt: str | Path | None = None, preset: str | Non
     return (preset_info(preset).vae if preset else None) or "ema"
 
 
-def latent_scale(vae) -> float:
-    """The VAE's latent scale from its config: latents are ``scale * encode(x)``, decoded from ``latents / scale``."""
+def latent_scale(vae, what: str = "the VAE") -> float:
+    """The VAE's latent scale from its config: latents are ``scale * encode(x)``, decoded from ``latents / scale``.
+    ``what`` names the VAE in the error (``"VAE 'data/vae'"``)."""
     scale = getattr(vae.config, "scaling_factor", None)
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
         raise VAEError(
-            f"the VAE's config has no finite positive scaling_factor (found {shorten(repr(scale), 40)}); put the "
+            f"the config of {what} has no finite positive scaling_factor (found {shorten(repr(scale), 40)}); put the "
             "number in its config.json"
         )
     return float(scale)
@@ -110,7 +112,7 @@ def check_vae_fits(vae, preset: str, spec: str = "the VAE") -> None:
             f"VAE {name} upsamples by {factor}, but {preset}'s DiT makes {side}x{side} latents of {image}x{image} "
             f"images (factor {info.vae_factor}): its samples would be {side * factor}x{side * factor}; {fix}"
         )
-    latent_scale(vae)
+    latent_scale(vae, f"VAE {name}")
 
 
 def load_vae(spec: str = "ema", device: str | torch.device = "cpu", preset: str | None = None):
@@ -147,10 +149,22 @@ def _read_vae(spec: str, device: str | torch.device):
                 f"VAE folder {str(as_path)!r} has no config.json; it must hold a diffusers AutoencoderKL "
                 "(config.json + diffusion_pytorch_model.safetensors)"
             )
+        if not any(as_path.glob("diffusion_pytorch_model*.safetensors")):
+            pickles = sorted(p.name for p in as_path.glob("*.bin"))
+            held = f" (it holds {pickles[0]}: pickles are never loaded)" if pickles else ""
+            raise VAEError(
+                f"VAE folder {str(as_path)!r} has no diffusion_pytorch_model.safetensors{held}; save the VAE with "
+                "diffusers' save_pretrained (safetensors) or pass --vae ema|mse"
+            )
         try:
-            vae = AutoencoderKL.from_pretrained(str(as_path))
+            with warnings.catch_warnings():  # our line says what failed; the library's warnings are not repeated
+                warnings.simplefilter("ignore")
+                vae, loading = AutoencoderKL.from_pretrained(
+                    str(as_path), use_safetensors=True, output_loading_info=True
+                )
         except Exception as exc:  # noqa: BLE001 - report any reader failure in one line
             raise VAEError(f"cannot load the VAE in {str(as_path)!r}: {first_line(exc)}") from None
+        _check_weights(vae, loading, as_path)
         return vae.to(device).eval()
     local = local_vae_dir(hub_id)
     if (local / "config.json").is_file():
@@ -176,6 +190,26 @@ def _read_vae(spec: str, device: str | torch.device):
                 f"cannot fetch VAE {hub_id!r} (no local copy and the hub is unreachable); {advice}"
             ) from None
     return vae.to(device).eval()
+
+
+def _check_weights(vae, loading: dict, folder: Path) -> None:
+    """One line when a VAE folder's weights are not those its ``config.json`` describes (diffusers would fill what
+    is missing with random values and drop what it does not know, saying so only in its log) or hold NaN or infinite
+    values."""
+    fix = "pass a diffusers AutoencoderKL folder as save_pretrained writes it (config.json and its weights)"
+    kinds = {"missing_keys": "missing", "unexpected_keys": "unknown", "mismatched_keys": "mis-shaped"}
+    wrong = {what: list(loading.get(key) or []) for key, what in kinds.items()}
+    if any(wrong.values()):
+        found = ", ".join(f"{len(keys)} {what}" for what, keys in wrong.items() if keys)
+        first = next(keys[0] for keys in wrong.values() if keys)
+        first = first[0] if isinstance(first, tuple) else first  # mis-shaped keys come with their shapes
+        raise VAEError(
+            f"VAE folder {shorten(folder)!r} does not hold the weights its config.json describes ({found} weights, "
+            f"e.g. {shorten(first, 60)}); {fix}"
+        )
+    bad = next((name for name, value in vae.state_dict().items() if not torch.isfinite(value).all()), None)
+    if bad is not None:
+        raise VAEError(f"VAE folder {shorten(folder)!r} holds NaN or infinite values in {bad}; {fix}")
 
 
 @torch.no_grad()

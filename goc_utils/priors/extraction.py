@@ -112,7 +112,8 @@ def extract_priors(
     if batch_size < 1:
         raise InvalidArgumentError(f"--batch-size must be >= 1 (got {batch_size})")
     count = len(classes) * len(seeds)  # checked before any list of them is built (seeds may be a range)
-    header = count * (len(str(max(classes, default=0))) + len(str(max(seeds, default=0))) + 4)
+    top_seed = seeds[-1] if isinstance(seeds, range) and seeds.step > 0 and seeds else max(seeds, default=0)
+    header = count * (len(str(max(classes, default=0))) + len(str(top_seed)) + 4)  # a range's max without a walk
     if header > SAFETENSORS_HEADER_LIMIT:
         raise InvalidArgumentError(
             f"{count:,} samples (classes x --per-class) do not fit one priors file: its header lists each sample's "

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -98,6 +101,11 @@ def check_parameters(params: dict, notebooks: list[Path]) -> None:
                     f"parameter {name!r} is {shorten(value, 40)!r} ({type(value).__name__}), but notebook(s) "
                     f"{', '.join(owners)} expect {type_name}; give a {type_name} value (quote text)"
                 )
+            if type_name in ("int", "float") and not (math.isfinite(value) and value >= 0):
+                raise InvalidArgumentError(
+                    f"parameter {name!r} is {shorten(value, 40)}, but every number of notebook(s) "
+                    f"{', '.join(owners)} is a count, size, seed or scale: give a finite number >= 0"
+                )
 
 
 def for_selection(params: dict, notebooks: list[Path]) -> dict:
@@ -148,6 +156,18 @@ def load_params_file(path: str | Path | None) -> dict:
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"params file {name} must hold a mapping of parameter: value")
     return data
+
+
+@contextmanager
+def naming_params_file(path: str | Path | None) -> Iterator[None]:
+    """A refusal of a value read from the params file ``path`` (an unknown parameter, another type, an unknown
+    model) names the file; without a file, refusals pass unchanged."""
+    try:
+        yield
+    except GocError as exc:
+        if path is None:
+            raise
+        raise InvalidArgumentError(f"params file {shorten(path)!r}: {exc}") from None
 
 
 def run_notebooks(

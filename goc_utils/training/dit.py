@@ -111,8 +111,9 @@ def fashion_latents(vae_dir: Path | None = None, cache_dir: Path | None = None, 
         fix = "delete it to encode the latents again"
         state = read_torch_file(cache, "latents cache", fix, kinds, "a latents cache of `goc train-tiny`")
         mean, std, scale = state["mean"], state["std"], state["scale"]
-        if mean.ndim != 4 or std.shape != mean.shape or not 0 < scale < float("inf"):
-            raise InvalidArgumentError(f"latents cache {str(cache)!r} is damaged (its shapes or scale); {fix}")
+        floats = mean.is_floating_point() and std.is_floating_point()
+        if mean.ndim != 4 or std.shape != mean.shape or not floats or not 0 < scale < float("inf"):
+            raise InvalidArgumentError(f"latents cache {str(cache)!r} is damaged (its shapes, types or scale); {fix}")
         if state["vae_sha256"] == key and state.get("data", data) == data:
             return mean, std, float(scale)
     vae = load_vae(str(vae_dir))

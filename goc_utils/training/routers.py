@@ -254,7 +254,8 @@ def _resume_router(path: Path, config: RouterTrainConfig, weights: str, logits, 
     entries = [entry for entry in entries.values() if isinstance(entry, dict)] if isinstance(entries, dict) else []
     moments = [value for entry in entries for value in entry.values() if isinstance(value, torch.Tensor) and value.ndim]
     shapes = {tuple(t.shape) for t in [state["logits"], *moments]}
-    if shapes != {tuple(logits.shape)} or not 0 < state["step"] < config.train_steps:
+    floats = state["logits"].is_floating_point()
+    if shapes != {tuple(logits.shape)} or not floats or not 0 < state["step"] < config.train_steps:
         raise InvalidArgumentError(f"router checkpoint {name} is damaged (its logits or step do not fit); {restart}")
     try:
         opt.load_state_dict(state["opt"])

@@ -161,11 +161,30 @@ def _check_arrays(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype
             )
 
 
+def _load(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` that a batch file holds, read whole; one line when one does not read back (a torn or
+    altered archive fails its checksum)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in names if name in data}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise BatchFileError(f"{_name(path)} is not a readable .npz ({exc}); re-create or re-download it") from None
+
+
+def _check_labels(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Class labels (small: one integer per image) are read and checked here, wherever the file is used."""
+    for key, labels in _load(path, tuple(k for k in LABEL_KEYS if k in headers)).items():
+        if labels.size and labels.min() < 0:
+            raise BatchFileError(f"{_name(path)}: {key} holds the label {labels.min()}; class labels are 0..K-1")
+
+
 def batch_info(path: str | Path) -> BatchInfo:
-    """Validate every array of a batch file by its header (:func:`_check_arrays`) and describe ``arr_0``."""
+    """Validate every array of a batch file by its header (:func:`_check_arrays`), and its labels' values, and
+    describe ``arr_0``."""
     path = Path(path)
     headers = _headers(path)
     _check_arrays(path, headers)
+    _check_labels(path, headers)
     count, height, width, channels = headers["arr_0"][0]
     return BatchInfo(path, count, height, width, channels, all(k in headers for k in STATISTICS))
 
@@ -177,7 +196,7 @@ def iter_images(path: str | Path, batch_size: int = 256) -> Iterator[np.ndarray]
     with _member(info.path, "arr_0") as member:
         shape, fortran, _ = _header(member)
         if fortran:
-            yield from np.array_split(np.load(info.path)["arr_0"], max(1, -(-info.count // batch_size)))
+            yield from np.array_split(_load(info.path, ("arr_0",))["arr_0"], max(1, -(-info.count // batch_size)))
             return
         done = 0
         while done < info.count:
@@ -194,8 +213,7 @@ def read_statistics(path: str | Path) -> dict[str, np.ndarray] | None:
     info = batch_info(path)
     if not info.has_statistics:
         return None
-    with np.load(info.path) as data:
-        stats = {k: np.asarray(data[k], dtype=np.float64) for k in STATISTICS}
+    stats = {k: np.asarray(v, dtype=np.float64) for k, v in _load(info.path, STATISTICS).items()}
     for key, value in stats.items():
         if not np.isfinite(value).all():
             bad = int((~np.isfinite(value)).sum())
@@ -207,27 +225,16 @@ def read_statistics(path: str | Path) -> dict[str, np.ndarray] | None:
 
 def read_labels(path: str | Path) -> np.ndarray | None:
     """Class labels of a batch (``arr_1`` as guided-diffusion writes them, or ``labels``): one integer >= 0 per
-    image (checked), or None when it has none."""
+    image (checked by :func:`batch_info`), or None when it has none."""
     info = batch_info(path)
-    with np.load(info.path) as data:
-        for key in LABEL_KEYS:
-            if key in data:
-                labels = np.asarray(data[key], dtype=np.int64)
-                if labels.min() < 0:
-                    raise BatchFileError(
-                        f"{_name(info.path)}: {key} holds the label {labels.min()}; class labels are 0..K-1"
-                    )
-                return labels
-    return None
+    found = _load(info.path, LABEL_KEYS)
+    return next((np.asarray(found[key], dtype=np.int64) for key in LABEL_KEYS if key in found), None)
 
 
 def batch_features(path: str | Path) -> str | None:
     """The feature extractor a reference batch was made with (its ``features`` entry), or None."""
-    info = batch_info(path)
-    with np.load(info.path) as data:
-        if "features" in data:
-            return str(data["features"])
-    return None
+    found = _load(batch_info(path).path, ("features",))
+    return str(found["features"]) if "features" in found else None
 
 
 def check_same_size(a: BatchInfo, b: BatchInfo) -> None:

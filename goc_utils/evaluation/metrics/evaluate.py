@@ -23,6 +23,7 @@ from goc_utils.evaluation.metrics.adm import (
 )
 from goc_utils.evaluation.metrics.batches import (
     BatchFileError,
+    batch_features,
     batch_info,
     check_same_size,
     read_labels,
@@ -72,8 +73,7 @@ def reference_features(path: str | Path, extractor: FeatureExtractor, progress: 
     feats = extract(path, extractor, progress=progress)
     stored = read_statistics(path)
     if stored is not None:
-        with np.load(Path(path)) as data:
-            made_by = str(data["features"]) if "features" in data else None
+        made_by = batch_features(path)
         if made_by is not None and made_by != extractor.name:
             raise BatchFileError(
                 f"{Path(path).name} stores {made_by} statistics but the {extractor.name} extractor was chosen; "

@@ -268,15 +268,28 @@ def load_inception(path: str | Path | None = None, device: str | torch.device = 
         ) from None
     model = FIDInception()
     expected = model.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{str(file)!r} holds a {type(state).__name__}, not the FID Inception's weights; re-download it"
+        )
     state = {k: v for k, v in state.items() if k in expected}
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    wrong = [
+        k
+        for k, v in state.items()
+        if not isinstance(v, torch.Tensor)
+        or tuple(v.shape) != tuple(expected[k].shape)
+        or v.is_floating_point() != expected[k].is_floating_point()
+    ]
     if missing or wrong:
         bad = (missing or wrong)[0]
         raise CheckpointError(
-            f"{str(file)!r} is not the FID Inception ({len(missing)} missing, {len(wrong)} mis-shaped tensors, "
-            f"e.g. {bad}); use {INCEPTION_WEIGHTS_FILE}"
+            f"{str(file)!r} is not the FID Inception ({len(missing)} missing, {len(wrong)} mis-shaped or mis-typed "
+            f"tensors, e.g. {bad}); use {INCEPTION_WEIGHTS_FILE}"
         )
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{str(file)!r} holds NaN or infinite values in {bad}; re-download it")
     model.load_state_dict(state, strict=False)
     return model.eval().to(device)
 
