@@ -9,6 +9,8 @@ import argparse
 import csv
 import re
 import shlex
+import shutil
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -145,7 +147,7 @@ def test_sample_takes_the_router_beside_a_method_string(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def stand_ins(tmp_path_factory) -> dict[str, str]:
+def stand_ins(tmp_path_factory) -> Iterator[dict[str, str]]:
     """Random-weight files in the user's formats, by the page's placeholder path. Every DiT weight is drawn at
     random (DiT's own init zeroes the adaLN gates and the final layer: such a model outputs zeros and every cache
     would be a no-op)."""
@@ -168,7 +170,8 @@ def stand_ins(tmp_path_factory) -> dict[str, str]:
     np.savez(folder / "VIRTUAL_imagenet256_labeled.npz", arr_0=images)
     files = {name: str(folder / name.removeprefix("/data/")) for name in placeholder_names()}
     assert all((folder / name.removeprefix("/data/")).exists() for name in placeholder_names())
-    return files
+    yield files
+    shutil.rmtree(folder)  # 2.7 GB of random weights: gone with the module, not kept to the session's end
 
 
 def tiny_params(files: dict[str, str], out) -> str:

@@ -174,9 +174,10 @@ def train_dit(
 
     Example:
         >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> config = DiTTrainConfig(steps=2, batch_size=4)
-        >>> train_dit("tiny-digits", config, folder / "run", folder / "dit.safetensors", progress=False).name
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     folder = Path(tmp)
+        ...     config = DiTTrainConfig(steps=2, batch_size=4)
+        ...     train_dit("tiny-digits", config, folder / "run", folder / "dit.safetensors", progress=False).name
         'dit.safetensors'
     """
     config = config or default_train_config(preset)
