@@ -18,14 +18,14 @@ import re
 import shutil
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from goc_utils.errors import GocError, InvalidArgumentError, first_line, shorten
 from goc_utils.paths import link_problem
@@ -172,14 +172,8 @@ def read_torch_file(
         ...
         goc_utils.errors.InvalidArgumentError: training checkpoint '/nonexistent.pt' does not exist; delete it
     """
-    path = input_file(path, what, fix)
+    state = load_torch(path, what, fix)
     name = repr(shorten(path))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch adds multi-line advice to refused pickles; our line says it
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a torn or foreign file
-        raise InvalidArgumentError(f"cannot read {what} {name} ({_load_failure(exc)}); {fix}") from None
     if not isinstance(state, dict) or any(
         not isinstance(state.get(key), wanted) or (wanted is int and isinstance(state.get(key), bool))
         for key, wanted in kinds.items()
@@ -204,12 +198,96 @@ def _not_finite(value: object, where: str = "") -> str | None:
     return None
 
 
-def _load_failure(exc: Exception) -> str:
-    """Why ``torch.load`` refused a file, in a few words (torch puts pages of advice before the reason)."""
+def _zip(head: bytes) -> bool:
+    return head.startswith((b"PK\x03\x04", b"PK\x05\x06"))  # a member first, or an empty archive
+
+
+def _pickle(head: bytes) -> bool:
+    return head[:1] == b"\x80"  # protocol 2+: torch.save's files before its zip format
+
+
+def _safetensors(head: bytes) -> bool:
+    return len(head) > 8 and head[8:9] == b"{"  # an 8-byte header length, then the JSON header
+
+
+FORMATS: dict[str, tuple[str, Callable[[bytes], bool]]] = {
+    "npz": ("an npz archive (a zip file)", _zip),
+    "torch": ("a PyTorch file (a zip archive or a pickle)", lambda head: _zip(head) or _pickle(head)),
+    "safetensors": ("a safetensors file", _safetensors),
+    "weights": ("a PyTorch or safetensors file", lambda head: _zip(head) or _pickle(head) or _safetensors(head)),
+}
+"""Binary formats by how their files start: name -> (what a file of it is, test on its first 16 bytes). A file is
+checked here, once, before any reader opens it; the readers check the rest (headers, keys, shapes)."""
+
+
+def load_torch(
+    path: str | Path,
+    what: str,
+    fix: str,
+    error: type[Exception] = InvalidArgumentError,
+    allowed: Iterable[type] = (),
+) -> object:
+    """What ``torch.save`` wrote to ``path``, read on the CPU with ``weights_only=True`` (a pickle never runs code;
+    ``allowed`` classes may be rebuilt too, e.g. the ``argparse.Namespace`` in L2C's routers), else one line
+    (``error``) naming ``what``, the path, why, and ``fix``: the path is not a regular file (:func:`input_file`),
+    is empty, is not a PyTorch file at all (text, safetensors, npz ...), is cut short, or holds objects other than
+    tensors and plain values. The one reader of every ``.pt`` file the project loads; what the object must hold is
+    the caller's check.
+
+    Example:
+        >>> load_torch("/etc/hostname", "router file", "pass --router PATH")
+        Traceback (most recent call last):
+        ...
+        goc_utils.errors.InvalidArgumentError: cannot read router file '/etc/hostname' (not a PyTorch file: ...
+    """
+    path = input_file(path, what, fix, error=error)
+    try:
+        with torch.serialization.safe_globals(list(allowed)), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch adds multi-line advice to refused pickles; our line says it
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a torn or foreign file
+        raise error(f"cannot read {what} {shorten(path)!r} ({_load_failure(exc, path)}); {fix}") from None
+
+
+def load_safetensors(
+    path: str | Path, what: str, fix: str, error: type[Exception] = InvalidArgumentError
+) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path`` on the CPU, else one line (``error``) naming ``what``, the path,
+    why (not a regular file, empty, not a safetensors file, a header or data cut short) and ``fix``."""
+    path = input_file(path, what, fix, error=error)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - a torn or foreign file
+        with open(path, "rb") as file:
+            head = file.read(16)
+        why = "empty" if not head else "not a safetensors file" if not FORMATS["safetensors"][1](head) else None
+        raise error(f"cannot read {what} {shorten(path)!r} ({why or first_line(exc, 90)}); {fix}") from None
+
+
+def _load_failure(exc: Exception, path: Path) -> str:
+    """Why ``torch.load`` refused ``path``, in a few words (torch puts pages of advice before the reason): its
+    first bytes tell a file of another kind from a PyTorch file (a zip archive, or a legacy pickle) gone bad."""
+    with open(path, "rb") as file:
+        head = file.read(16)
+    if not head:
+        return "empty"
+    if not FORMATS["torch"][1](head):
+        return f"not a PyTorch file: it starts with {head[:4]!r}"
     text = str(exc)
-    if "WeightsUnpickler error:" in text:
+    if "WeightsUnpickler error:" in text and not isinstance(exc, EOFError):
         return f"not plain tensors and numbers: {first_line(text.split('WeightsUnpickler error:', 1)[1], 60)}"
-    return "empty or truncated" if isinstance(exc, EOFError) else first_line(exc, 90)
+    if isinstance(exc, EOFError) or (_zip(head) and not _sound_zip(path)):
+        return "cut short or damaged"
+    return first_line(exc, 90)
+
+
+def _sound_zip(path: Path) -> bool:
+    """Whether the zip archive ``path`` opens and every member's checksum holds."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return False
 
 
 def save_training_state(

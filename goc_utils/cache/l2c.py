@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from goc_utils.cache.schedule import CacheSchedule, ScheduleError, register_schedule
-from goc_utils.errors import first_line, shorten
-from goc_utils.files import input_file
+from goc_utils.errors import shorten
+from goc_utils.files import load_torch
 from goc_utils.model.presets import DiT_models, preset_info
 
 L2C_CORRECTION_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
@@ -37,18 +36,8 @@ L2C_GOC_WEIGHT = 0.8
 
 def _read_router_file(path: str | Path) -> tuple[object, str]:
     """What ``torch.load`` finds in a router file (``weights_only``) and the file's name for messages."""
-    fix = "pass --router PATH (an L2C router .pt)"
-    path = input_file(path, "router file", fix, error=ScheduleError)
-    name = shorten(path)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch adds multi-line advice to refused pickles; our line says it
-            return torch.load(str(path), map_location="cpu", weights_only=True), name
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
-        raise ScheduleError(
-            f"cannot read router file {name!r} ({first_line(exc, 120)}); "
-            "expected Learning-to-Cache's {'routers': state_dict} checkpoint"
-        ) from None
+    fix = "expected Learning-to-Cache's {'routers': state_dict} checkpoint; pass --router PATH (an L2C router .pt)"
+    return load_torch(path, "router file", fix, error=ScheduleError, allowed=[argparse.Namespace]), shorten(path)
 
 
 def check_router_model(path: str | Path, model: str) -> None:

@@ -33,12 +33,22 @@ def parse_int_list(text: str) -> list[int]:
     return number_list(text.replace("/", ","), int, "step list", "3,5,7,9")
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _boolean(text: str) -> bool:
+    """``true`` / ``false`` (or 1/0, yes/no, on/off): anything else is refused, not read as false."""
+    if text.lower() in _TRUE + _FALSE:
+        return text.lower() in _TRUE
+    raise InvalidArgumentError(f"not a yes/no value; use {' or '.join((_TRUE[1], _FALSE[1]))}")
+
+
 def _converter(hint) -> Converter | None:
     """A text -> value converter for a type hint, or None when the hint has no text form."""
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     args = tuple(a for a in args if a is not type(None))
     if bool in args:
-        return lambda text: text.lower() in ("1", "true", "yes")
+        return _boolean
     if int in args:
         return int
     if float in args:
@@ -65,6 +75,8 @@ def path_parameters(declared: Callable | type) -> set[str]:
 
 def _convert(convert: Converter, key: str, value: str, text: str):
     shown = f"option {key}={shorten(value)!r} in method {shorten(text)!r}"
+    if not value.strip():
+        raise InvalidArgumentError(f"option {key}= in method {shorten(text)!r} has no value; give one, e.g. {key}=...")
     try:
         return convert(value)
     except InvalidArgumentError as exc:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from goc_utils.cli import GIVEN
 from goc_utils.errors import GocError, InvalidArgumentError, shorten
-from goc_utils.files import input_file
+from goc_utils.files import FORMATS, input_file
 from goc_utils.lists import number_list, refuse_repeats, split_items
 from goc_utils.model.presets import check_preset
 from goc_utils.model.sampler import parse_classes
@@ -333,7 +333,10 @@ class Method(Kind):
     def bad_values(self, folder: Path) -> BadValues:
         bad = [("unknown", "no-such-method"), ("empty", ""), ("a dangling +", "fora-50+"),
                ("a control character", "fora-50\n"), ("a missing file inside", f"l2c:router={folder / 'missing'}"),
-               ("a folder inside", f"fora-50+tcc:pack={folder}")]  # fmt: skip
+               ("a folder inside", f"fora-50+tcc:pack={folder}"), ("an option without a value", "fora:interval="),
+               ("an option given twice", "fora:interval=2:interval=3"), ("an unknown option", "fora-50+goc:nope=1"),
+               ("a yes/no option of another word", "fora-50+tcc:any_alpha=maybe"),
+               ("a non-finite option", "fora-50+goc:w=nan")]  # fmt: skip
         return bad + ([("repeated", "none,none"), ("an empty item", "none,,fora-50")] if self.several else [])
 
 
@@ -480,28 +483,6 @@ class StepRange(Kind):
 
 
 # ----------------------------------------------------------------------------- paths
-
-
-def _zip(head: bytes) -> bool:
-    return head.startswith((b"PK\x03\x04", b"PK\x05\x06"))  # a member first, or an empty archive
-
-
-def _pickle(head: bytes) -> bool:
-    return head[:1] == b"\x80"  # protocol 2+: torch.save's files before its zip format
-
-
-def _safetensors(head: bytes) -> bool:
-    return len(head) > 8 and head[8:9] == b"{"  # an 8-byte header length, then the JSON header
-
-
-FORMATS: dict[str, tuple[str, Callable[[bytes], bool]]] = {
-    "npz": ("an npz archive (a zip file)", _zip),
-    "torch": ("a PyTorch file (a zip archive or a pickle)", lambda head: _zip(head) or _pickle(head)),
-    "safetensors": ("a safetensors file", _safetensors),
-    "weights": ("a PyTorch or safetensors file", lambda head: _zip(head) or _pickle(head) or _safetensors(head)),
-}
-"""Binary formats by how their files start: name -> (what a file of it is, test on its first 16 bytes). A file is
-checked here, once, before any reader opens it; the readers check the rest (headers, keys, shapes)."""
 
 
 def _write_example(path: Path, format: str | None) -> Path:

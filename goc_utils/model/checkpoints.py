@@ -6,14 +6,12 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from goc_utils.errors import CheckpointError, InvalidArgumentError, first_line, shorten
-from goc_utils.files import input_file
+from goc_utils.errors import CheckpointError, InvalidArgumentError, shorten
+from goc_utils.files import load_safetensors, load_torch
 from goc_utils.model import diffusers_format
 from goc_utils.model.dit import DiT
 from goc_utils.model.presets import DiT_models, create_model, preset_info
@@ -38,23 +36,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         config = diffusers_format.read_config(path)
         state = diffusers_format.read_diffusers_state_dict(path)
         return diffusers_format.from_diffusers(state, config, f"the weights in {shorten(path)!r}")
-    input_file(  # not a FIFO or a device, which torch.load would wait on or read forever
-        path,
-        "checkpoint",
-        "pass --ckpt PATH to a DiT .pt or .safetensors file or a diffusers DiT folder",
-        error=CheckpointError,
-    )
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch adds multi-line advice to refused pickles; our line says it
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r} ({first_line(exc, 160)}); expected a DiT .pt state dict, "
-            "a DiT train.py checkpoint or a .safetensors file"
-        ) from None
+    fix = "pass --ckpt PATH to a DiT .pt or .safetensors file or a diffusers DiT folder"
+    if path.suffix != ".safetensors":
+        obj = load_torch(path, "checkpoint", fix, error=CheckpointError, allowed=[argparse.Namespace])
+        return _state_dict_in(obj, path)
+    return load_safetensors(path, "checkpoint", fix, error=CheckpointError)
+
+
+def _state_dict_in(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """The DiT state dict in what a ``.pt`` checkpoint held: the dict itself, or a train.py checkpoint's EMA."""
     if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
         obj = obj["ema"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

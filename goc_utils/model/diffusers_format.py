@@ -31,10 +31,9 @@ from itertools import chain, islice
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from goc_utils.errors import CheckpointError, first_line, shorten
-from goc_utils.files import check_memory
+from goc_utils.files import check_memory, load_safetensors, load_torch
 from goc_utils.model.dit import get_2d_sincos_pos_embed
 
 EMBEDDER_KEYS = {
@@ -219,14 +218,12 @@ def check_weights(state: dict[str, torch.Tensor], config: dict, source: str = "d
 def read_diffusers_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """The transformer weights of a diffusers folder (single or sharded ``.safetensors``, or ``.bin``)."""
     folder = transformer_folder(folder)
+    fix = "pass a complete diffusers DiT folder (e.g. a new goc export-diffusers)"
     files = sorted(folder.glob("diffusion_pytorch_model*.safetensors"))
-    loader = load_file
+    loader = load_safetensors
     if not files:
         files = sorted(folder.glob("diffusion_pytorch_model*.bin"))
-
-        def loader(path: str) -> dict:
-            return torch.load(path, map_location="cpu", weights_only=True)
-
+        loader = load_torch  # type: ignore[assignment]
     if not files:
         raise CheckpointError(
             f"{str(folder)!r} has no diffusion_pytorch_model*.safetensors or .bin weights; "
@@ -234,10 +231,10 @@ def read_diffusers_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
         )
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        try:
-            state.update(loader(str(file)))
-        except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
-            raise CheckpointError(f"cannot read {str(file)!r} ({first_line(exc, 160)})") from None
+        found = loader(file, "diffusers weights", fix, error=CheckpointError)
+        if not isinstance(found, dict):
+            raise CheckpointError(f"diffusers weights {shorten(file)!r} hold no state dict; {fix}")
+        state.update(found)
     return state
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from goc_utils import paths
-from goc_utils.errors import InvalidArgumentError
+from goc_utils.errors import InvalidArgumentError, shorten
+from goc_utils.files import load_safetensors
 
 
 class DigitsClassifier(nn.Module):
@@ -88,7 +88,7 @@ class FashionClassifier(nn.Module):
 def load_digits_classifier(path: Path | None = None) -> DigitsClassifier:
     """The committed digits judge (eval mode)."""
     model = DigitsClassifier()
-    model.load_state_dict(load_file(str(path or paths.DIGITS_CLASSIFIER_WEIGHTS)))
+    model.load_state_dict(_judge_weights(path or paths.DIGITS_CLASSIFIER_WEIGHTS, "the digits judge", model))
     return model.eval()
 
 
@@ -98,5 +98,18 @@ def load_fashion_classifier(path: Path | None = None) -> FashionClassifier:
     if not path.is_file():
         raise InvalidArgumentError(f"the Fashion-MNIST judge {path} is missing; train it with `make train-fashion`")
     model = FashionClassifier()
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict(_judge_weights(path, "the Fashion-MNIST judge", model))
     return model.eval()
+
+
+def _judge_weights(path: str | Path, what: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A judge's weights, checked against ``model``'s: the same names and shapes, floating point and finite."""
+    fix = "restore it with `git checkout -- data/` or retrain it with `goc train-classifier`"
+    state = load_safetensors(path, what, fix)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if found != expected:
+        raise InvalidArgumentError(f"{what} {shorten(path)!r} holds weights of another model; {fix}")
+    if not all(t.is_floating_point() and torch.isfinite(t).all() for t in state.values()):
+        raise InvalidArgumentError(f"{what} {shorten(path)!r} holds integer, NaN or infinite weights; {fix}")
+    return state

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from goc_utils.errors import CheckpointError
-from goc_utils.files import input_file
+from goc_utils.files import input_file, load_torch
 
 INCEPTION_WEIGHTS_ENV = "GOC_INCEPTION_WEIGHTS"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -260,12 +260,7 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
 def load_inception(path: str | Path | None = None, device: str | torch.device = "cpu") -> FIDInception:
     """The FID Inception with local weights (see the module docstring), in eval mode on ``device``."""
     file = inception_weights_path(path)
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line message
-        raise CheckpointError(
-            f"cannot read Inception weights {str(file)!r} ({type(exc).__name__}); re-download it"
-        ) from None
+    state = load_torch(file, "Inception weights", "re-download it", error=CheckpointError)
     model = FIDInception()
     expected = model.state_dict()
     if not isinstance(state, dict):
