@@ -7,6 +7,7 @@ line naming the folder, not a traceback), and two processes writing the same fil
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
 import glob
@@ -247,6 +248,34 @@ def load_torch(
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a torn or foreign file
         raise error(f"cannot read {what} {shorten(path)!r} ({_load_failure(exc, path)}); {fix}") from None
+
+
+def read_csv_rows(path: str | Path, what: str, fix: str) -> list[dict[str, str]]:
+    """The rows of the CSV file ``path`` as text cells under its header, else one line naming ``what``, the path,
+    the problem and ``fix``: not UTF-8 text, no header, a header naming a column twice or none, or a row with
+    more or fewer cells than the header (a file cut short, or edited by hand). The one reader of the project's
+    CSV tables."""
+    path = input_file(path, what, fix)
+    name = repr(shorten(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(f"{what} {name} is not UTF-8 text (byte {exc.start:,}); {fix}") from None
+    try:
+        table = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise InvalidArgumentError(f"{what} {name} is not a CSV table ({first_line(exc, 60)}); {fix}") from None
+    if not table or not any(cell.strip() for cell in table[0]):
+        raise InvalidArgumentError(f"{what} {name} has no header row; {fix}")
+    header, rows = table[0], table[1:]
+    if len(set(header)) != len(header) or not all(cell.strip() for cell in header):
+        raise InvalidArgumentError(f"{what} {name} has an empty or repeated column name in its header; {fix}")
+    for line, row in enumerate(rows, 2):
+        if len(row) != len(header):
+            raise InvalidArgumentError(
+                f"{what} {name} line {line} has {len(row)} cells, its header {len(header)} (cut short?); {fix}"
+            )
+    return [dict(zip(header, row, strict=True)) for row in rows]
 
 
 def load_safetensors(
@@ -531,8 +560,10 @@ def exclusive_lock(lock_path: str | Path, busy: str) -> Iterator[None]:
     raise :class:`InvalidArgumentError` with the one-line message ``busy`` at once. The kernel drops the lock
     when its process ends, also on ``kill -9``, so a stopped job never leaves a stale lock. The file is removed when
     the block ends (nothing is left beside an output); a process that opened it just before holds a removed file,
-    sees that the path is no longer its file, and takes the lock anew."""
+    sees that the path is no longer its file, and takes the lock anew. Folders made for the lock go with it when
+    nothing else was written into them (a command refused inside the block leaves no folder behind)."""
     lock_path = Path(lock_path)
+    made = [folder for folder in (lock_path.parent, *lock_path.parent.parents) if not folder.exists()]
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         handle = open(lock_path, "a+")  # noqa: SIM115 - closed below, after the lock is released
@@ -558,6 +589,11 @@ def exclusive_lock(lock_path: str | Path, busy: str) -> Iterator[None]:
             pass
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+        for folder in made:  # innermost first; one that holds something stays, and so do those above it
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def output_lock(path: str | Path, flag: str = "--out") -> AbstractContextManager[None]:

@@ -68,7 +68,7 @@ CASES = [
     # outputs checked before the work
     ([*SAMPLE, "--save-npz", "/proc/x.npz"], "is not writable"),
     ([*SAMPLE, "--save-npz", "/sys/kernel/x.npz"], "is not writable"),
-    (["eval", "--methods", "none", "--num-samples", "2", "--out", "OUT", "--table", "/proc/x/res"], "--table"),
+    (["eval", "--methods", "none", "--num-samples", "4", "--out", "OUT", "--table", "/proc/x/res"], "--table"),
     (["eval-sample", "--num-samples", "2", "--out", "A_FILE"], "is a file; give a folder"),
     # router and schedule files
     ([*SAMPLE, "--cache", "l2c", "--router", "ROUTER_KEY"], "key 'a.prob' is not '<k>.prob'"),

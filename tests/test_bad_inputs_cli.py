@@ -59,7 +59,7 @@ def _path(arg: str, files: dict) -> str:
 
 NB = ["notebooks", "--only", "01"]
 SAMPLE = ["sample", "--steps", "4", "--classes", "1"]
-EVAL = ["eval", "--num-samples", "2", "--out", "OUT"]
+EVAL = ["eval", "--num-samples", "4", "--out", "OUT"]
 CASES = [
     # class ids beyond every preset's classes are refused before a range is expanded
     (["sample", "--steps", "4", "--classes", "0-999999999999"], "class id 999999999999 in '0-999999999999' is outside"),

@@ -102,7 +102,7 @@ def _files(tmp_path) -> dict:
 REF = str(paths.DIGITS_REFERENCE_BATCH)
 FID = ["fid", "--features", "digits", "--device", "cpu"]
 EVAL_SAMPLE = ["eval-sample", "--num-samples", "2", "--steps", "4", "--device", "cpu"]
-EVAL = ["eval", "--methods", "none", "--num-samples", "2", "--steps", "4", "--device", "cpu", "--out", "OUT"]
+EVAL = ["eval", "--methods", "none", "--num-samples", "4", "--steps", "4", "--device", "cpu", "--out", "OUT"]
 EVAL_SAMPLE_N, EVAL_N = [*EVAL_SAMPLE[:1], *EVAL_SAMPLE[3:]], [*EVAL[:3], *EVAL[5:-2]]  # --num-samples (--out) left out
 REFUSE_RUN = "cannot be checked without it: delete"
 

@@ -40,11 +40,11 @@ BEFORE_LOADING = [
      "argument --method: router file 'MISSING' does not exist; give an existing file as router= in method"),
     (["eval-sample", "--method", "fora-50+tcc:pack=OUT", "--num-samples", "2", "--out", "OUT/run"],
      "pack file"),
-    (["eval", "--methods", "none,matrix:path=MISSING", "--num-samples", "2", "--out", "OUT/run"],
+    (["eval", "--methods", "none,matrix:path=MISSING", "--num-samples", "4", "--out", "OUT/run"],
      "argument --methods: path file"),
     (["bench", "--methods", "none,l2c:router=/dev/null"], "is not a regular file"),
     (["bench", "--batch", "100000000000"], "--batch 100,000,000,000 would need 11.6 PiB of memory"),
-    (["eval", "--latency-batch", "100000000000", "--num-samples", "2", "--out", "OUT/run"],
+    (["eval", "--latency-batch", "100000000000", "--num-samples", "4", "--out", "OUT/run"],
      "--latency-batch 100,000,000,000 would need"),
 ]  # fmt: skip
 
@@ -63,7 +63,7 @@ def test_a_refusal_after_loading_leaves_no_folder(command, tmp_path, capsys):
     """A method refused when it is resolved (no TCC pack for 7 steps), after the model loaded, before sampling."""
     out = tmp_path / "run"
     flag = "--method" if command == "eval-sample" else "--methods"
-    argv = [command, "--steps", "7", flag, "fora-50+tcc", "--num-samples", "2", "--device", "cpu", "--out", str(out)]
+    argv = [command, "--steps", "7", flag, "fora-50+tcc", "--num-samples", "4", "--device", "cpu", "--out", str(out)]
     run_bad_input(argv, "tiny-digits_ddim7_cfg1.5_fora-50.safetensors' does not exist", capsys)
     assert not out.exists()
 

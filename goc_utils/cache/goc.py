@@ -122,7 +122,10 @@ def resolve_goc(options: dict, context: MethodContext) -> dict:
         options.update(correction_steps=auto.steps, weight=auto.weight)
     bad = [s for s in options.get("correction_steps") or () if not 0 <= int(s) < context.run.steps]
     if bad:
-        raise ScheduleError(f"GOC correction step {bad[0]} is outside the run's steps 0..{context.run.steps - 1}")
+        raise ScheduleError(
+            f"GOC correction step {bad[0]} is outside the run's steps 0..{context.run.steps - 1}; "
+            "give goc:steps=... (--goc-steps) within them"
+        )
     return options
 
 

@@ -50,7 +50,8 @@ from goc_utils.evaluation.eval import (
     run_eval,
     write_results,
 )
-from goc_utils.evaluation.metrics.batches import batch_features, batch_info
+from goc_utils.evaluation.metrics.adm import MIN_SAMPLES
+from goc_utils.evaluation.metrics.batches import batch_features, batch_info, check_same_size
 from goc_utils.evaluation.metrics.evaluate import evaluate_batches
 from goc_utils.evaluation.metrics.features import (
     FEATURE_EXTRACTORS,
@@ -217,6 +218,7 @@ def _add_feature_arguments(p: argparse.ArgumentParser, default: str | None, defa
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
+    check_same_size(batch_info(args.ref), batch_info(args.samples))  # from the headers, before loading features
     features = args.features or batch_features(args.ref) or "inception"
     extractor = build_extractor(features, resolve_device(args.device), args.inception_weights)
     print(evaluate_batches(args.ref, args.samples, extractor, pr_precision=args.pr_precision).report())
@@ -246,6 +248,11 @@ def add_fid(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.num_samples < MIN_SAMPLES:
+        raise InvalidArgumentError(
+            f"--num-samples {args.num_samples}: scoring needs at least {MIN_SAMPLES} samples per method "
+            f"(precision / recall's nearest neighbours); give --num-samples {MIN_SAMPLES} or more"
+        )
     methods = parse_methods(args.methods, steps=args.steps, cfg_scales=args.cfg_scale)
     features = args.features or default_features(args.model)
     ref = args.ref_batch or (str(default_reference(features) or "") or None)
@@ -340,6 +347,9 @@ def cmd_verdicts(args: argparse.Namespace) -> int:
     pairs = [tuple(pair) for pair in args.pair]
     for a, b in pairs:
         _refuse_self_pair("--pair", a, b, a == b)
+    repeated = next((pair for i, pair in enumerate(pairs) if pair in pairs[:i] or pair[::-1] in pairs[:i]), None)
+    if repeated is not None:
+        raise InvalidArgumentError(f"--pair {' '.join(repeated)} is given twice; give each pair once")
     table = Path(args.table) if args.table else None
     if table is not None:  # both files of the table, probed before any work
         for suffix in (".csv", ".md"):

@@ -629,6 +629,13 @@ class OutputPath(Kind):
         self.folder, self.suffixes = folder, tuple(suffixes)
         self.name = "output folder" if folder else "output prefix" if suffixes != ("",) else "output file"
 
+    def parse(self, text: str) -> str:
+        text = super().parse(text)
+        if not self.folder and (text.endswith("/") or Path(text).expanduser().name in ("", ".", "..")):
+            what = "a file name prefix, e.g. out/05_eval" if self.suffixes != ("",) else "a file name, e.g. out.png"
+            raise argparse.ArgumentTypeError(f"{shorten(text)!r} names a folder, not a file; give {what}")
+        return text
+
     def check(self, value: str, flag: str) -> None:
         for suffix in self.suffixes:
             path = Path(value).expanduser()
@@ -648,9 +655,10 @@ class OutputPath(Kind):
                ("through a link to nothing", str(made["DANGLING"] / "out"))]  # fmt: skip
         if self.folder:
             return [("a file", str(made["FILE"])), ("a device", "/dev/null"), *bad]
+        folders = [("a folder's slash", f"{made['FOLDER']}/"), ("the current folder", "."), ("the root", "/")]
         if self.suffixes == ("",):
-            return [("a folder", str(made["FOLDER"])), ("a device", "/dev/null"), *bad]
-        return bad
+            return [("a folder", str(made["FOLDER"])), ("a device", "/dev/null"), *bad, *folders]
+        return bad + folders
 
 
 def _blocked(path: Path) -> tuple[Path, str] | None:
@@ -751,15 +759,19 @@ def check_together(args: argparse.Namespace, actions: Sequence[argparse.Action])
     """The checks of options that depend on each other, run by ``goc``'s ``main`` after each option's own
     :meth:`Kind.check` and before the command, on ``--model``'s DiT built on the meta device (no memory, no
     weights): ``--image-size`` must make a whole number of patches (and of latent cells, for a latent preset), and
-    every :class:`Batch` option's images must fit one forward in memory."""
+    every :class:`Batch` option's images must fit one forward in memory. Before them, for every command: no two
+    outputs name one file, and no output is one of the command's input files (:func:`check_distinct_outputs`)."""
+    check_distinct_outputs(args, actions)
     model = getattr(args, "model", None)
     if not isinstance(model, str):
         return
     import torch  # only once a command runs
 
     from goc_utils.files import check_memory
-    from goc_utils.model.presets import create_model, forward_bytes_at_least
+    from goc_utils.model.presets import create_model, forward_bytes_at_least, preset_info
 
+    if getattr(args, "vae", None) is not None and not preset_info(model).latent:
+        raise InvalidArgumentError(f"--vae is for latent models; {model} works on pixels and has none: drop --vae")
     size = getattr(args, "image_size", None)
     if size is not None:
         try:
@@ -774,6 +786,36 @@ def check_together(args: argparse.Namespace, actions: Sequence[argparse.Action])
             images = min(value, cap) if isinstance(cap, int) else value
             flag = action.option_strings[0]
             check_memory(forward_bytes_at_least(model, size, images), f"{flag} {value:,}", f"choose a smaller {flag}")
+
+
+def _paths(args: argparse.Namespace, actions: Sequence[argparse.Action], kind: type) -> list[tuple[str, Path]]:
+    """``(flag, resolved path)`` of every value of the options of ``kind`` (an output prefix: each of its files)."""
+    found = []
+    for action in actions:
+        value = getattr(args, action.dest, None)
+        if not isinstance(getattr(action, "kind", None), kind) or value is None:
+            continue
+        flag = action.option_strings[0] if action.option_strings else action.dest
+        suffixes = action.kind.suffixes if kind is OutputPath else ("",)
+        for text in _values(value):
+            found += [(flag, Path(f"{text}{suffix}").expanduser().resolve()) for suffix in suffixes]
+    return found
+
+
+def check_distinct_outputs(args: argparse.Namespace, actions: Sequence[argparse.Action]) -> None:
+    """One line when two outputs of a command name one file (``sample --out x.png --save-npz x.png``: the second
+    write would replace the first) or an output is one of its input files (which the command would overwrite)."""
+    written: dict[Path, str] = {}
+    for flag, path in _paths(args, actions, OutputPath):
+        if path in written and written[path] != flag:
+            raise InvalidArgumentError(f"{written[path]} and {flag} both name {shorten(path)!r}; give each its own")
+        written[path] = flag
+    for flag, path in _paths(args, actions, InputPath):
+        if path in written:
+            raise InvalidArgumentError(
+                f"{written[path]} {shorten(path)!r} is the file that {flag} reads: writing it would replace the input; "
+                f"choose another {written[path]}"
+            )
 
 
 class _Once:

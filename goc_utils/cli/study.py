@@ -38,6 +38,7 @@ from goc_utils.cli.kinds import (
     add_option,
     check_output_dir,
 )
+from goc_utils.errors import GocError, InvalidArgumentError
 from goc_utils.evaluation.bench import DEFAULT_METHODS, BenchSetup, format_table, rows_as_dicts, run_bench
 from goc_utils.evaluation.eval import parse_methods
 from goc_utils.integrations.diffusers.peers import diffusers_backend, is_peer, parse_peer, resolve_any
@@ -61,9 +62,14 @@ from goc_utils.study.notebooks import (
 from goc_utils.study.report import REPORT_NAME, TIERS, build_report, write_report
 from goc_utils.study.tier_report import check_fashion_tier_report, fashion_tier_report, report_inputs, tiny_report
 
+FID_SAMPLES = [2000, 5000]
+"""``tiny-report``'s default ``--fid-samples`` (tiny-fashion)."""
+
 
 def cmd_tiny_report(args: argparse.Namespace) -> int:
-    counts = args.fid_samples
+    if args.fid_samples is not None and args.model != "tiny-fashion":
+        raise InvalidArgumentError(f"--fid-samples is for tiny-fashion's tier report; {args.model} has none: drop it")
+    counts = FID_SAMPLES if args.fid_samples is None else args.fid_samples
     report_inputs(args.model, args.per_class, args.ckpt)  # every input checked before a folder is made
     if args.model == "tiny-fashion":  # and its tier report's, before the samples' figures are written
         check_fashion_tier_report(counts)
@@ -100,7 +106,7 @@ def add_tiny_report(p: argparse.ArgumentParser) -> None:
         p,
         "--fid-samples",
         NumberList(int, "--fid-samples list", "2000,5000", minimum=2),
-        default="2000,5000",
+        default=None,
         help="tiny-fashion: un-cached FID at these sample counts, cfg 1.5, with bootstrap spread (default 2000,5000)",
     )
     add_option(
@@ -108,6 +114,57 @@ def add_tiny_report(p: argparse.ArgumentParser) -> None:
         help="output folder (default: the model's figures, figures/ or figures/tiny-digits/)",
     )  # fmt: skip
     p.set_defaults(func=cmd_tiny_report)
+
+
+PARAMETER_OPTIONS: dict[str, str] = {
+    **{name: f"sample --{name.replace('_', '-')}" for name in ("model", "ckpt", "vae", "image_size", "device")},
+    **{name: f"sample --{name.replace('_', '-')}" for name in ("steps", "cfg_scale", "seed", "classes", "per_class")},
+    "router": "sample --router",
+    "method": "sample --method",
+    "methods": "eval --methods",
+    "num_samples": "eval-sample --num-samples",
+    "fidelity_samples": "eval-sample --num-samples",
+    "fid_samples": "eval --num-samples",
+    "per_device_batch": "eval --per-device-batch",
+    "ref_batch": "eval --ref-batch",
+    "features": "eval --features",
+    "inception_weights": "eval --inception-weights",
+    "samples_dir": "eval --out",
+    "diffusers_dir": "sample --ckpt",
+}
+"""A notebook parameter -> the ``goc`` option of the same meaning, whose kind checks the parameter's value as it
+checks the option's (one validator per kind of input). ``""`` and ``0`` are the notebooks' "default" and pass."""
+
+
+def check_parameter_kinds(params: dict, model: str) -> None:
+    """One line for a ``--params`` value that its option's kind refuses (``steps: 10**400``, ``seed: -1``,
+    ``device: tpu``, a missing ``ckpt``), or that the options checked together refuse (``image_size`` against the
+    model, a ``per_device_batch`` beyond memory), before any notebook starts."""
+    from goc_utils.cli import build_parser
+    from goc_utils.cli.kinds import check_together
+
+    given = {name: value for name, value in params.items() if name in PARAMETER_OPTIONS}
+    parser = build_parser(sorted({PARAMETER_OPTIONS[name].split()[0] for name in given}))
+    choices = parser._subparsers._group_actions[0].choices
+    together: dict[str, argparse.Namespace] = {}
+    for name, value in given.items():
+        command, flag = PARAMETER_OPTIONS[name].split()
+        action = next(a for a in choices[command]._actions if flag in a.option_strings)
+        if value in ("", 0) or isinstance(value, bool):  # the notebooks' "default"
+            continue
+        try:
+            parsed = action.kind.parse(str(value))
+            action.kind.check_action(action, parsed)
+        except (GocError, argparse.ArgumentTypeError) as exc:
+            message = str(exc).removeprefix(f"argument {flag}: ")
+            raise InvalidArgumentError(f"parameter {name!r}: {message} (as {flag} of goc {command})") from None
+        setattr(together.setdefault(command, argparse.Namespace(model=model)), action.dest, parsed)
+    for command, args in together.items():
+        try:
+            check_together(args, choices[command]._actions)
+        except GocError as exc:
+            names = [name for name in given if PARAMETER_OPTIONS[name].split()[0] == command and name != "model"]
+            raise InvalidArgumentError(f"parameter {' / '.join(names)}: {exc} (as options of goc {command})") from None
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
@@ -120,6 +177,7 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     notebooks = study_notebooks(only, include_long=smoke)
     with naming_params_file(args.params):
         check_parameters(for_selection(params, notebooks), notebooks)
+        check_parameter_kinds(params, model)
     figures = check_output_dir(figures_dir_for(smoke, args.figures_dir, model), "--figures-dir")
     started = time.perf_counter()
     done = run_notebooks(args.preset, args.smoke, params, only, figures_dir=figures)
@@ -168,6 +226,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for text in split_methods(args.methods):  # diffusers' caches against this run's settings, before any loading
         if is_peer(text):
             parse_peer(text, args.steps, args.cfg_scale)
+    router = args.router or default_router(args.model, args.steps)
+    methods, skipped = without_router(split_methods(args.methods), router)
+    why = f"no --router given and none committed for {args.model} at {args.steps} steps"
+    if skipped and not methods:
+        committed = " or --steps 20 (its committed router's)" if default_router(args.model, 20) else ""
+        need = "needs" if len(skipped) == 1 else "need"
+        raise InvalidArgumentError(
+            f"nothing to bench: {', '.join(skipped)} {need} a router ({why}); give --router FILE{committed}"
+        )
+    if skipped:
+        print(f"(skipping {', '.join(skipped)}: {why})")
     tf32 = set_tf32(device, args.tf32)
     torch.set_grad_enabled(False)
     if args.threads:
@@ -179,10 +248,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model = load_model(args.model, args.ckpt, args.image_size, device)
     if args.backend == "diffusers":
         model = diffusers_backend(model)
-    router = args.router or default_router(args.model, args.steps)
-    methods, skipped = without_router(split_methods(args.methods), router)
-    if skipped:
-        print(f"(skipping {', '.join(skipped)}: no --router given and none committed for {args.model})")
     priors = functools.partial(priors_for_run, args.model, model, args.steps, args.cfg_scale, args.priors)
     resources = Resources(router, args.router_thres, functools.cache(priors), args.model, args.cfg_scale, args.tcc_pack)
     run = RunShape.of(model, args.steps)
@@ -243,8 +308,8 @@ def add_bench(p: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     folder = Path(args.figures_dir) if args.figures_dir else paths.default_figures_dir(args.model)
     if args.check:
-        path = folder / REPORT_NAME
-        if not path.is_file() or path.read_text() != build_report(args.model, folder):
+        path, expected = folder / REPORT_NAME, build_report(args.model, folder)  # a damaged CSV is refused first
+        if not path.is_file() or path.read_text() != expected:
             print(f"goc report: {path} differs from what its CSVs give; run `make report`", file=sys.stderr)
             return 1
         print(f"{path} is up to date")

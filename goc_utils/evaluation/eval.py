@@ -9,7 +9,6 @@ the un-cached run of the same noise (PSNR / SSIM), and timed; one table row per 
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import json
@@ -28,7 +27,7 @@ import torch.distributed as torch_dist
 from goc_utils import paths
 from goc_utils.cache.method import AUTO, CacheMethod, split_methods
 from goc_utils.cache.run import Resources, RunShape
-from goc_utils.errors import InvalidArgumentError
+from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.evaluation.bench import time_engines
 from goc_utils.evaluation.metrics.adm import fid_bootstrap_std
 from goc_utils.evaluation.metrics.batches import batch_info, check_same_size, read_labels
@@ -37,7 +36,7 @@ from goc_utils.evaluation.metrics.features import extract_cached
 from goc_utils.evaluation.metrics.fidelity import file_fidelity
 from goc_utils.evaluation.sampling import Distributed, NpzRun, sample_to_npz
 from goc_utils.evaluation.tables import csv_text, markdown_table
-from goc_utils.files import atomic_write_text, state_dict_sha256
+from goc_utils.files import atomic_write_text, read_csv_rows, state_dict_sha256
 from goc_utils.integrations.diffusers.peers import (
     CALIBRATION_SAMPLES,
     Method,
@@ -389,19 +388,19 @@ def write_results(
 
 
 def read_results(path: str | Path) -> list[dict]:
-    """Rows of a ``results.csv`` with numbers parsed (empty cells -> None)."""
+    """Rows of a ``results.csv`` with numbers parsed (empty cells -> None); one line for a cell that is no number."""
+    fix = "re-run goc eval (or git checkout the table)"
     rows = []
-    with Path(path).open() as f:
-        for raw in csv.DictReader(f):
-            row: dict = {}
-            for k, v in raw.items():
-                if v == "":
-                    row[k] = None
-                elif k == "method":
-                    row[k] = v
-                else:
-                    row[k] = int(v) if k == "samples" else float(v)
-            rows.append(row)
+    for line, raw in enumerate(read_csv_rows(path, "results table", fix), 2):
+        row: dict = {}
+        for k, v in raw.items():
+            try:
+                row[k] = None if v == "" else v if k == "method" else int(v) if k == "samples" else float(v)
+            except ValueError:
+                raise InvalidArgumentError(
+                    f"results table {shorten(path)!r} line {line}: {k} {shorten(v, 40)!r} is not a number; {fix}"
+                ) from None
+        rows.append(row)
     return rows
 
 

@@ -112,7 +112,8 @@ def fit_tcc_pack(
     bad_class = [c for c in classes if not 0 <= int(c) < model.num_classes]
     if bad_class or not classes:
         raise InvalidArgumentError(
-            f"TCC fit classes must be 0..{model.num_classes - 1} and not empty (got {list(classes)[:5]})"
+            f"TCC fit classes must be 0..{model.num_classes - 1} and not empty "
+            f"({'none given' if not classes else f'got {bad_class[0]}'}); give --classes within them"
         )
     labels = [int(c) for c in classes for _ in range(per_class)]
     noise = torch.stack([

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from goc_utils.evaluation.eval import EvalSettings, Scoring, parse_methods, roun
 from goc_utils.evaluation.metrics.batches import batch_info
 from goc_utils.evaluation.metrics.features import build_extractor, default_features, default_reference
 from goc_utils.evaluation.tables import show_table, write_table
+from goc_utils.files import read_csv_rows
 from goc_utils.lists import number_list
 from goc_utils.study.params import StudyParams
 
@@ -44,8 +44,7 @@ def committed_rows(model: str, name: str) -> list[dict]:
     if not path.is_file():
         print(f"no {name} table for {model} ({path})")
         return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+    return read_csv_rows(path, "results table", "regenerate it (goc notebooks) or git checkout it")
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def check_parameters(params: dict, notebooks: list[Path]) -> None:
                     f"parameter {name!r} is {shorten(value, 40)!r} ({type(value).__name__}), but notebook(s) "
                     f"{', '.join(owners)} expect {type_name}; give a {type_name} value (quote text)"
                 )
-            if type_name in ("int", "float") and not (math.isfinite(value) and value >= 0):
+            if type_name in ("int", "float") and not (value >= 0 and (isinstance(value, int) or math.isfinite(value))):
                 raise InvalidArgumentError(
                     f"parameter {name!r} is {shorten(value, 40)}, but every number of notebook(s) "
                     f"{', '.join(owners)} is a count, size, seed or scale: give a finite number >= 0"

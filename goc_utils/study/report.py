@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from goc_utils import paths
 from goc_utils.errors import InvalidArgumentError
 from goc_utils.evaluation.tables import markdown_table
-from goc_utils.files import atomic_write_text
+from goc_utils.files import atomic_write_text, read_csv_rows
 from goc_utils.study.viz import peer_label
 
 REPORT_NAME = "README.md"
@@ -108,6 +107,17 @@ def method_label(method: str) -> str:
     return f"`{method}`"
 
 
+class _Row(dict):
+    """A CSV row whose missing column is one line naming the file, not a ``KeyError``."""
+
+    def __init__(self, row: dict[str, str], path: Path, fix: str) -> None:
+        super().__init__(row)
+        self.path, self.fix = path, fix
+
+    def __missing__(self, column: str) -> str:
+        raise InvalidArgumentError(f"results table {str(self.path)!r} has no column {column!r}; {self.fix}")
+
+
 class _Folder:
     """A figures folder as the sections read it: its CSVs as text rows, its files, and the numbers markers."""
 
@@ -121,8 +131,8 @@ class _Folder:
         path = self.folder / f"{name}.csv"
         if not path.is_file():
             return None
-        with path.open(newline="") as handle:
-            return list(csv.DictReader(handle))
+        fix = "regenerate it (goc notebooks) or git checkout it"
+        return [_Row(row, path, fix) for row in read_csv_rows(path, "results table", fix)]
 
     def label(self, method: str) -> str:
         """:func:`method_label`, and for a ``+tcc`` method the rank of its pack's maps (from ``00_tcc_packs.csv``):

@@ -40,6 +40,11 @@ from scipy import linalg
 from goc_utils.errors import GocError, InvalidArgumentError
 from goc_utils.evaluation.metrics.paired import PairedDifference, paired_bootstrap
 
+PR_NEAREST_K = 3
+"""The k of precision / recall's k-nearest-neighbour radii (the ADM evaluator's)."""
+MIN_SAMPLES = PR_NEAREST_K + 1
+"""The fewest images a scored batch may hold: a radius needs k other images."""
+
 
 class MetricError(GocError, ValueError):
     """Features that cannot give a metric (NaN, too few samples, mismatched dimensions)."""
@@ -200,7 +205,7 @@ def pairwise_sq_distances(u: np.ndarray, v: np.ndarray, precision: str = "float1
 
 
 def manifold_radii(
-    features: np.ndarray, k: int = 3, batch_size: int = 10000, precision: str = "float16", device="cpu"
+    features: np.ndarray, k: int = PR_NEAREST_K, batch_size: int = 10000, precision: str = "float16", device="cpu"
 ) -> np.ndarray:
     """Squared distance of each point to its k-th nearest neighbour in the same set ``(N,)``."""
     features = check_features(features, min_count=k + 1)
@@ -221,7 +226,7 @@ def manifold_radii(
 def precision_recall(
     ref: np.ndarray,
     sample: np.ndarray,
-    k: int = 3,
+    k: int = PR_NEAREST_K,
     batch_size: int = 10000,
     precision: str = "float16",
     device="cpu",

@@ -238,7 +238,16 @@ def batch_features(path: str | Path) -> str | None:
 
 
 def check_same_size(a: BatchInfo, b: BatchInfo) -> None:
-    """Reference and sample images must have the same size and channels."""
+    """Reference and sample images must have the same size and channels, and each batch enough images to be scored
+    (:data:`~goc_utils.evaluation.metrics.adm.MIN_SAMPLES`): checked from the headers, before any feature."""
+    from goc_utils.evaluation.metrics.adm import MIN_SAMPLES  # adm needs torch and scipy; batches only numpy
+
+    for info in (a, b):
+        if info.count < MIN_SAMPLES:
+            raise BatchFileError(
+                f"{_name(info.path)} holds {info.count} image(s); scoring needs at least {MIN_SAMPLES} in each batch "
+                "(precision / recall's nearest neighbours); sample more"
+            )
     if a.image_shape != b.image_shape:
         raise BatchFileError(
             f"image sizes differ: {a.path.name} holds {a.image_shape}, {b.path.name} holds {b.image_shape} (H, W, C); "

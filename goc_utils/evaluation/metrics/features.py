@@ -73,7 +73,8 @@ class FeatureExtractor:
     def __call__(self, images: np.ndarray) -> Features:
         if self.image_shape is not None and tuple(images.shape[1:]) != self.image_shape:
             raise InvalidArgumentError(
-                f"the {self.name} extractor takes {self.image_shape} (H, W, C) images; got {tuple(images.shape[1:])}"
+                f"the {self.name} extractor takes {self.image_shape} (H, W, C) images; got {tuple(images.shape[1:])}: "
+                "score these images with the features of their model (--model / --features)"
             )
         pool, spatial, logits = self.run(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
         return Features(*(t.float().cpu().numpy() for t in (pool, spatial, logits)))
