@@ -242,17 +242,17 @@ def check_same_size(a: BatchInfo, b: BatchInfo) -> None:
     (:data:`~goc_utils.evaluation.metrics.adm.MIN_SAMPLES`): checked from the headers, before any feature."""
     from goc_utils.evaluation.metrics.adm import MIN_SAMPLES  # adm needs torch and scipy; batches only numpy
 
+    if a.image_shape != b.image_shape:
+        raise BatchFileError(
+            f"image sizes differ: {a.path.name} holds {a.image_shape}, {b.path.name} holds {b.image_shape} (H, W, C); "
+            "compare samples with a reference batch of the same resolution"
+        )
     for info in (a, b):
         if info.count < MIN_SAMPLES:
             raise BatchFileError(
                 f"{_name(info.path)} holds {info.count} image(s); scoring needs at least {MIN_SAMPLES} in each batch "
                 "(precision / recall's nearest neighbours); sample more"
             )
-    if a.image_shape != b.image_shape:
-        raise BatchFileError(
-            f"image sizes differ: {a.path.name} holds {a.image_shape}, {b.path.name} holds {b.image_shape} (H, W, C); "
-            "compare samples with a reference batch of the same resolution"
-        )
 
 
 __all__ = [
