@@ -10,12 +10,36 @@ lists (cfg scales, GOC correction steps, sample counts, notebook numbers). Class
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from goc_utils.errors import InvalidArgumentError, shorten
 
 T = TypeVar("T")
+
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+_FLOAT = re.compile(r"\s*[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)\s*", re.IGNORECASE)
+
+
+def plain_int(text: str) -> int:
+    """``int(text)`` for ASCII decimal digits only: Python's ``int`` also reads ``1_000`` and other scripts' digits
+    (``"٣"`` is 3), which a typo or a pasted value should not become. ``ValueError`` otherwise, as ``int``."""
+    if not _INTEGER.fullmatch(str(text)):
+        raise ValueError(f"not a plain decimal integer: {text!r}")
+    return int(text)
+
+
+def plain_float(text: str) -> float:
+    """``float(text)`` for ASCII decimal notation (``1.5``, ``.5``, ``2e-3``; ``inf`` and ``nan`` too, for the finite
+    checks to name): no ``1_0.5``, no other scripts' digits. ``ValueError`` otherwise, as ``float``."""
+    if not _FLOAT.fullmatch(str(text)):
+        raise ValueError(f"not a plain decimal number: {text!r}")
+    return float(text)
+
+
+PLAIN: dict[Callable, Callable] = {int: plain_int, float: plain_float}
+"""``int`` / ``float`` -> the plain readers that every number of a flag, a list or a method string goes through."""
 
 
 def split_items(text: str, what: str, example: str) -> list[str]:
@@ -45,6 +69,7 @@ def number_list(text: str, convert: Callable[[str], T], what: str, example: str)
     """``"1.5,4.0"`` -> ``[1.5, 4.0]`` with ``convert`` (``int`` or ``float``): no empty item, no item that is not a
     finite number, no value twice (``1.5,1.50`` included)."""
     items = split_items(text, what, example)
+    convert = PLAIN.get(convert, convert)
     try:
         values = [convert(item) for item in items]
     except ValueError:

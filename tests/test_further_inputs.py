@@ -168,3 +168,31 @@ def test_a_pair_given_twice_is_refused(work, capsys):
 def test_bench_names_the_fix_when_no_method_is_left(work, capsys):
     err = run_bad_input(["bench", "--methods", "l2c", "--steps", "2"], "nothing to bench: l2c needs a router", capsys)
     assert "--steps 20" in err
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["sample", "--steps", "1_0"], "'1_0' is not an integer"),
+        (["sample", "--steps", "\u0663"], "is not an integer"),
+        (["sample", "--cfg-scale", "1_5"], "not a number: '1_5'"),
+        (["sample", "--classes", "\u0663"], "malformed class list"),
+        (["sample", "--method", "fora:interval=1_0"], "is not a valid value"),
+        (["sample", "--method", "fora:range=2_0-18"], "malformed step range"),
+        (["sample", "--method", "fora-50+goc:w=1_0"], "is not a valid value"),
+        (["bench", "--methods", "cachedit:dbcache:fn=1_0"], "bad value fn=1_0"),
+        (["bench", "--methods", "diffusers:fbc:threshold=1_0.5"], "bad value threshold=1_0.5"),
+    ],
+)
+def test_a_number_is_written_in_plain_ascii_digits(argv, says, work, capsys):
+    """Python's int and float also read 1_0 and other scripts' digits: every number of a flag, a list or a method
+    string goes through the plain readers (lists.PLAIN) instead."""
+    run_bad_input(argv, says, capsys)
+    assert _listing(work) == []
+
+
+@pytest.mark.parametrize("text, value", [("+4", 4), (" 7", 7), (".5", 0.5), ("2e-3", 0.002), ("1.", 1.0)])
+def test_plain_numbers_read_what_a_researcher_writes(text, value):
+    from goc_utils.lists import plain_float, plain_int
+
+    assert (plain_int(text) if isinstance(value, int) else plain_float(text)) == value

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from goc_utils.cache.schedule import CacheSchedule, ScheduleError, register_schedule
+from goc_utils.lists import plain_int
 
 FORA_25_CORRECTION_STEPS = (3, 5, 7, 9)
 FORA_50_CORRECTION_STEPS = (3, 5, 7, 9, 11, 13, 15, 19)
@@ -23,7 +24,7 @@ def parse_range(text: str) -> dict:
     if not sep:
         raise ScheduleError(f"malformed step range {text!r}; use a-b, e.g. 2-18")
     try:
-        return {"start": int(start or 0), "stop": int(stop) if stop else None}
+        return {"start": plain_int(start or "0"), "stop": plain_int(stop) if stop else None}
     except ValueError:
         raise ScheduleError(f"malformed step range {text!r}; use a-b, e.g. 2-18") from None
 

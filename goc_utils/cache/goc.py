@@ -34,12 +34,13 @@ from goc_utils.cache.options import parse_int_list
 from goc_utils.cache.run import MethodContext
 from goc_utils.cache.schedule import ScheduleError
 from goc_utils.errors import InvalidArgumentError
+from goc_utils.lists import plain_float
 
 AUTO = "auto"
 
 
 def _number_or_auto(text: str) -> float | str:
-    return "auto" if text == "auto" else float(text)
+    return "auto" if text == "auto" else plain_float(text)
 
 
 def _steps_or_auto(text: str) -> list[int] | str:

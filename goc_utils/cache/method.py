@@ -32,7 +32,7 @@ from goc_utils.cache.plugins import load_plugins
 from goc_utils.cache.run import MethodContext, Resources, RunShape
 from goc_utils.cache.schedule import SCHEDULES, CacheSchedule, build_schedule
 from goc_utils.errors import InvalidArgumentError, shorten
-from goc_utils.lists import refuse_repeats, split_items
+from goc_utils.lists import plain_float, refuse_repeats, split_items
 from goc_utils.model.macs import MACs
 
 AUTO = "auto"
@@ -183,7 +183,7 @@ class CacheMethod:
 
 def _number(value: str, text: str) -> float:
     try:
-        return float(value)
+        return plain_float(value)
     except ValueError:
         raise InvalidArgumentError(
             f"option value {shorten(value)!r} in method {shorten(text)!r} is not a number"

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from goc_utils.errors import InvalidArgumentError, shorten
-from goc_utils.lists import number_list
+from goc_utils.lists import number_list, plain_float, plain_int
 
 Converter = Callable[[str], object]
 
@@ -50,9 +50,9 @@ def _converter(hint) -> Converter | None:
     if bool in args:
         return _boolean
     if int in args:
-        return int
+        return plain_int
     if float in args:
-        return float
+        return plain_float
     if str in args or Path in args:
         return str
     if any(typing.get_origin(a) in (list, tuple, Sequence, typing.Sequence) for a in args):

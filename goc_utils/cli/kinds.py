@@ -31,7 +31,7 @@ from pathlib import Path
 from goc_utils.cli import GIVEN
 from goc_utils.errors import GocError, InvalidArgumentError, shorten
 from goc_utils.files import FORMATS, input_file
-from goc_utils.lists import number_list, refuse_repeats, split_items
+from goc_utils.lists import number_list, plain_float, plain_int, refuse_repeats, split_items
 from goc_utils.model.presets import check_preset
 from goc_utils.model.sampler import parse_classes
 from goc_utils.model.vae import VAE_HUB_IDS
@@ -111,7 +111,7 @@ class Integer(Kind):
 
     def parse(self, text: str) -> int:
         try:
-            value = int(text)
+            value = plain_int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(self.not_integer(text)) from None
         if self.minimum <= value <= self.maximum or (self.off and value == 0):
@@ -145,6 +145,8 @@ class Integer(Kind):
             ("a fraction", "1.5"),
             ("empty", ""),
             ("a word", "many"),
+            ("digits with underscores", "1_0"),
+            ("another script's digits", "\u0663"),
         ]
 
 
@@ -186,7 +188,7 @@ class Number(Kind):
 
     def parse(self, text: str) -> float:
         try:
-            value = float(text)
+            value = plain_float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {shorten(text)!r}") from None
         if not math.isfinite(value):
@@ -215,7 +217,8 @@ class Number(Kind):
         if self.maximum is not None:
             bad += [("too large", f"{self.maximum + 1:g}")]
         return [*bad, ("NaN", "nan"), ("infinite", "inf"), ("minus infinity", "-inf"), ("huge (overflows)", "1e999"),
-                ("empty", ""), ("a word", "much")]  # fmt: skip
+                ("empty", ""), ("a word", "much"), ("digits with underscores", "1_0.5"),
+                ("another script's digits", "\u0663.5")]  # fmt: skip
 
 
 class Weight(Number):
@@ -468,7 +471,7 @@ class StepRange(Kind):
     def parse(self, text: str) -> tuple[int, int | None]:
         try:
             start, stop = text.split(":")
-            start, stop = int(start or 0), (int(stop) if stop else None)
+            start, stop = plain_int(start or "0"), (plain_int(stop) if stop else None)
         except ValueError:
             raise argparse.ArgumentTypeError(f"malformed step range {shorten(text)!r}; use a:b, e.g. 2:18") from None
         if start < 0 or (stop is not None and stop <= start):

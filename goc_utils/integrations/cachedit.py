@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from goc_utils.errors import InvalidArgumentError, shorten
-from goc_utils.lists import key_values
+from goc_utils.lists import PLAIN, key_values
 
 PREFIX = "cachedit:"
 INSTALL = "pip install -e '.[peers]' (or make setup)"
@@ -157,6 +157,7 @@ def parse_method(text: str, steps: int | None = None, cfg_scale: float | None = 
     options: dict = {}
     for key, value in key_values(parts, list(OPTIONS), shown, f"cachedit:{name}").items():
         convert, check, rule = OPTIONS[key]
+        convert = PLAIN.get(convert, convert)  # no 1_0, no other scripts' digits
         try:
             options[key] = convert(value)
         except (ValueError, KeyError):

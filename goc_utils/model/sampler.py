@@ -16,7 +16,7 @@ import torch
 
 from goc_utils.datasets import to_uint8
 from goc_utils.errors import InvalidArgumentError, shorten
-from goc_utils.lists import split_items
+from goc_utils.lists import plain_int, split_items
 from goc_utils.model.diffusion import NUM_TRAIN_TIMESTEPS, cfg_denoiser, create_diffusion
 from goc_utils.model.dit import DiT
 from goc_utils.model.presets import MAX_CLASSES
@@ -171,7 +171,7 @@ def parse_classes(text: str) -> list[int]:
     classes: list[int] = []
     for part in split_items(text, "class list", CLASS_LIST_EXAMPLE):
         try:
-            lo, hi = (int(n) for n in part.split("-", 1)) if "-" in part[1:] else (int(part), int(part))
+            lo, hi = (plain_int(n) for n in part.split("-", 1)) if "-" in part[1:] else (plain_int(part),) * 2
         except ValueError:
             raise InvalidArgumentError(
                 f"malformed class list {shorten(text)!r}; use e.g. {CLASS_LIST_EXAMPLE}"

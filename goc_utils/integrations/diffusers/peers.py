@@ -62,7 +62,7 @@ from goc_utils.errors import InvalidArgumentError, shorten
 from goc_utils.integrations import cachedit
 from goc_utils.integrations.diffusers.hooks import STEP_HOOK, DiffusersDiT, UnitCounter, attach_engine, unit_dispatch
 from goc_utils.integrations.diffusers.transformer import to_transformer
-from goc_utils.lists import key_values
+from goc_utils.lists import key_values, plain_float, plain_int
 
 PREFIX = "diffusers:"
 CALIBRATION_SAMPLES = 16
@@ -121,14 +121,14 @@ def _range(text: str) -> tuple[int, int]:
     low, sep, high = text.partition("..")
     if not sep:
         raise ValueError(text)
-    return int(low), int(high)
+    return plain_int(low), plain_int(high)
 
 
 CONVERTERS: dict[str, Callable[[str], object]] = {
-    "int": int,
-    "float": float,
-    "int | None": lambda v: None if v == "none" else int(v),
-    "float | None": lambda v: None if v == "none" else float(v),
+    "int": plain_int,
+    "float": plain_float,
+    "int | None": lambda v: None if v == "none" else plain_int(v),
+    "float | None": lambda v: None if v == "none" else plain_float(v),
     "bool": lambda v: {"true": True, "false": False}[v],
     "tuple[int, int]": _range,
 }
